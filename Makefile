@@ -1,0 +1,39 @@
+# Two entry points a fresh machine needs: `make demo` and `make test`. Both create .venv and install.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SYSDEPS := libegl1 libgl1 libegl-mesa0
+export MUJOCO_GL ?= egl
+export PYOPENGL_PLATFORM ?= egl
+
+.PHONY: setup sysdeps demo test test-fast bench clean
+
+$(STAMP): setup.py constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,dds,sim]'
+	touch $@
+
+# EGL + Mesa so MuJoCo renders on the CPU (Debian packages; installed only when missing)
+sysdeps:
+	@dpkg -s $(SYSDEPS) >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSDEPS); \
+	  else echo "missing Debian packages: sudo apt-get install $(SYSDEPS)"; exit 1; fi; }
+
+setup: sysdeps $(STAMP)
+
+demo: setup
+	$(PY) -m vit_policy.cli demo
+
+test: setup
+	$(PY) -m pytest -q -ra --timeout=1200 tests sim_tests
+
+test-fast: setup
+	$(PY) -m pytest -q -ra -m "not slow" tests sim_tests
+
+bench: setup
+	$(PY) benchmarks/inference.py
+
+clean:
+	rm -rf $(VENV) outputs build *.egg-info

@@ -1,0 +1,64 @@
+"""Installs with pip (``pip install -e .[dev]``) and builds with colcon as an ament_python package."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "vit_policy"
+
+
+def tree(folder: str) -> list[tuple[str, list[str]]]:
+    """data_files entries that install ``folder`` under share/vit_policy, keeping its sub-folders."""
+    entries: dict[str, list[str]] = {}
+    for path in sorted(glob(f"{folder}/**/*", recursive=True)):
+        if not path.endswith((".py", ".yaml", ".yml", ".xml")) or "__pycache__" in path:
+            continue
+        entries.setdefault(f"share/{PACKAGE}/" + path.rsplit("/", 1)[0], []).append(path)
+    return sorted(entries.items())
+
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(include=["vit_policy", "vit_policy.*", "ros_nodes", "ros_nodes.*", "sim_tests", "sim_tests.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        *tree("launch"),
+        *tree("configs"),
+    ],
+    package_data={"vit_policy": ["py.typed"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "timm>=1.0,<2",
+        "open_clip_torch>=2.24",
+        "safetensors>=0.4",
+        "numpy>=1.23,<3",
+        "scipy>=1.10",
+        "pyyaml>=6",
+        "tqdm>=4.60",
+        "tensorboard>=2.12",
+        "matplotlib>=3.6",
+        "pillow>=9",
+        "rosbags>=0.10",
+    ],
+    extras_require={
+        "dds": ["cyclonedds>=0.10.5"],
+        "sim": ["mujoco>=3.1,<3.4", "gymnasium-robotics==1.4.2", "imageio>=2.30"],
+        "dev": ["pytest>=7", "pytest-timeout>=2", "cyclonedds>=0.10.5"],
+    },
+    zip_safe=True,
+    maintainer="vit_policy maintainers",
+    maintainer_email="maintainers@vit-policy.invalid",
+    description="ViT/CLIP visuomotor policy with end-effector pose tokens for ROS 2 robot arms",
+    license="Apache-2.0",
+    tests_require=["pytest"],
+    entry_points={
+        "console_scripts": [
+            "vit-policy = vit_policy.cli:main",
+            "policy_node = ros_nodes.policy_node:main",
+        ],
+    },
+)

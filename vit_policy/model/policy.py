@@ -1,0 +1,468 @@
+"""VisuomotorPolicy: image tokens + EE pose tokens -> fusion transformer -> a chunk of K actions.
+
+Context tokens: [instruction?, pose tokens, camera 1 tokens, camera 2 tokens, ...]. A pre-norm
+transformer encoder fuses them; K learned action queries then read the fused context through a
+DETR/ACT-style decoder. Why a decoder rather than appending queries to the encoder: the context
+length changes with cameras and token modes while K is fixed, cross-attention costs K x S rather than
+(K + S)^2, and the cross-attention weights of the queries are exactly the "where does the policy
+look" maps the replay report draws.
+
+Each step outputs [dp (3), rot6d (6), gripper logit (1)]: translation and rotation are predicted in
+normalised units (statistics saved with the checkpoint), rot6d is turned into a rotation vector when
+an ActionChunk leaves the model (ARCHITECTURE.md action semantics).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vit_policy.config import PolicyConfig, from_dict, read_yaml, save_config
+from vit_policy.geometry import NormStats, rot6d_to_rotvec
+from vit_policy.images import to_model_input
+from vit_policy.model.encoders import ImageEncoder, InstructionEncoder, WeightsError, read_state_dict
+from vit_policy.model.pose_tokens import PoseTokenizer, pose_features
+from vit_policy.observation import ActionChunk, Observation, ObservationError
+
+log = logging.getLogger(__name__)
+
+ACTION_DIM = 10  # dp (3) + rot6d (6) + gripper (1)
+CONFIG_FILE, WEIGHTS_FILE, STATS_FILE = "config.yaml", "model.safetensors", "stats.safetensors"
+
+Batch = dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------------------
+# Transformer blocks (pre-norm, scaled_dot_product_attention)
+# --------------------------------------------------------------------------------------------------
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        b, n, d = x.shape
+        h = self.heads
+        q = self.q(x).reshape(b, n, h, d // h).transpose(1, 2)
+        k, v = self.kv(ctx).reshape(b, ctx.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
+        if need_weights:  # explicit softmax so the weights can be returned (visualisation only)
+            w = (q @ k.transpose(-2, -1) * (d // h) ** -0.5).softmax(-1)
+            out, w = w @ v, w.mean(1)
+        else:
+            out, w = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0), None
+        return self.proj(out.transpose(1, 2).reshape(b, n, d)), w
+
+
+class MLP(nn.Sequential):
+    def __init__(self, dim: int, ratio: float, dropout: float) -> None:
+        hidden = int(dim * ratio)
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout))
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, ratio: float, dropout: float) -> None:
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads, dropout)
+        self.norm2, self.mlp = nn.LayerNorm(dim), MLP(dim, ratio, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.attn(h, h)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, ratio: float, dropout: float) -> None:
+        super().__init__()
+        self.norm1, self.self_attn = nn.LayerNorm(dim), Attention(dim, heads, dropout)
+        self.norm2, self.cross_attn = nn.LayerNorm(dim), Attention(dim, heads, dropout)
+        self.norm3, self.mlp = nn.LayerNorm(dim), MLP(dim, ratio, dropout)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h = self.norm1(x)
+        x = x + self.self_attn(h, h)[0]
+        out, w = self.cross_attn(self.norm2(x), memory, need_weights)
+        x = x + out
+        return x + self.mlp(self.norm3(x)), w
+
+
+# --------------------------------------------------------------------------------------------------
+# The policy
+# --------------------------------------------------------------------------------------------------
+
+
+class VisuomotorPolicy(nn.Module):
+    """Cameras + EE pose (+ instruction) -> an ActionChunk of K target poses and gripper targets."""
+
+    def __init__(self, cfg: PolicyConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        cams = cfg.cameras
+        if cfg.encoder.shared:
+            self.encoders = nn.ModuleDict({"shared": ImageEncoder(cfg.encoder)})
+        else:
+            self.encoders = nn.ModuleDict({c: ImageEncoder(cfg.encoder) for c in cams})
+        enc = self.encoder_for(cams[0])
+        self.image_proj = nn.Linear(enc.embed_dim, d)
+        self.camera_embed = nn.Parameter(torch.randn(len(cams), 1, d) * 0.02)
+        self.token_embed = nn.Parameter(torch.randn(1, enc.num_tokens, d) * 0.02)  # slot within a camera
+        self.pose_tokens = PoseTokenizer(cfg.pose, d)
+        self.language = InstructionEncoder(cfg.language) if cfg.language.enabled else None
+        self.lang_proj = nn.Linear(self.language.embed_dim, d) if self.language is not None else None
+        self.blocks = nn.ModuleList(EncoderBlock(d, cfg.n_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.n_encoder_layers))
+        self.memory_norm = nn.LayerNorm(d)
+        self.action_queries = nn.Parameter(torch.randn(1, cfg.chunk_size, d) * 0.02)
+        self.decoder = nn.ModuleList(DecoderBlock(d, cfg.n_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.n_decoder_layers))
+        self.head_norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, ACTION_DIM)
+        self.stats: dict[str, NormStats] | None = None
+        for name in ("state_center", "state_scale", "action_center", "action_scale"):
+            self.register_buffer(name, torch.empty(0), persistent=False)  # filled by set_stats
+
+    @classmethod
+    def from_config(cls, cfg: PolicyConfig | dict[str, Any] | str | Path) -> "VisuomotorPolicy":
+        """Build from a PolicyConfig, a mapping, or a YAML path (validated at load)."""
+        if isinstance(cfg, (str, Path)):
+            from vit_policy.config import load_policy_config
+
+            cfg = load_policy_config(cfg)
+        elif isinstance(cfg, dict):
+            cfg = from_dict(PolicyConfig, cfg)
+        return cls(cfg)
+
+    # ---- properties ----------------------------------------------------------------------------------
+
+    def encoder_for(self, camera: str) -> ImageEncoder:
+        return self.encoders["shared"] if "shared" in self.encoders else self.encoders[camera]  # type: ignore[return-value]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.encoder_for(self.cfg.cameras[0]).img_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(encoder parameters, head parameters), trainable only: for separate learning rates."""
+        enc = {id(p) for p in self.encoders.parameters()}
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [p for p in params if id(p) in enc], [p for p in params if id(p) not in enc]
+
+    # ---- normalisation statistics --------------------------------------------------------------------
+
+    def set_stats(self, stats: dict[str, NormStats]) -> None:
+        """Install normalisation statistics ('state' (D,), 'action' (K, 9)); required before use."""
+        mode = self.cfg.pose.normalization
+        want = {"state": (self.pose_tokens.state_dim,), "action": (self.cfg.chunk_size, ACTION_DIM - 1)}
+        for key, shape in want.items():
+            if key not in stats:
+                raise KeyError(f"normalisation statistics: {key!r} is missing (have {sorted(stats)})")
+            if tuple(stats[key].mean.shape) != shape:
+                raise ValueError(f"normalisation statistics {key!r}: shape {stats[key].mean.shape}, the model needs {shape}")
+        self.stats = dict(stats)
+        for key in want:
+            center, scale = stats[key].center_scale(mode)
+            setattr(self, f"{key}_center", torch.as_tensor(center, device=self.device))
+            setattr(self, f"{key}_scale", torch.as_tensor(scale, device=self.device))
+
+    def _require_stats(self) -> None:
+        if self.stats is None:
+            raise RuntimeError(
+                "normalisation statistics are missing: load a trained checkpoint (from_pretrained), call "
+                "set_stats(compute_norm_stats(...)), or for a plumbing check set_stats(identity_stats(cfg))"
+            )
+
+    # ---- forward ---------------------------------------------------------------------------------------
+
+    def _check_batch(self, batch: Batch) -> None:
+        images = batch.get("images")
+        if not isinstance(images, dict):
+            raise ObservationError("batch['images']: expected a mapping {camera: uint8 (B, H, W, 3)}")
+        for cam in self.cfg.cameras:
+            if cam not in images:
+                raise ObservationError(f"batch['images']: camera {cam!r} is missing (have {sorted(images)})")
+            img = images[cam]
+            if img.dtype != torch.uint8:
+                raise ObservationError(f"batch['images'][{cam!r}]: expected dtype uint8 RGB, got {img.dtype}")
+            if img.ndim != 4 or img.shape[-1] != 3:
+                raise ObservationError(f"batch['images'][{cam!r}]: expected shape (B, H, W, 3), got {tuple(img.shape)}")
+        for key, width in (("position", 3), ("quaternion", 4)):
+            val = batch.get(key)
+            if val is None or val.shape[-1] != width:
+                raise ObservationError(f"batch[{key!r}]: expected shape (B, {width})")
+            if not torch.isfinite(val).all():
+                raise ObservationError(f"batch[{key!r}]: contains NaN or Inf")
+
+    def state_vector(self, batch: Batch) -> torch.Tensor:
+        """Raw (unnormalised) state features of a batch: what the statistics are computed on."""
+        dev = self.device
+        grip = batch.get("gripper")
+        b = batch["position"].shape[0]
+        grip = torch.ones(b, device=dev) if grip is None else torch.as_tensor(grip, dtype=torch.float32, device=dev)
+        hist = batch.get("history")
+        return pose_features(
+            batch["position"].to(dev, torch.float32), batch["quaternion"].to(dev, torch.float32), grip,
+            None if hist is None else hist.to(dev, torch.float32), self.cfg.pose,
+        )
+
+    def forward_features(self, batch: Batch, return_attention: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Context tokens fused by the encoder blocks: (B, S, d) and the layout needed for attention maps."""
+        self._require_stats()
+        self._check_batch(batch)
+        dev = self.device
+        state = (self.state_vector(batch) - self.state_center) / self.state_scale
+        tokens = [self.pose_tokens(state)]
+        if self.language is not None:
+            instr = batch.get("instruction") or [self.cfg.language.instruction] * state.shape[0]
+            tokens.insert(0, self.lang_proj(self.language(list(instr)))[:, None])
+        layout: dict[str, Any] = {"cameras": {}, "pool_attention": {}}
+        offset = sum(t.shape[1] for t in tokens)
+        for i, cam in enumerate(self.cfg.cameras):
+            enc = self.encoder_for(cam)
+            x = to_model_input(batch["images"][cam].to(dev), enc.img_size, enc.mean, enc.std)
+            feats, pool_attn = enc(x, return_attention)
+            tokens.append(self.image_proj(feats) + self.camera_embed[i] + self.token_embed)
+            layout["cameras"][cam] = (offset, offset + feats.shape[1])
+            layout["pool_attention"][cam] = pool_attn
+            offset += feats.shape[1]
+        x = torch.cat(tokens, dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return self.memory_norm(x), layout
+
+    def forward_head(self, memory: torch.Tensor, return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Action queries read the context: (B, K, 10) normalised actions and last-layer cross-attention."""
+        q = self.action_queries.expand(memory.shape[0], -1, -1)
+        weights = None
+        for i, block in enumerate(self.decoder):
+            q, weights = block(q, memory, return_attention and i == len(self.decoder) - 1)
+        return self.head(self.head_norm(q)), weights
+
+    def forward(self, batch: Batch, return_attention: bool = False) -> dict[str, Any]:
+        memory, layout = self.forward_features(batch, return_attention)
+        out, weights = self.forward_head(memory, return_attention)
+        result: dict[str, Any] = {"action": out}
+        if return_attention:
+            result["attention"] = self._patch_attention(weights, layout)
+        return result
+
+    def _patch_attention(self, weights: torch.Tensor, layout: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Cross-attention of the action queries mapped onto each camera's patch grid (B, K, gh, gw)."""
+        maps: dict[str, torch.Tensor] = {}
+        for cam, (a, b) in layout["cameras"].items():
+            enc = self.encoder_for(cam)
+            w = weights[:, :, a:b]
+            pool = layout["pool_attention"][cam]
+            if pool is not None:
+                w = w @ pool  # through the attention pool onto the patches
+            elif enc.cfg.token_mode != "patches":
+                continue  # one global token: no spatial map
+            maps[cam] = w.reshape(w.shape[0], w.shape[1], *enc.grid)
+        return maps
+
+    # ---- training --------------------------------------------------------------------------------------
+
+    def normalize_action(self, action: torch.Tensor) -> torch.Tensor:
+        return (action[..., :9] - self.action_center) / self.action_scale
+
+    def compute_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """L1 on normalised translation and rotation, BCE on the gripper; padded steps are masked out.
+
+        ``batch['action']`` is raw (B, K, 10) [dp, rot6d of the delta rotation, gripper in [0, 1]] and
+        ``batch['action_mask']`` (B, K) marks real (not padded) steps.
+        """
+        pred = self.forward(batch)["action"]
+        target = batch["action"].to(self.device, torch.float32)
+        mask = batch.get("action_mask")
+        mask = torch.ones(target.shape[:2], device=self.device) if mask is None else mask.to(self.device, torch.float32)
+        denom = mask.sum().clamp_min(1.0)
+        tn = self.normalize_action(target)
+        l1 = (pred[..., :9] - tn).abs()
+        l_trans = (l1[..., :3].mean(-1) * mask).sum() / denom
+        l_rot = (l1[..., 3:9].mean(-1) * mask).sum() / denom
+        l_grip = (F.binary_cross_entropy_with_logits(pred[..., 9], target[..., 9], reduction="none") * mask).sum() / denom
+        loss = l_trans + self.cfg.rotation_loss_weight * l_rot + self.cfg.gripper_loss_weight * l_grip
+        return loss, {"loss": loss.item(), "l1_translation": l_trans.item(), "l1_rotation": l_rot.item(), "gripper_bce": l_grip.item()}
+
+    # ---- inference ---------------------------------------------------------------------------------------
+
+    def decode_actions(self, out: torch.Tensor) -> np.ndarray:
+        """Normalised network output (B, K, 10) -> raw [dp, rot6d, gripper prob] (B, K, 10)."""
+        raw = out[..., :9] * self.action_scale + self.action_center
+        return torch.cat([raw, torch.sigmoid(out[..., 9:])], -1).detach().cpu().double().numpy()
+
+    def observation_batch(self, observations: list[Observation]) -> Batch:
+        """Validated observations -> a model batch (uint8 images, float poses)."""
+        obs = [o.validate(self.cfg.cameras) for o in observations]
+        batch: Batch = {
+            "images": {c: torch.from_numpy(np.stack([o.images[c] for o in obs])) for c in self.cfg.cameras},
+            "position": torch.tensor(np.stack([o.position for o in obs]), dtype=torch.float32),
+            "quaternion": torch.tensor(np.stack([o.quaternion for o in obs]), dtype=torch.float32),
+            "gripper": torch.tensor([o.gripper for o in obs], dtype=torch.float32),
+            "stamp_ns": torch.tensor([o.stamp_ns for o in obs], dtype=torch.int64),
+        }
+        if self.cfg.pose.history:
+            if any(o.history is None for o in obs):
+                raise ObservationError(f"observation.history: this policy needs the last {self.cfg.pose.history} poses")
+            batch["history"] = torch.tensor(np.stack([o.history for o in obs]), dtype=torch.float32)
+        if self.language is not None:
+            batch["instruction"] = [o.instruction or self.cfg.language.instruction for o in obs]
+        return batch
+
+    @torch.inference_mode()
+    def predict(self, obs: Observation | list[Observation] | Batch, return_attention: bool = False) -> ActionChunk | list[ActionChunk]:
+        """One observation -> ActionChunk; a list of observations or a batch -> list of ActionChunks."""
+        single = isinstance(obs, Observation)
+        batch = self.observation_batch([obs] if single else obs) if isinstance(obs, (Observation, list)) else obs
+        was_training = self.training
+        self.eval()
+        try:
+            out = self.forward(batch, return_attention)
+        finally:
+            self.train(was_training)
+        actions = self.decode_actions(out["action"])
+        pos = batch["position"].double().cpu().numpy()
+        quat = batch["quaternion"].double().cpu().numpy()
+        quat = quat / np.linalg.norm(quat, axis=-1, keepdims=True)
+        stamps = batch.get("stamp_ns")
+        chunks = []
+        for i in range(actions.shape[0]):
+            attn = {c: m[i].float().cpu().numpy() for c, m in out.get("attention", {}).items()} if return_attention else None
+            chunks.append(
+                ActionChunk(
+                    stamp_ns=int(stamps[i]) if stamps is not None else 0,
+                    dt_ns=self.cfg.control_dt_ns,
+                    origin_position=pos[i],
+                    origin_quaternion=quat[i],
+                    delta_position=actions[i, :, :3],
+                    delta_rotation=rot6d_to_rotvec(actions[i, :, 3:9]),
+                    gripper=actions[i, :, 9],
+                    attention=attn,
+                )
+            )
+        return chunks[0] if single else chunks
+
+    # ---- checkpoints -------------------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+        """Write config.yaml, model.safetensors and stats.safetensors (+ metadata.json) into a directory."""
+        from safetensors.torch import save_file
+
+        self._require_stats()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, directory / CONFIG_FILE)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(_dedupe_shared(state), str(directory / WEIGHTS_FILE))
+        tensors: dict[str, torch.Tensor] = {}
+        for key, st in (self.stats or {}).items():
+            tensors.update(st.to_tensors(key))
+        save_file(tensors, str(directory / STATS_FILE))
+        if metadata is not None:
+            (directory / "metadata.json").write_text(json.dumps(metadata, indent=2, default=str))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "VisuomotorPolicy":
+        """Load a checkpoint directory written by ``save_pretrained``; nothing is unpickled."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"checkpoint directory {str(directory)!r} does not exist")
+        for name in (CONFIG_FILE, WEIGHTS_FILE, STATS_FILE):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"checkpoint {str(directory)!r} is incomplete: {name} is missing")
+        cfg = from_dict(PolicyConfig, read_yaml(directory / CONFIG_FILE))
+        # the weights come from the checkpoint: never download or read the original encoder weights again
+        cfg.encoder.pretrained, cfg.encoder.weights = False, None
+        cfg.language.pretrained, cfg.language.weights = None, None
+        model = cls(cfg)
+        state = read_state_dict(directory / WEIGHTS_FILE)
+        missing, unexpected = model.load_state_dict(_restore_shared(state, model), strict=False)
+        if missing or unexpected:
+            raise WeightsError(f"checkpoint {str(directory / WEIGHTS_FILE)!r} does not match its config: missing {missing[:8]}, unexpected {unexpected[:8]}")
+        try:
+            raw = load_file(str(directory / STATS_FILE))
+        except Exception as exc:
+            raise WeightsError(f"cannot read {str(directory / STATS_FILE)!r}: {type(exc).__name__}: {exc}") from exc
+        src = str(directory / STATS_FILE)
+        model.set_stats({k: NormStats.from_tensors(raw, k, src) for k in ("state", "action")})
+        return model.to(map_location).eval()
+
+
+def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share memory; keep one copy of each (the first name)."""
+    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    out = {}
+    for k, v in state.items():
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+        if v.numel() and key in seen:
+            continue
+        seen[key] = k
+        out[k] = v
+    return out
+
+
+def _restore_shared(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Fill keys dropped by ``_dedupe_shared`` from the tensor they shared memory with."""
+    own = model.state_dict()
+    by_ptr = {}
+    for k, v in own.items():
+        by_ptr.setdefault((v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape)), []).append(k)
+    out = dict(state)
+    for names in by_ptr.values():
+        have = [n for n in names if n in state]
+        for n in names:
+            if n not in out and have:
+                out[n] = state[have[0]]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------------------------------
+
+
+def compute_norm_stats(
+    model_or_cfg: VisuomotorPolicy | PolicyConfig,
+    position: np.ndarray,
+    quaternion: np.ndarray,
+    gripper: np.ndarray,
+    action: np.ndarray,
+    action_mask: np.ndarray | None = None,
+    history: np.ndarray | None = None,
+) -> dict[str, NormStats]:
+    """Statistics of the state features (N, D) and raw actions (N, K, 9) over a training split."""
+    cfg = model_or_cfg.cfg if isinstance(model_or_cfg, VisuomotorPolicy) else model_or_cfg
+    state = pose_features(
+        torch.as_tensor(position, dtype=torch.float64), torch.as_tensor(quaternion, dtype=torch.float64),
+        torch.as_tensor(gripper, dtype=torch.float64), None if history is None else torch.as_tensor(history, dtype=torch.float64), cfg.pose,
+    ).numpy()
+    action = np.asarray(action)[..., :9]
+    if action.shape[1] != cfg.chunk_size:
+        raise ValueError(f"actions: chunk length {action.shape[1]} != chunk_size {cfg.chunk_size}")
+    return {"state": NormStats.from_data(state), "action": NormStats.from_data(action, action_mask)}
+
+
+def identity_stats(cfg: PolicyConfig) -> dict[str, NormStats]:
+    """Statistics that change nothing: for untrained plumbing checks and the pre-training demo only."""
+    from vit_policy.model.pose_tokens import component_dims
+
+    return {"state": NormStats.identity((sum(component_dims(cfg.pose).values()),)), "action": NormStats.identity((cfg.chunk_size, 9))}
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
