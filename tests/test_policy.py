@@ -1,0 +1,235 @@
+"""VisuomotorPolicy: forward/backward, loss, overfitting, save/load, attention maps, bad input."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vit_policy.config import ConfigError, EncoderConfig, LanguageConfig, PolicyConfig, PoseConfig, load_policy_config
+from vit_policy.geometry import apply_delta, rotvec_to_rot6d
+from vit_policy.model.encoders import WeightsError
+from vit_policy.model.policy import VisuomotorPolicy, compute_norm_stats, identity_stats
+from vit_policy.observation import Observation, ObservationError
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "policy"
+
+
+def tiny_cfg(**kw) -> PolicyConfig:
+    base = dict(
+        cameras=["front", "wrist"],
+        encoder=EncoderConfig(name="vit_tiny_patch16_224", img_size=32, token_mode="pooled", num_pooled_tokens=4),
+        d_model=64, n_heads=4, n_encoder_layers=1, n_decoder_layers=1, chunk_size=6, dropout=0.0,
+    )
+    base.update(kw)
+    return PolicyConfig(**base)
+
+
+def make_batch(cfg: PolicyConfig, b: int = 4, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    quats = rng.normal(size=(b, 4))
+    quats /= np.linalg.norm(quats, axis=1, keepdims=True)
+    dr = rng.normal(0, 0.1, (b, cfg.chunk_size, 3))
+    action = np.concatenate([rng.normal(0, 0.05, (b, cfg.chunk_size, 3)), rotvec_to_rot6d(dr), rng.integers(0, 2, (b, cfg.chunk_size, 1))], -1)
+    batch = {
+        "images": {c: torch.randint(0, 256, (b, 40, 48, 3), dtype=torch.uint8, generator=g) for c in cfg.cameras},
+        "position": torch.tensor(rng.normal(0, 0.3, (b, 3)), dtype=torch.float32),
+        "quaternion": torch.tensor(quats, dtype=torch.float32),
+        "gripper": torch.tensor(rng.uniform(size=b), dtype=torch.float32),
+        "action": torch.tensor(action, dtype=torch.float32),
+        "action_mask": torch.ones(b, cfg.chunk_size, dtype=torch.bool),
+    }
+    if cfg.pose.history:
+        hist = np.concatenate([rng.normal(0, 0.3, (b, cfg.pose.history, 3)), np.tile(quats[:, None], (1, cfg.pose.history, 1))], -1)
+        batch["history"] = torch.tensor(hist, dtype=torch.float32)
+    return batch
+
+
+def with_stats(cfg: PolicyConfig, batch: dict) -> VisuomotorPolicy:
+    torch.manual_seed(0)
+    model = VisuomotorPolicy.from_config(cfg)
+    model.set_stats(compute_norm_stats(cfg, batch["position"].numpy(), batch["quaternion"].numpy(), batch["gripper"].numpy(),
+                                       batch["action"].numpy(), batch["action_mask"].numpy(), batch.get("history")))
+    return model
+
+
+def test_shipped_configs_load_and_validate():
+    for name in ("vit_small", "vit_tiny", "clip_b32", "dinov2_small"):
+        cfg = load_policy_config(CONFIGS / f"{name}.yaml")
+        assert cfg.chunk_size == 20
+    assert load_policy_config(CONFIGS / "vit_small.yaml").encoder.name == "vit_small_patch16_224"
+    assert load_policy_config(CONFIGS / "clip_b32.yaml").encoder.family == "open_clip"
+
+
+def test_unknown_config_key_names_nearest(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cameras: [front]\nencoder:\n  nmae: vit_tiny_patch16_224\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown config key 'encoder\.nmae'; did you mean 'name'"):
+        load_policy_config(bad)
+    bad.write_text("chunk_sise: 10\n")
+    with pytest.raises(ConfigError, match="did you mean 'chunk_size'"):
+        load_policy_config(bad)
+    bad.write_text("d_model: 100\nn_heads: 8\n")
+    with pytest.raises(ConfigError, match="divisible"):
+        load_policy_config(bad)
+    bad.write_text("encoder:\n  token_mode: pixels\n")
+    with pytest.raises(ConfigError, match=r"token_mode: 'pixels' is not one of"):
+        load_policy_config(bad)
+    with pytest.raises(ConfigError, match="expected an integer"):
+        load_policy_config(CONFIGS / "vit_tiny.yaml", ["chunk_size=ten"])
+
+
+@pytest.mark.parametrize("variant", ["base", "single_token_history", "quat_minmax", "per_camera", "patches", "language"])
+def test_forward_backward_variants(variant):
+    kw = {}
+    if variant == "single_token_history":
+        kw["pose"] = PoseConfig(tokens="single", history=3)
+    if variant == "quat_minmax":
+        kw["pose"] = PoseConfig(rotation="quat", normalization="min_max", history=2)
+    if variant == "per_camera":
+        kw["encoder"] = EncoderConfig(name="vit_tiny_patch16_224", img_size=32, token_mode="cls", shared=False)
+    if variant == "patches":
+        kw["encoder"] = EncoderConfig(name="vit_tiny_patch16_224", img_size=32, token_mode="patches")
+    if variant == "language":
+        kw["language"] = LanguageConfig(enabled=True, model="ViT-B-32", instruction="reach the goal")
+    cfg = tiny_cfg(**kw)
+    batch = make_batch(cfg)
+    model = with_stats(cfg, batch)
+    if variant == "per_camera":
+        assert set(model.encoders) == {"front", "wrist"}
+    loss, parts = model.compute_loss(batch)
+    assert torch.isfinite(loss) and set(parts) == {"loss", "l1_translation", "l1_rotation", "gripper_bce"}
+    loss.backward()
+    enc_params, head_params = model.param_groups()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in enc_params)
+    assert all(p.grad is not None for p in head_params if p.requires_grad)
+    chunks = model.predict(batch)
+    assert len(chunks) == 4 and chunks[0].delta_position.shape == (cfg.chunk_size, 3)
+    assert all(c.is_finite() for c in chunks)
+
+
+def test_padding_mask_is_honoured():
+    cfg = tiny_cfg()
+    batch = make_batch(cfg)
+    model = with_stats(cfg, batch)
+    model.eval()
+    mask = batch["action_mask"].clone()
+    mask[:, 3:] = False
+    batch["action_mask"] = mask
+    loss_a, _ = model.compute_loss(batch)
+    batch["action"] = batch["action"].clone()
+    batch["action"][:, 3:, :3] += 100.0  # garbage where the mask says padding
+    loss_b, _ = model.compute_loss(batch)
+    torch.testing.assert_close(loss_a, loss_b)
+
+
+def test_overfits_a_small_batch_below_mean_predictor():
+    cfg = tiny_cfg(cameras=["front"])
+    batch = make_batch(cfg, b=8, seed=3)
+    model = with_stats(cfg, batch)
+    with torch.no_grad():  # a mean predictor: normalised L1 of the labels around their mean
+        tn = model.normalize_action(batch["action"])
+        mean_l1 = (tn - tn.mean(0)).abs().mean().item()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    for _ in range(150):
+        loss, parts = model.compute_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    l1 = (parts["l1_translation"] + parts["l1_rotation"]) / 2
+    assert mean_l1 > 0.5
+    assert l1 < 0.25 * mean_l1, (l1, mean_l1)
+
+
+def test_predict_turns_rot6d_into_target_poses():
+    cfg = tiny_cfg(cameras=["front"])
+    batch = make_batch(cfg, b=2)
+    model = with_stats(cfg, batch)
+    obs = Observation(123, {"front": batch["images"]["front"][0].numpy()}, batch["position"][0].double().numpy(),
+                      batch["quaternion"][0].double().numpy(), 0.5)
+    chunk = model.predict(obs)
+    assert chunk.stamp_ns == 123 and chunk.dt_ns == int(cfg.control_dt * 1e9)
+    np.testing.assert_array_equal(chunk.step_times_ns, 123 + chunk.dt_ns * np.arange(1, cfg.chunk_size + 1))
+    p, q = apply_delta(chunk.origin_position, chunk.origin_quaternion, chunk.delta_position, chunk.delta_rotation)
+    np.testing.assert_allclose(chunk.target_positions, p)
+    np.testing.assert_allclose(np.linalg.norm(chunk.target_quaternions, axis=1), 1.0, atol=1e-9)
+    assert np.all((chunk.gripper >= 0) & (chunk.gripper <= 1))
+
+
+def test_save_load_bit_identical(tmp_path):
+    cfg = tiny_cfg(pose=PoseConfig(history=2))
+    batch = make_batch(cfg)
+    model = with_stats(cfg, batch).eval()
+    before = model.predict(batch)
+    model.save_pretrained(tmp_path / "ckpt", metadata={"note": "test"})
+    assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {"config.yaml", "model.safetensors", "stats.safetensors", "metadata.json"}
+    loaded = VisuomotorPolicy.from_pretrained(tmp_path / "ckpt")
+    after = loaded.predict(batch)
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a.delta_position, b.delta_position)
+        np.testing.assert_array_equal(a.delta_rotation, b.delta_rotation)
+        np.testing.assert_array_equal(a.gripper, b.gripper)
+    np.testing.assert_array_equal(loaded.stats["action"].std, model.stats["action"].std)
+
+
+def test_checkpoint_errors(tmp_path):
+    cfg = tiny_cfg(cameras=["front"])
+    batch = make_batch(cfg, b=2)
+    ckpt = with_stats(cfg, batch).save_pretrained(tmp_path / "ckpt")
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(WeightsError, match=r"cannot read weights file .*model\.safetensors"):
+        VisuomotorPolicy.from_pretrained(ckpt)
+    (ckpt / "stats.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="stats.safetensors is missing"):
+        VisuomotorPolicy.from_pretrained(ckpt)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        VisuomotorPolicy.from_pretrained(tmp_path / "nowhere")
+
+
+def test_missing_statistics_is_an_error():
+    cfg = tiny_cfg(cameras=["front"])
+    model = VisuomotorPolicy.from_config(cfg)
+    with pytest.raises(RuntimeError, match="normalisation statistics are missing"):
+        model.predict(make_batch(cfg, b=1))
+    with pytest.raises(KeyError, match="'action' is missing"):
+        model.set_stats({"state": identity_stats(cfg)["state"]})
+
+
+def test_bad_inputs_name_the_problem():
+    cfg = tiny_cfg(cameras=["front"])
+    model = VisuomotorPolicy.from_config(cfg)
+    model.set_stats(identity_stats(cfg))
+    img = np.zeros((32, 32, 3), np.uint8)
+    good = dict(stamp_ns=0, images={"front": img}, position=np.zeros(3), quaternion=np.array([0, 0, 0, 1.0]))
+    cases = [
+        (dict(position=np.array([0, np.nan, 0])), r"observation\.position: contains NaN"),
+        (dict(quaternion=np.array([0, 0, 0, 2.0])), r"observation\.orientation: quaternion norm"),
+        (dict(images={"front": img.astype(np.float32)}), r"images\['front'\]: expected dtype uint8"),
+        (dict(images={"front": img[:, :, :2]}), r"images\['front'\]: expected shape \(H, W, 3\)"),
+        (dict(images={"wrist": img}), r"camera 'front' is missing"),
+    ]
+    for change, pattern in cases:
+        with pytest.raises(ObservationError, match=pattern):
+            model.predict(Observation(**{**good, **change}))
+    batch = make_batch(cfg, b=1)
+    batch["quaternion"][0, 0] = float("inf")
+    with pytest.raises(ObservationError, match=r"batch\['quaternion'\]: contains NaN or Inf"):
+        model.predict(batch)
+
+
+def test_attention_maps_over_patches():
+    cfg = tiny_cfg()
+    batch = make_batch(cfg, b=2)
+    model = with_stats(cfg, batch)
+    chunk = model.predict(batch, return_attention=True)[0]
+    for cam in cfg.cameras:
+        att = chunk.attention[cam]
+        assert att.shape == (cfg.chunk_size, 2, 2)  # K queries over a 2x2 patch grid (32 px / 16)
+        assert np.all(att >= 0)
+    # attention over all context tokens sums to 1 per query; the cameras' share is at most that
+    total = sum(chunk.attention[c].sum((1, 2)) for c in cfg.cameras)
+    assert np.all(total <= 1.0 + 1e-5) and np.all(total > 0)
+    plain = model.predict(batch)[0]  # the SDPA path and the explicit-weights path agree
+    np.testing.assert_allclose(plain.delta_position, chunk.delta_position, atol=1e-5)
