@@ -217,11 +217,25 @@ class VisuomotorPolicy(nn.Module):
             None if hist is None else hist.to(dev, torch.float32), self.cfg.pose,
         )
 
+    def _encode_images(self, images: dict[str, torch.Tensor], return_attention: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Tokens per camera; a shared encoder sees all cameras in one batched forward."""
+        cams, dev = self.cfg.cameras, self.device
+        if "shared" not in self.encoders:
+            out = []
+            for cam in cams:
+                enc = self.encoder_for(cam)
+                out.append(enc(to_model_input(images[cam].to(dev), enc.img_size, enc.mean, enc.std), return_attention))
+            return out
+        enc = self.encoder_for(cams[0])
+        x = torch.cat([to_model_input(images[c].to(dev), enc.img_size, enc.mean, enc.std) for c in cams])
+        feats, attn = enc(x, return_attention)
+        attns = attn.chunk(len(cams)) if attn is not None else [None] * len(cams)
+        return list(zip(feats.chunk(len(cams)), attns))
+
     def forward_features(self, batch: Batch, return_attention: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
         """Context tokens fused by the encoder blocks: (B, S, d) and the layout needed for attention maps."""
         self._require_stats()
         self._check_batch(batch)
-        dev = self.device
         state = (self.state_vector(batch) - self.state_center) / self.state_scale
         tokens = [self.pose_tokens(state)]
         if self.language is not None:
@@ -229,10 +243,7 @@ class VisuomotorPolicy(nn.Module):
             tokens.insert(0, self.lang_proj(self.language(list(instr)))[:, None])
         layout: dict[str, Any] = {"cameras": {}, "pool_attention": {}}
         offset = sum(t.shape[1] for t in tokens)
-        for i, cam in enumerate(self.cfg.cameras):
-            enc = self.encoder_for(cam)
-            x = to_model_input(batch["images"][cam].to(dev), enc.img_size, enc.mean, enc.std)
-            feats, pool_attn = enc(x, return_attention)
+        for i, (cam, (feats, pool_attn)) in enumerate(zip(self.cfg.cameras, self._encode_images(batch["images"], return_attention))):
             tokens.append(self.image_proj(feats) + self.camera_embed[i] + self.token_embed)
             layout["cameras"][cam] = (offset, offset + feats.shape[1])
             layout["pool_attention"][cam] = pool_attn
