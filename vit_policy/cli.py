@@ -81,10 +81,131 @@ def add_policy_demo(sub: argparse._SubParsersAction) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# train: rosbag2 demonstrations -> checkpoint (vit_policy/train.py)
+# --------------------------------------------------------------------------------------------------
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    def run(args: argparse.Namespace) -> int:
+        from vit_policy.train import cmd_train
+
+        return cmd_train(args)
+
+    p = sub.add_parser("train", help="train a policy on rosbag2 demonstrations (under torchrun for several processes)")
+    p.add_argument("--config", required=True, help="training YAML, e.g. configs/train/sim_fetch.yaml")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0: torch's default)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=5 policy.chunk_size=10")
+    p.set_defaults(func=run)
+
+
+# --------------------------------------------------------------------------------------------------
+# replay: offline evaluation of checkpoints on recorded bags (vit_policy/replay.py)
+# --------------------------------------------------------------------------------------------------
+
+
+def add_replay(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("replay", help="evaluate checkpoints on recorded rosbag2 bags: metrics.json + report.html")
+    p.add_argument("--checkpoint", nargs="+", required=True, metavar="DIR", help="checkpoint directories (several: compared side by side)")
+    p.add_argument("--bags", nargs="+", required=True, metavar="PATH", help="rosbag2 recordings (held-out demonstrations)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory for metrics.json, report.html and plots/")
+    p.add_argument("--mode", choices=["faithful", "batch", "both"], default="both",
+                   help="faithful: through PolicyRunner on bag time, as the node; batch: batched inference (default both)")
+    p.add_argument("--latency-ms", type=float, default=None,
+                   help="inference latency of the replayed node (default: measured on this machine)")
+    p.add_argument("--data-config", metavar="YAML", help="train config (its data: section) or data YAML with the bag's topics "
+                   "(default: the checkpoint's metadata.json)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="replay config override, e.g. runtime.strategy=receding or tolerance_mm=5 (repeatable)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(func=cmd_replay)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from vit_policy.replay import cli_replay
+
+    return cli_replay(args)
+
+
+# --------------------------------------------------------------------------------------------------
+# serve: the ROS 2 policy node over rclpy or CycloneDDS (ros_nodes/policy_node.py)
+# --------------------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ros_nodes.policy_node import serve
+
+    overrides = list(args.overrides)
+    if args.checkpoint:
+        overrides.append(f"checkpoint={args.checkpoint}")
+    if args.output_mode:
+        overrides.append(f"output_mode={args.output_mode}")
+    return serve(args.transport, args.config, overrides, args.namespace, args.node_name, args.use_sim_time)
+
+
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the ROS 2 policy node (rclpy, or CycloneDDS without a ROS install)")
+    p.add_argument("--transport", choices=["dds", "rclpy"], default="dds")
+    p.add_argument("--config", help="ROS 2 parameter file (policy_node: ros__parameters: ...), e.g. configs/ros/policy_node.yaml")
+    p.add_argument("--checkpoint", help="trained checkpoint directory (same as checkpoint=DIR)")
+    p.add_argument("--output-mode", choices=["twist", "pose", "trajectory"])
+    p.add_argument("--namespace", default="")
+    p.add_argument("--node-name", default="policy_node")
+    p.add_argument("--use-sim-time", action="store_true", help="stamp commands with /clock")
+    p.add_argument("overrides", nargs="*", help="parameter=value, e.g. runtime.control_rate_hz=20 allow_untrained=true")
+    p.set_defaults(func=cmd_serve)
+
+
+# --------------------------------------------------------------------------------------------------
+# sim-record / sim-eval: MuJoCo Fetch demonstrations and closed-loop evaluation (sim_tests/)
+# --------------------------------------------------------------------------------------------------
+
+SIM_TASKS = ["FetchReach-v4", "FetchPush-v4", "FetchPickAndPlace-v4"]
+
+
+def cmd_sim_record(args: argparse.Namespace) -> int:
+    from sim_tests.record import cli_sim_record
+
+    return cli_sim_record(args)
+
+
+def add_sim_record(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sim-record", help="record scripted-expert demonstrations of a MuJoCo Fetch task as rosbag2")
+    p.add_argument("--task", choices=SIM_TASKS, help="task (its configs/sim/ file is the default config)")
+    p.add_argument("--config", help="sim YAML (default: configs/sim/ of the task)")
+    p.add_argument("--episodes", type=int, default=50, help="successful demonstrations to record")
+    p.add_argument("--out", required=True, metavar="DIR", help="new directory for episode_000 ... and demos.yaml")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
+    p.add_argument("overrides", nargs="*", help="sim config overrides, e.g. image_size=128 episode_steps=30")
+    p.set_defaults(func=cmd_sim_record)
+
+
+def cmd_sim_eval(args: argparse.Namespace) -> int:
+    from sim_tests.closed_loop import cli_sim_eval
+
+    return cli_sim_eval(args)
+
+
+def add_sim_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sim-eval", help="closed-loop success rate of a checkpoint in a MuJoCo Fetch task, through PolicyRunner")
+    p.add_argument("--checkpoint", metavar="DIR", help="trained checkpoint directory")
+    p.add_argument("--baseline", choices=["expert", "random"], help="evaluate the scripted expert or random actions instead")
+    p.add_argument("--task", choices=SIM_TASKS)
+    p.add_argument("--config", help="sim YAML (default: configs/sim/ of the task)")
+    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0, help="first episode seed (episodes use seed, seed+1, ...)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default outputs/sim_eval/<task>)")
+    p.add_argument("--gifs", type=int, default=None, help="GIFs of the first N episodes (default: every episode)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("overrides", nargs="*", help="sim config overrides, e.g. runtime.strategy=receding episode_steps=80")
+    p.set_defaults(func=cmd_sim_eval)
+
+
+# --------------------------------------------------------------------------------------------------
 # Subcommands of the other modules register here: one add_<name>(sub) function each.
 # --------------------------------------------------------------------------------------------------
 
-REGISTER = [add_policy_demo]
+REGISTER = [add_policy_demo, add_train, add_replay, add_serve, add_sim_record, add_sim_eval]
 
 
 def build_parser() -> argparse.ArgumentParser:

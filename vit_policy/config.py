@@ -261,3 +261,343 @@ class PolicyConfig:
 
 def load_policy_config(path: str | Path, overrides: list[str] | None = None) -> PolicyConfig:
     return load_config(PolicyConfig, path, overrides)
+
+
+# --------------------------------------------------------------------------------------------------
+# Simulator (sim_tests/): MuJoCo Fetch tasks
+# --------------------------------------------------------------------------------------------------
+
+SimTask = Literal["FetchReach-v4", "FetchPush-v4", "FetchPickAndPlace-v4"]
+
+
+@dataclass
+class FreeCameraConfig:
+    """A fixed camera placed in the world (MuJoCo free camera): looks at ``lookat`` from a distance and angles."""
+
+    lookat: list[float] = field(default_factory=lambda: [1.3, 0.75, 0.55])  # world frame, metres
+    distance: float = 1.2  # metres from lookat
+    azimuth: float = 90.0  # degrees about world z
+    elevation: float = -45.0  # degrees; negative looks down
+
+    def __post_init__(self) -> None:
+        if len(self.lookat) != 3:
+            raise ConfigError(f"camera.lookat: expected [x, y, z] in metres, got {self.lookat}")
+        if not self.distance > 0:
+            raise ConfigError(f"camera.distance: {self.distance} must be > 0 metres")
+        if not -90.0 <= self.elevation <= 90.0:
+            raise ConfigError(f"camera.elevation: {self.elevation} must be in [-90, 90] degrees")
+
+
+@dataclass
+class SimConfig:
+    """A MuJoCo Fetch task seen the way a robot sees it: cameras, EE pose, gripper, sim-time stamps."""
+
+    task: SimTask = "FetchReach-v4"
+    # ROS camera name -> a MuJoCo camera of the model (by name) or a fixed free camera (mapping)
+    cameras: dict[str, Union[str, FreeCameraConfig]] = field(default_factory=lambda: {"external": "external_camera_0"})
+    image_size: int = 96  # rendered frames are image_size x image_size RGB
+    episode_steps: int = 50  # env steps per episode (one step = 20 x 2 ms = 40 ms of sim time)
+    target_marker_radius: float = 0.03  # radius of the red goal marker in rendered frames (model default 0.02)
+    base_frame: str = "base_link"
+    ee_frame: str = "ee_link"
+    # closed loop: the runner ticks once per 40 ms env step, inference inline (sim time waits for it)
+    runtime: RuntimeConfig = field(
+        default_factory=lambda: RuntimeConfig(control_rate_hz=25.0, sync_tolerance_s=0.02, synchronous=True, inference_latency_s=0.0)
+    )
+    # Fetch workspace over the table in the base frame; the experts move at up to 1 m/s (4 cm per step)
+    safety: SafetyConfig = field(
+        default_factory=lambda: SafetyConfig(workspace_min=[0.3, -0.5, 0.38], workspace_max=[1.0, 0.5, 1.0], max_linear_speed=1.0)
+    )
+
+    def __post_init__(self) -> None:
+        if not self.cameras:
+            raise ConfigError("sim.cameras: map at least one camera name to a MuJoCo camera, e.g. {external: external_camera_0}")
+        if not 16 <= self.image_size <= 1024:
+            raise ConfigError(f"sim.image_size: {self.image_size} must be in [16, 1024] pixels")
+        if self.episode_steps < 1:
+            raise ConfigError("sim.episode_steps: must be at least 1")
+        if not 0.0 < self.target_marker_radius <= 0.1:
+            raise ConfigError(f"sim.target_marker_radius: {self.target_marker_radius} must be in (0, 0.1] metres")
+
+
+def load_sim_config(path: str | Path, overrides: list[str] | None = None) -> SimConfig:
+    return load_config(SimConfig, path, overrides)
+
+
+# --------------------------------------------------------------------------------------------------
+# Demonstration data (rosbag2 topic map) and training
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GripperConfig:
+    """Where the gripper opening comes from: JointState joints mapped from (closed, open) to [0, 1], or a Float64."""
+
+    topic: str = "/joint_states"
+    kind: Literal["joint_state", "float64"] = "joint_state"
+    joints: list[str] = field(default_factory=list)  # summed positions of these joints (joint_state)
+    closed: float = 0.0  # joint sum when closed -> 0
+    open: float = 0.08  # joint sum when open -> 1
+
+    def __post_init__(self) -> None:
+        if self.kind == "joint_state" and not self.joints:
+            raise ConfigError("gripper.joints: list the gripper joint name(s) of the JointState topic (kind: joint_state)")
+        if self.kind == "joint_state" and self.closed == self.open:
+            raise ConfigError(f"gripper.closed and gripper.open are both {self.open}: give the joint range (closed, open)")
+
+
+@dataclass
+class DataConfig:
+    """Topic map and sampling rules that turn a rosbag2 recording into episodes (one per bag, split at gaps)."""
+
+    cameras: dict[str, str] = field(default_factory=lambda: {"front": "/camera/front/image_raw"})
+    pose_topic: str | None = "/ee_pose"  # PoseStamped; null: TF chain tf_base_frame -> tf_ee_frame
+    tf_base_frame: str = "base_link"
+    tf_ee_frame: str = "ee_link"
+    gripper: GripperConfig = field(default_factory=lambda: GripperConfig(joints=["gripper_joint"]))
+    command_topic: str | None = None  # recorded target PoseStamped (/expert/target_pose)
+    command_gripper_topic: str | None = None  # recorded gripper command Float64 (/expert/gripper)
+    labels: Literal["command", "future_pose"] = "future_pose"
+    control_rate_hz: float = 10.0
+    sync_tolerance_s: float = 0.05
+    max_age_s: float = 0.5
+    gap_split_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.cameras:
+            raise ConfigError("data.cameras: map at least one camera name to its image topic")
+        if self.labels == "command" and not self.command_topic:
+            raise ConfigError("data.labels: 'command' needs data.command_topic (e.g. /expert/target_pose)")
+        if not self.control_rate_hz > 0:
+            raise ConfigError("data.control_rate_hz: must be > 0")
+        if not 0 <= self.sync_tolerance_s < self.max_age_s:
+            raise ConfigError("data.sync_tolerance_s must be >= 0 and below data.max_age_s")
+        if not self.gap_split_s > 1.0 / self.control_rate_hz:
+            raise ConfigError("data.gap_split_s: must be longer than one control period")
+
+    @property
+    def dt_ns(self) -> int:
+        return int(round(1e9 / self.control_rate_hz))
+
+
+@dataclass
+class AugmentConfig:
+    """Image augmentations applied on the fly to training samples (never to validation)."""
+
+    shift_px: int = 0  # random shift: pad by this many pixels (edge), crop back at a random offset
+    brightness: float = 0.0  # colour jitter: factors drawn from [1 - x, 1 + x]
+    contrast: float = 0.0
+    saturation: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.shift_px < 0:
+            raise ConfigError("augment.shift_px: must be >= 0")
+        for name in ("brightness", "contrast", "saturation"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"augment.{name}: must be in [0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    """One training run: policy, data, split, optimiser and checkpointing."""
+
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    bags: list[str] = field(default_factory=list)  # bag directories / files or glob patterns
+    val_bags: list[str] = field(default_factory=list)  # explicit validation bags; else val_fraction of episodes
+    val_fraction: float = 0.2
+    cache_dir: str = "outputs/cache"
+    out_dir: str = "outputs/train"
+    epochs: int = 10
+    max_steps: int | None = None  # total optimiser steps (the schedule's length); default epochs x steps/epoch
+    batch_size: int = 32
+    lr_encoder: float = 1e-5
+    lr_head: float = 1e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    grad_clip: float = 1.0  # max gradient norm; 0 disables
+    ema: float = 0.0  # EMA decay of the weights (0: off; e.g. 0.999); checkpoints then hold the EMA weights
+    seed: int = 0
+    num_workers: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    log_every: int = 10
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    resume: str | None = None  # a 'last' checkpoint directory, or 'auto' for <out_dir>/last if it exists
+    tensorboard: bool = True
+    progress: bool = True  # tqdm bars
+
+    def __post_init__(self) -> None:
+        if not self.bags:
+            raise ConfigError("bags: list the rosbag2 recordings to train on (directories or glob patterns)")
+        missing = [c for c in self.policy.cameras if c not in self.data.cameras]
+        if missing:
+            raise ConfigError(f"data.cameras: no topic for policy camera(s) {missing}; have {sorted(self.data.cameras)}")
+        if abs(self.data.dt_ns - self.policy.control_dt_ns) > 1000:
+            raise ConfigError(
+                f"data.control_rate_hz ({self.data.control_rate_hz} Hz) and policy.control_dt ({self.policy.control_dt} s) "
+                "disagree: the chunk steps are the control period; set control_dt = 1 / control_rate_hz"
+            )
+        if not self.val_bags and not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError("val_fraction: must be in [0, 1)")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("epochs and batch_size: must be >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError("max_steps: must be >= 1 (or null for epochs x steps per epoch)")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError("ema: decay must be in [0, 1) (0 disables EMA)")
+        if self.lr_encoder < 0 or self.lr_head <= 0:
+            raise ConfigError("lr_encoder must be >= 0 and lr_head > 0")
+        if self.warmup_steps < 0 or self.grad_clip < 0 or self.num_workers < 0 or self.log_every < 1:
+            raise ConfigError("warmup_steps, grad_clip, num_workers must be >= 0 and log_every >= 1")
+
+
+def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    return load_config(TrainConfig, path, overrides)
+
+
+# --------------------------------------------------------------------------------------------------
+# Runtime and safety (PolicyRunner, the ROS node, replay and the simulator)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RuntimeConfig:
+    """How the runner turns streamed inputs into a command each control tick."""
+
+    control_rate_hz: float = 10.0  # control ticks per second
+    sync_tolerance_s: float = 0.05  # cameras must lie within this of the pose stamp
+    max_age_s: float = 0.5  # an input older than this at tick time is stale -> stop
+    strategy: Literal["receding", "ensemble"] = "ensemble"
+    execute_steps: int = 4  # receding horizon: steps executed before the next chunk takes over
+    ensemble_m: float = 0.1  # temporal ensembling weight exp(-m * i), i = 0 for the oldest chunk (ACT)
+    inference_latency_s: float | None = None  # None: measured; a value is used as the latency estimate
+    synchronous: bool = False  # inference inline in tick (replay / simulation determinism)
+
+    def __post_init__(self) -> None:
+        if not self.control_rate_hz > 0:
+            raise ConfigError(f"runtime.control_rate_hz: {self.control_rate_hz} must be > 0 Hz")
+        if self.sync_tolerance_s < 0 or not self.max_age_s > 0:
+            raise ConfigError("runtime.sync_tolerance_s must be >= 0 and runtime.max_age_s > 0 seconds")
+        if self.execute_steps < 1:
+            raise ConfigError(f"runtime.execute_steps: {self.execute_steps} must be >= 1")
+        if self.ensemble_m < 0:
+            raise ConfigError(f"runtime.ensemble_m: {self.ensemble_m} must be >= 0 (0 = plain average)")
+        if self.inference_latency_s is not None and self.inference_latency_s < 0:
+            raise ConfigError("runtime.inference_latency_s: must be >= 0 seconds, or null to measure it")
+
+    @property
+    def control_period_ns(self) -> int:
+        return int(round(1e9 / self.control_rate_hz))
+
+
+@dataclass
+class SafetyConfig:
+    """Limits applied to every command; violations are clamped, non-finite values stop the arm."""
+
+    workspace_min: list[float] = field(default_factory=lambda: [-1.0, -1.0, 0.0])  # m, base frame
+    workspace_max: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.5])
+    max_linear_speed: float = 0.25  # m/s
+    max_angular_speed: float = 1.0  # rad/s
+    max_step: float = 0.05  # m: largest position change commanded in one control tick
+    stop_mode: Literal["zero_twist", "hold_pose"] = "zero_twist"
+
+    def __post_init__(self) -> None:
+        for name in ("workspace_min", "workspace_max"):
+            value = getattr(self, name)
+            if len(value) != 3 or not all(isinstance(v, (int, float)) and v == v for v in value):
+                raise ConfigError(f"safety.{name}: expected 3 numbers [x, y, z] in metres, got {value}")
+        if any(lo >= hi for lo, hi in zip(self.workspace_min, self.workspace_max)):
+            raise ConfigError(f"safety.workspace_min {self.workspace_min} must be below workspace_max {self.workspace_max} on every axis")
+        for name in ("max_linear_speed", "max_angular_speed", "max_step"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"safety.{name}: {getattr(self, name)} must be > 0")
+
+
+# --------------------------------------------------------------------------------------------------
+# Offline replay evaluation (vit_policy/replay.py)
+# --------------------------------------------------------------------------------------------------
+
+ReplayMode = Literal["faithful", "batch"]
+
+
+@dataclass
+class ReplayConfig:
+    """Replay of checkpoints on recorded bags: the bag's topics, the node's runtime and safety, scoring.
+
+    ``runtime.inference_latency_s`` is the latency of the replayed node: null uses the latency measured
+    during the replay (this machine's), a value (e.g. the robot's) delays each chunk by that much.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    modes: list[ReplayMode] = field(default_factory=lambda: ["faithful", "batch"])
+    tolerance_mm: float = 10.0  # a step is within tolerance when both errors are below these
+    tolerance_deg: float = 5.0
+    batch_size: int = 32  # batch mode
+    attention_frames: int = 4  # sampled frames with attention overlays in the report
+
+    def __post_init__(self) -> None:
+        if not self.modes or len(set(self.modes)) != len(self.modes):
+            raise ConfigError(f"modes: list faithful and/or batch once each, got {self.modes}")
+        if abs(self.runtime.control_period_ns - self.data.dt_ns) > 1000:
+            raise ConfigError(f"runtime.control_rate_hz ({self.runtime.control_rate_hz} Hz) must equal data.control_rate_hz "
+                              f"({self.data.control_rate_hz} Hz): chunks are scored against labels on the same control grid")
+        if not (self.tolerance_mm > 0 and self.tolerance_deg > 0):
+            raise ConfigError("tolerance_mm and tolerance_deg: must be > 0")
+        if self.batch_size < 1 or self.attention_frames < 0:
+            raise ConfigError("batch_size must be >= 1 and attention_frames >= 0")
+
+
+@dataclass
+class NodeTopicsConfig:
+    """Topic names of the policy node (relative names resolve in the node namespace and can be remapped)."""
+
+    image: str = "/camera/{camera}/image_raw"  # {camera} is each policy camera; '/compressed' is appended for compressed
+    ee_pose: str = "/ee_pose"  # geometry_msgs/PoseStamped in base_frame (pose_source: pose)
+    joint_states: str = "/joint_states"
+    twist: str = "cmd/twist"
+    pose: str = "cmd/pose"
+    trajectory: str = "cmd/trajectory"
+    gripper: str = "cmd/gripper"
+    chunk: str = "policy/chunk"
+    diagnostics: str = "/diagnostics"
+
+    def __post_init__(self) -> None:
+        if "{camera}" not in self.image:
+            raise ConfigError(f"topics.image: {self.image!r} must contain '{{camera}}' (e.g. /camera/{{camera}}/image_raw)")
+
+
+@dataclass
+class NodeConfig:
+    """The ROS 2 policy node's parameters (configs/ros/policy_node.yaml, under policy_node: ros__parameters:)."""
+
+    checkpoint: str = ""  # trained checkpoint directory (config.yaml, model.safetensors, stats.safetensors)
+    allow_untrained: bool = False  # plumbing checks only: random weights from policy_config, warned at every enable
+    policy_config: str = ""  # policy YAML for allow_untrained
+    device: str = "cpu"
+    threads: int = 2  # torch CPU threads for inference
+    output_mode: Literal["twist", "pose", "trajectory"] = "twist"
+    base_frame: str = "base_link"
+    ee_frame: str = "ee_link"
+    pose_source: Literal["pose", "tf"] = "pose"
+    image_transport: Literal["raw", "compressed"] = "raw"
+    image_qos: Literal["sensor_data", "reliable"] = "sensor_data"
+    gripper_joints: list[str] = field(default_factory=list)  # empty: no gripper feedback (opening taken as 1.0)
+    gripper_closed: float = 0.0  # sum of gripper_joints positions when closed
+    gripper_open: float = 0.08  # ... and when fully open
+    diagnostics_rate_hz: float = 1.0
+    instruction: str = ""  # for language-conditioned policies
+    topics: NodeTopicsConfig = field(default_factory=NodeTopicsConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+
+    def __post_init__(self) -> None:
+        if not self.checkpoint and not self.allow_untrained:
+            raise ConfigError("checkpoint: set the trained checkpoint directory (or allow_untrained: true with policy_config for plumbing checks)")
+        if self.allow_untrained and not self.checkpoint and not self.policy_config:
+            raise ConfigError("policy_config: allow_untrained needs a policy YAML to build the untrained model from")
+        if self.gripper_joints and self.gripper_open == self.gripper_closed:
+            raise ConfigError("gripper_open and gripper_closed: must differ")
+        if self.threads < 1 or not self.diagnostics_rate_hz > 0:
+            raise ConfigError("threads must be >= 1 and diagnostics_rate_hz > 0")

@@ -245,7 +245,7 @@ class NormStats:
     def identity(cls, shape: tuple[int, ...]) -> "NormStats":
         """Statistics that leave values unchanged: for untrained plumbing checks only."""
         z, o = np.zeros(shape, np.float32), np.ones(shape, np.float32)
-        return cls(z, o, -o, o)
+        return cls(z, o.copy(), -o, o.copy())  # distinct arrays: safetensors rejects shared memory
 
     def center_scale(self, mode: str) -> tuple[np.ndarray, np.ndarray]:
         """(center, scale) such that normalised = (x - center) / scale; scale is never zero."""

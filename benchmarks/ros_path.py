@@ -1,0 +1,245 @@
+"""The ROS input path: image conversion, jpeg decode, DDS transport overhead and a soak of the real node.
+
+    .venv/bin/python benchmarks/ros_path.py                 # everything, 60 s soak
+    .venv/bin/python benchmarks/ros_path.py --soak 20 --skip-transport
+
+Prints one table. Targets (issue 3): conversion <= 2 ms, transport overhead p99 <= 5 ms, no growth
+of resident memory or latency over the soak.
+
+* conversion: a 640x480 sensor_msgs/Image (rgb8 / bgr8, as received over DDS) -> RGB array ->
+  uint8 resize to 224 (``resize_uint8``, as the training cache and PolicyRunner) -> the normalised
+  (1, 3, 224, 224) model input tensor (``to_model_input``), on one thread.
+* transport: a second process runs the node's input path (DDS reader, ``image_to_rgb``) and answers
+  each frame with a TwistStamped carrying the frame's stamp; the round trip frame published ->
+  command received contains everything of the node's path except the model.
+* soak: ``vit-policy serve --transport dds`` with a tiny random-init checkpoint, enabled, fed two 30 Hz
+  640x480 cameras and a 100 Hz pose; resident memory, command rate and inference latency in the
+  first and the last 10 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from vit_policy import messages as M  # noqa: E402
+
+
+def pct(x: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(x), q)) if x else float("nan")
+
+
+def timeit(fn, n: int) -> list[float]:
+    fn()
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def bench_conversion(rows: list[tuple[str, str, str, str]], n: int) -> None:
+    import torch
+
+    from ros_nodes.transport.dds_backend import shared_types
+    from vit_policy.images import resize_uint8, to_model_input
+
+    torch.set_num_threads(1)
+    f = shared_types()
+    rgb = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    for enc in ("rgb8", "bgr8"):
+        msg = f("sensor_msgs/msg/Image").deserialize(M.rgb_to_image(f, rgb, 1, "cam", enc).serialize())
+        t = timeit(lambda: M.image_to_rgb(msg), n)
+        rows.append((f"{enc} 640x480 -> RGB array", f"{pct(t, 50):.2f}", f"{pct(t, 99):.2f}", ""))
+        # the node's path: decode, uint8 resize to the encoder input (as the training cache), normalise
+        t = timeit(lambda: to_model_input(resize_uint8(M.image_to_rgb(msg), 224), 224, (0.5,) * 3, (0.5,) * 3), n)
+        rows.append((f"{enc} 640x480 -> model tensor 224", f"{pct(t, 50):.2f}", f"{pct(t, 99):.2f}", "<= 2 ms"))
+    jpeg = M.rgb_to_compressed(f, rgb, 1, "cam", "jpeg")
+    t = timeit(lambda: M.compressed_to_rgb(jpeg), n)
+    rows.append(("jpeg 640x480 -> RGB array", f"{pct(t, 50):.2f}", f"{pct(t, 99):.2f}", ""))
+    t = timeit(lambda: M.rgb_to_image(f, rgb, 1, "cam", "rgb8").serialize(), n)
+    rows.append(("RGB -> Image CDR (640x480)", f"{pct(t, 50):.2f}", f"{pct(t, 99):.2f}", ""))
+
+
+def echo(domain: int) -> None:
+    """Second process of the transport benchmark: the node's input path, answering each frame at once."""
+    from ros_nodes.transport.dds_backend import DDSTransport
+
+    t = DDSTransport("echo", domain_id=domain)
+    pub = t.create_publisher("geometry_msgs/msg/TwistStamped", "/bench/cmd", "reliable")
+
+    def on_image(msg):
+        rgb = M.image_to_rgb(msg)
+        stamp = M.stamp_to_ns(msg.header.stamp)
+        pub.publish(M.make_twist_stamped(t.factory, stamp, "base_link", [float(rgb[0, 0, 0]), 0, 0], [0, 0, 0]))
+
+    t.create_subscription("sensor_msgs/msg/Image", "/bench/image", on_image, "sensor_data")
+    t.spin()
+
+
+def bench_transport(rows: list[tuple[str, str, str, str]], seconds: float) -> None:
+    from ros_nodes.transport.dds_backend import DDSTransport
+
+    domain = 150 + os.getpid() % 50
+    proc = subprocess.Popen([sys.executable, __file__, "--echo", str(domain)], cwd=ROOT)
+    try:
+        t = DDSTransport("bench", domain_id=domain)
+        lat: list[float] = []
+        t.create_subscription("geometry_msgs/msg/TwistStamped", "/bench/cmd",
+                              lambda m: lat.append((time.time_ns() - M.stamp_to_ns(m.header.stamp)) / 1e6), "reliable")
+        pub = t.create_publisher("sensor_msgs/msg/Image", "/bench/image", "sensor_data")
+        rgb = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+        end = time.monotonic() + 5.0
+        while not lat and time.monotonic() < end:  # discovery
+            pub.publish(M.rgb_to_image(t.factory, rgb, time.time_ns(), "cam", "bgr8"))
+            time.sleep(0.05)
+        lat.clear()
+        sent = 0
+        end = time.monotonic() + seconds
+        msg = M.rgb_to_image(t.factory, rgb, 0, "cam", "bgr8")  # built once: the camera driver's cost is not ours
+        while time.monotonic() < end:
+            msg.header.stamp = M.ns_to_stamp(t.factory, time.time_ns())
+            pub.publish(msg)
+            sent += 1
+            time.sleep(1 / 30)
+        time.sleep(0.3)
+        rows.append((f"DDS frame -> command, no model ({len(lat)}/{sent} frames)", f"{pct(lat, 50):.2f}", f"{pct(lat, 99):.2f}", "p99 <= 5 ms"))
+        t.shutdown()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def bench_soak(rows: list[tuple[str, str, str, str]], seconds: float, img_size: int) -> None:
+    import torch
+    import yaml
+
+    from ros_nodes.transport.dds_backend import DDSTransport
+    from vit_policy.config import EncoderConfig, PolicyConfig
+    from vit_policy.geometry import NormStats
+    from vit_policy.model.policy import VisuomotorPolicy, identity_stats
+
+    tmp = Path(tempfile.mkdtemp(prefix="ros_path_"))
+    torch.manual_seed(0)
+    cfg = PolicyConfig(cameras=["left", "right"], encoder=EncoderConfig(name="vit_tiny_patch16_224", img_size=img_size),
+                       d_model=128, n_heads=4, n_encoder_layers=1, n_decoder_layers=1, chunk_size=10)
+    policy = VisuomotorPolicy.from_config(cfg)
+    policy.set_stats({k: NormStats(*(np.array(a) for a in (s.mean, s.std, s.min, s.max))) for k, s in identity_stats(cfg).items()})
+    ckpt = policy.save_pretrained(tmp / "ckpt")
+    (tmp / "node.yaml").write_text(yaml.safe_dump({"policy_node": {"ros__parameters": {
+        "checkpoint": str(ckpt), "threads": 1, "diagnostics_rate_hz": 2.0, "runtime": {"control_rate_hz": 10.0}}}}))
+    domain = 100 + os.getpid() % 50
+    env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "vit_policy.cli", "serve", "--transport", "dds", "--config", str(tmp / "node.yaml")],
+                            env=env, cwd=ROOT)
+    t = DDSTransport("soak", domain_id=domain)
+    f = t.factory
+    diags: list[tuple[float, dict[str, str]]] = []
+    cmds: list[float] = []
+    t.create_subscription("diagnostic_msgs/msg/DiagnosticArray", "/diagnostics", lambda m: diags.append((time.monotonic(), M.diagnostic_values(m))))
+    t.create_subscription("trajectory_msgs/msg/MultiDOFJointTrajectory", "/policy/chunk", lambda m: cmds.append(time.monotonic()))
+    pubs = {c: t.create_publisher("sensor_msgs/msg/Image", f"/camera/{c}/image_raw", "sensor_data") for c in ("left", "right")}
+    pose = t.create_publisher("geometry_msgs/msg/PoseStamped", "/ee_pose")
+    enable = t.create_publisher("std_msgs/msg/Bool", "/policy/enable")
+    stop = threading.Event()
+    rgb = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+
+    def loop(period, fn):
+        nxt = time.monotonic()
+        while not stop.is_set():
+            fn()
+            nxt += period
+            stop.wait(max(0.0, nxt - time.monotonic()))
+
+    threads = [threading.Thread(target=loop, args=(1 / 30, lambda c=c: pubs[c].publish(M.rgb_to_image(f, rgb, time.time_ns(), c, "bgr8"))), daemon=True)
+               for c in pubs]
+    threads.append(threading.Thread(target=loop, args=(0.01, lambda: pose.publish(
+        M.make_pose_stamped(f, time.time_ns(), "base_link", [0.4, 0, 0.3], [1.0, 0, 0, 0]))), daemon=True))
+    for th in threads:
+        th.start()
+    try:
+        end = time.monotonic() + 120
+        while not diags and time.monotonic() < end:
+            time.sleep(0.2)
+        for _ in range(3):
+            enable.publish(f("std_msgs/msg/Bool")(data=True))
+            time.sleep(0.2)
+        while not cmds and time.monotonic() < end:
+            time.sleep(0.2)
+        time.sleep(3.0)  # warm-up
+        t0 = time.monotonic()
+        rss = [(0.0, rss_mb(proc.pid))]
+        while time.monotonic() < t0 + seconds:
+            time.sleep(1.0)
+            rss.append((time.monotonic() - t0, rss_mb(proc.pid)))
+        t1 = time.monotonic()
+    finally:
+        stop.set()
+        proc.terminate()
+        proc.wait(timeout=20)
+        t.shutdown()
+
+    def window(a: float, b: float) -> tuple[float, str, str]:
+        n = sum(a <= c < b for c in cmds)
+        d = [v for ts, v in diags if a <= ts < b]
+        last = d[-1] if d else {}
+        return n / (b - a), last.get("inference_latency_ms_p50", "n/a"), last.get("inference_latency_ms_p99", "n/a")
+
+    w = min(10.0, seconds / 3)
+    r0, p50_0, p99_0 = window(t0, t0 + w)
+    r1, p50_1, p99_1 = window(t1 - w, t1)
+    start_rss = np.mean([m for s, m in rss if s <= w])
+    end_rss = np.mean([m for s, m in rss if s >= seconds - w])
+    rows.append((f"soak {seconds:.0f} s: node RSS MB (first / last {w:.0f} s)", f"{start_rss:.0f}", f"{end_rss:.0f}", "no growth"))
+    rows.append(("soak: policy commands / s (first / last)", f"{r0:.1f}", f"{r1:.1f}", "10 Hz"))
+    rows.append(("soak: inference ms p50 (first / last)", p50_0, p50_1, f"{img_size}px tiny ViT, 2 cams"))
+    rows.append(("soak: inference ms p99 (first / last)", p99_0, p99_1, ""))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--transport-seconds", type=float, default=10.0)
+    parser.add_argument("--soak", type=float, default=60.0, help="soak duration in seconds (0: skip)")
+    parser.add_argument("--img-size", type=int, default=96, help="encoder resolution of the soak's tiny ViT")
+    parser.add_argument("--skip-transport", action="store_true")
+    parser.add_argument("--echo", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.echo is not None:
+        echo(args.echo)
+        return 0
+    rows: list[tuple[str, str, str, str]] = []
+    bench_conversion(rows, args.repeats)
+    if not args.skip_transport:
+        bench_transport(rows, args.transport_seconds)
+    if args.soak > 0:
+        bench_soak(rows, args.soak, args.img_size)
+    width = max(len(r[0]) for r in rows) + 2
+    print(f"\n{'measure':<{width}}{'p50 / start':>12}{'p99 / end':>12}  target")
+    for name, a, b, target in rows:
+        print(f"{name:<{width}}{a:>12}{b:>12}  {target}")
+    print(f"(ms unless stated; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end; {time.strftime('%Y-%m-%d %H:%M:%S')})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,394 @@
+"""The ROS 2 policy node: cameras + EE pose in, arm and gripper commands out, over any transport.
+
+Callbacks only convert a message and hand it to :class:`vit_policy.runtime.PolicyRunner` (which keeps
+the latest of each input); inference runs on the runner's worker thread; a control timer publishes
+one command per period; a diagnostics timer publishes /diagnostics. Disabled by default: until
+enabled (``~/enable`` service on rclpy, ``policy/enable`` topic on DDS) only stop commands leave.
+
+    ros2 run vit_policy policy_node --ros-args --params-file configs/ros/policy_node.yaml -p checkpoint:=/path/ckpt
+    vit-policy serve --transport dds --config configs/ros/policy_node.yaml checkpoint=/path/ckpt
+"""
+
+from __future__ import annotations
+
+import array
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import numpy as np
+
+from ros_nodes.transport import make_transport
+from ros_nodes.transport.base import Transport, check_parameter_names
+from vit_policy import messages as M
+from vit_policy.config import ConfigError, NodeConfig, from_dict, read_yaml
+from vit_policy.observation import ActionChunk
+from vit_policy.runtime import POSE, PolicyRunner, camera_key
+from vit_policy.safety import Command
+
+NODE_NAME = "policy_node"
+LATENCY_MEASURED = -1.0  # ROS parameters have no null: a negative inference_latency_s means "measured"
+
+DESCRIPTIONS = {
+    "checkpoint": "trained checkpoint directory (config.yaml, model.safetensors, stats.safetensors)",
+    "allow_untrained": "run randomly initialised weights from policy_config (plumbing checks only; warned at every enable)",
+    "policy_config": "policy YAML used with allow_untrained",
+    "device": "torch device for inference (cpu, cuda, cuda:N)",
+    "threads": "torch CPU threads for inference",
+    "output_mode": "twist (TwistStamped, MoveIt Servo), pose (PoseStamped target) or trajectory (MultiDOFJointTrajectory)",
+    "base_frame": "frame of the EE pose and of every command",
+    "ee_frame": "end-effector frame (TF child frame with pose_source: tf)",
+    "pose_source": "pose (PoseStamped on topics.ee_pose) or tf (base_frame -> ee_frame on /tf, /tf_static)",
+    "image_transport": "raw (sensor_msgs/Image) or compressed (sensor_msgs/CompressedImage, jpeg/png)",
+    "image_qos": "sensor_data (best effort, depth 5) or reliable for the image subscriptions",
+    "gripper_joints": "JointState names whose summed position is the gripper opening (empty: no gripper feedback)",
+    "gripper_closed": "summed gripper joint position when closed (joint units, m or rad)",
+    "gripper_open": "summed gripper joint position when fully open",
+    "diagnostics_rate_hz": "rate of /diagnostics (Hz)",
+    "instruction": "task instruction for language-conditioned policies",
+    "runtime.control_rate_hz": "control ticks per second (Hz)",
+    "runtime.sync_tolerance_s": "cameras must be within this of the pose stamp (s)",
+    "runtime.max_age_s": "an input older than this at a tick is stale: stop (s)",
+    "runtime.strategy": "receding (execute n steps, replan) or ensemble (ACT temporal ensembling)",
+    "runtime.execute_steps": "receding horizon: steps executed before the next chunk takes over",
+    "runtime.ensemble_m": "temporal ensembling weight exp(-m i), i = 0 for the oldest chunk",
+    "runtime.inference_latency_s": "latency estimate for scheduling (s); negative: measured",
+    "runtime.synchronous": "run inference inside the control tick (deterministic; blocks the tick)",
+    "safety.workspace_min": "workspace box lower corner [x, y, z] in base_frame (m)",
+    "safety.workspace_max": "workspace box upper corner [x, y, z] in base_frame (m)",
+    "safety.max_linear_speed": "EE linear speed limit (m/s)",
+    "safety.max_angular_speed": "EE angular speed limit (rad/s)",
+    "safety.max_step": "largest EE translation commanded in one control tick (m)",
+    "safety.stop_mode": "zero_twist (stop target follows the measured pose) or hold_pose (latched where the stop began)",
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Parameters: NodeConfig <-> flat dotted ROS parameters
+# --------------------------------------------------------------------------------------------------
+
+
+def parameter_defaults(cls: type = NodeConfig, prefix: str = "") -> dict[str, Any]:
+    """Flat dotted parameter names and defaults of a config dataclass (null becomes LATENCY_MEASURED)."""
+    hints = get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(parameter_defaults(hints[f.name], f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = LATENCY_MEASURED if value is None else value
+    return out
+
+
+def config_from_parameters(params: dict[str, Any]) -> NodeConfig:
+    """Flat dotted parameters -> a validated NodeConfig."""
+    nested: dict[str, Any] = {}
+    for key, value in params.items():
+        if key == "runtime.inference_latency_s" and value is not None and value < 0:
+            value = None
+        node = nested
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        if key == "gripper_joints":  # a ROS parameter file cannot hold a typed empty list: [""] means none
+            value = [j for j in value if j]
+        node[leaf] = list(value) if isinstance(value, (tuple, array.array)) else value  # rclpy may hand arrays
+    return from_dict(NodeConfig, nested)
+
+
+def read_parameter_file(path: str | Path, node_name: str = NODE_NAME) -> dict[str, Any]:
+    """Flat parameters of ``node_name`` from a ROS 2 parameter file (``<node>: ros__parameters: ...``)."""
+    data = read_yaml(path)
+    for key in (node_name, f"/{node_name}", "/**", "**"):
+        if key in data:
+            section = data[key]
+            break
+    else:
+        raise ConfigError(f"{path}: no '{node_name}:' section; a ROS 2 parameter file reads '{node_name}: ros__parameters: ...'")
+    if not isinstance(section, dict) or "ros__parameters" not in section:
+        raise ConfigError(f"{path}: '{node_name}' must hold 'ros__parameters:'")
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in (d or {}).items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    return flat(section["ros__parameters"])
+
+
+# --------------------------------------------------------------------------------------------------
+# The node
+# --------------------------------------------------------------------------------------------------
+
+
+def load_policy(cfg: NodeConfig, log: logging.Logger) -> tuple[Any, bool]:
+    """The checkpoint's policy, or (allow_untrained) a randomly initialised one. Returns (policy, untrained)."""
+    import torch
+
+    from vit_policy.config import load_policy_config
+    from vit_policy.model.policy import VisuomotorPolicy, identity_stats
+
+    torch.set_num_threads(cfg.threads)
+    if cfg.checkpoint:
+        policy = VisuomotorPolicy.from_pretrained(cfg.checkpoint, map_location=cfg.device)
+        log.info("loaded checkpoint %s", cfg.checkpoint)
+        return policy.eval(), False
+    policy = VisuomotorPolicy.from_config(load_policy_config(cfg.policy_config)).to(cfg.device).eval()
+    policy.set_stats(identity_stats(policy.cfg))
+    log.warning("UNTRAINED policy from %s (random weights, identity statistics): for plumbing checks only", cfg.policy_config)
+    return policy, True
+
+
+class PolicyNode:
+    """Subscriptions, control and diagnostics timers, publishers and enable / reset over a Transport."""
+
+    def __init__(self, transport: Transport, cfg: NodeConfig, policy: Any = None, untrained: bool = False) -> None:
+        self.t, self.cfg, self.f, self.log = transport, cfg, transport.factory, transport.log
+        if policy is None:
+            policy, untrained = load_policy(cfg, self.log)
+        self.policy, self.untrained = policy, untrained
+        self.runner = PolicyRunner(policy, cfg.runtime, cfg.safety, clock=transport.now_ns)
+        self.runner.instruction = cfg.instruction or None
+        self.period_ns = cfg.runtime.control_period_ns
+        if abs(policy.cfg.control_dt_ns - self.period_ns) > 1000:
+            self.log.info("chunk step %.0f ms differs from the control period %.0f ms: targets are interpolated",
+                          policy.cfg.control_dt_ns / 1e6, self.period_ns / 1e6)
+        self.gripper: float | None = None if cfg.gripper_joints else 1.0
+        self.tf = M.TFBuffer()
+        self.published = 0
+        self._timers: list[Any] = []
+        self._warned: set[str] = set()
+        self._subscribe()
+        topics = cfg.topics
+        out = {"twist": ("geometry_msgs/msg/TwistStamped", topics.twist), "pose": ("geometry_msgs/msg/PoseStamped", topics.pose),
+               "trajectory": ("trajectory_msgs/msg/MultiDOFJointTrajectory", topics.trajectory)}[cfg.output_mode]
+        self.pub_cmd = transport.create_publisher(*out, qos="reliable")
+        self.pub_gripper = transport.create_publisher("std_msgs/msg/Float64", topics.gripper, qos="reliable")
+        self.pub_chunk = transport.create_publisher("trajectory_msgs/msg/MultiDOFJointTrajectory", topics.chunk, qos="reliable")
+        self.pub_diag = transport.create_publisher("diagnostic_msgs/msg/DiagnosticArray", topics.diagnostics, qos="reliable")
+        transport.on_enable(self.handle_enable)
+        transport.on_reset(self.handle_reset)
+
+    # ---- inputs -------------------------------------------------------------------------------------
+
+    def _subscribe(self) -> None:
+        cfg, t = self.cfg, self.t
+        for cam in self.runner.cameras:
+            topic = cfg.topics.image.format(camera=cam)
+            if cfg.image_transport == "compressed":
+                t.create_subscription("sensor_msgs/msg/CompressedImage", topic + "/compressed",
+                                      lambda msg, c=cam: self._on_image(c, msg, M.compressed_to_rgb), cfg.image_qos)
+            else:
+                t.create_subscription("sensor_msgs/msg/Image", topic, lambda msg, c=cam: self._on_image(c, msg, M.image_to_rgb), cfg.image_qos)
+        if cfg.pose_source == "tf":
+            t.create_subscription("tf2_msgs/msg/TFMessage", "/tf", lambda msg: self._on_tf(msg, False), "reliable")
+            t.create_subscription("tf2_msgs/msg/TFMessage", "/tf_static", lambda msg: self._on_tf(msg, True), "latched")
+        else:
+            t.create_subscription("geometry_msgs/msg/PoseStamped", cfg.topics.ee_pose, self._on_pose, "reliable")
+        if cfg.gripper_joints:
+            t.create_subscription("sensor_msgs/msg/JointState", cfg.topics.joint_states, self._on_joint_state, "reliable")
+
+    def _warn_once(self, key: str, text: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self.log.warning("%s (further rejections are counted in /diagnostics)", text)
+
+    def _on_image(self, camera: str, msg: Any, decode: Any) -> None:
+        try:
+            rgb = decode(msg)
+        except M.MessageError as exc:
+            self.runner.reject(camera_key(camera), str(exc), clear=camera)
+            self._warn_once(camera, f"camera {camera}: {exc}")
+            return
+        self.runner.on_image(camera, M.stamp_to_ns(msg.header.stamp), rgb)
+
+    def _feed_pose(self, stamp_ns: int, position: np.ndarray, quaternion: np.ndarray) -> None:
+        if self.gripper is None:
+            self._warn_once("gripper", f"waiting for gripper joints {self.cfg.gripper_joints} on {self.cfg.topics.joint_states}")
+            return
+        self.runner.on_pose(stamp_ns, position, quaternion, self.gripper)
+
+    def _on_pose(self, msg: Any) -> None:
+        frame = str(msg.header.frame_id).lstrip("/")
+        if frame and frame != self.cfg.base_frame:
+            self.runner.reject(POSE, f"PoseStamped header.frame_id {frame!r} is not base_frame {self.cfg.base_frame!r}", clear=POSE)
+            self._warn_once("pose_frame", f"EE pose in frame {frame!r}, expected {self.cfg.base_frame!r}")
+            return
+        try:
+            stamp, pos, quat = M.pose_from_msg(msg)
+        except M.MessageError as exc:
+            self.runner.reject(POSE, str(exc), clear=POSE)
+            self._warn_once("pose", str(exc))
+            return
+        self._feed_pose(stamp, pos, quat)
+
+    def _on_tf(self, msg: Any, static: bool) -> None:
+        try:
+            self.tf.add(msg, static=static)
+            stamp, pos, quat = self.tf.lookup(self.cfg.base_frame, self.cfg.ee_frame)
+        except M.MessageError as exc:
+            if "no transform chain" not in str(exc):  # not connected yet is normal at start-up
+                self.runner.reject(POSE, str(exc), clear=POSE)
+                self._warn_once("tf", str(exc))
+            return
+        self._feed_pose(stamp, pos, quat)
+
+    def _on_joint_state(self, msg: Any) -> None:
+        if not any(j in msg.name for j in self.cfg.gripper_joints):
+            return  # a JointState of other joints (arm and gripper are often published separately)
+        try:
+            _, self.gripper = M.gripper_from_joint_state(msg, self.cfg.gripper_joints, self.cfg.gripper_closed, self.cfg.gripper_open)
+        except M.MessageError as exc:
+            self.runner.reject("joint_states", str(exc))
+            self._warn_once("joint_states", str(exc))
+
+    # ---- enable / reset -------------------------------------------------------------------------------
+
+    def handle_enable(self, on: bool) -> tuple[bool, str]:
+        self.runner.set_enabled(on)
+        if on and self.untrained:
+            self.log.warning("ENABLED WITH AN UNTRAINED POLICY (random weights): the arm will move meaninglessly")
+        text = "enabled: commanding from the policy" if on else "disabled: stop commands only"
+        self.log.info(text)
+        return True, text
+
+    def handle_reset(self) -> tuple[bool, str]:
+        self.runner.reset()
+        text = "reset: chunks, pose history and faults cleared"
+        self.log.info(text)
+        return True, text
+
+    # ---- outputs ------------------------------------------------------------------------------------
+
+    def control_step(self) -> Command:
+        """One control tick: the runner's command, published in the output mode."""
+        cmd = self.runner.tick(self.t.now_ns())
+        self.publish(cmd)
+        return cmd
+
+    def publish(self, cmd: Command) -> None:
+        f, frame, stamp = self.f, self.cfg.base_frame, cmd.stamp_ns
+        mode = self.cfg.output_mode
+        if mode == "twist":
+            self.pub_cmd.publish(M.make_twist_stamped(f, stamp, frame, cmd.linear, cmd.angular))
+        elif mode == "pose":
+            self.pub_cmd.publish(M.make_pose_stamped(f, stamp, frame, cmd.target_position, cmd.target_quaternion))
+        else:
+            chunk = cmd.chunk if cmd.chunk is not None and not cmd.is_stop else hold_chunk(cmd, self.period_ns)
+            self.pub_cmd.publish(M.make_trajectory(f, chunk, stamp, frame))
+        self.pub_gripper.publish(M.make_float64(f, cmd.gripper))
+        if cmd.chunk is not None:
+            self.pub_chunk.publish(M.make_trajectory(f, cmd.chunk, stamp, frame))
+        self.published += 1
+
+    def diagnostics_step(self) -> None:
+        d = self.runner.diagnostics(self.t.now_ns())
+        level = {"ok": M.DIAG_OK, "disabled": M.DIAG_OK, "waiting": M.DIAG_WARN, "stale": M.DIAG_WARN}.get(d["status"], M.DIAG_ERROR)
+        values: dict[str, Any] = {"status": d["status"], "enabled": d["enabled"], "untrained": self.untrained, "fault": d["fault"],
+                                  "output_mode": self.cfg.output_mode, "inferences": d["inferences"], "ticks": d["ticks"],
+                                  "overruns": d["overruns"], "rejected_total": d["rejected_total"], "last_rejection": d["last_rejection"],
+                                  "inference_latency_ms_p50": _fmt(d["latency_ms_p50"]), "inference_latency_ms_p99": _fmt(d["latency_ms_p99"])}
+        for name, v in d["inputs"].items():
+            values.update({f"{name}.age_ms": _fmt(v["age_ms"]), f"{name}.rate_hz": _fmt(v["rate_hz"]),
+                           f"{name}.received": v["received"], f"{name}.rejected": v["rejected"]})
+        for name in set(self.runner.rejected) - set(d["inputs"]):
+            values[f"{name}.rejected"] = self.runner.rejected[name]
+        self.pub_diag.publish(M.make_diagnostic_array(self.f, self.t.now_ns(), f"{self.t.name}: policy", level, d["reason"] or d["status"], values))
+
+    # ---- life cycle -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the inference worker and the control and diagnostics timers."""
+        if not self.cfg.runtime.synchronous:
+            self.runner.start()
+        self._timers = [self.t.create_timer(1.0 / self.cfg.runtime.control_rate_hz, self.control_step, "control"),
+                        self.t.create_timer(1.0 / self.cfg.diagnostics_rate_hz, self.diagnostics_step, "diagnostics")]
+        self.log.info("policy node up: cameras %s, output %s, %.1f Hz, disabled until enabled", self.runner.cameras,
+                      self.cfg.output_mode, self.cfg.runtime.control_rate_hz)
+
+    def pause(self) -> None:
+        """Disable, publish a stop, stop the timers and the worker (lifecycle deactivate); start() resumes."""
+        self.runner.set_enabled(False)
+        for timer in self._timers:
+            self.t.cancel_timer(timer)
+        self._timers = []
+        self.runner.stop()
+        self.publish(self.runner.tick(self.t.now_ns()))
+
+    def shutdown(self) -> None:
+        """Publish a final stop and stop the worker."""
+        for timer in self._timers:
+            self.t.cancel_timer(timer)
+        self._timers = []
+        self.runner.shutdown()
+        try:
+            self.publish(self.runner.tick(self.t.now_ns()))
+        except Exception:  # the middleware may already be gone
+            pass
+
+
+def hold_chunk(cmd: Command, period_ns: int) -> ActionChunk:
+    """A one-point chunk holding ``cmd``'s target one period ahead: the trajectory form of a stop."""
+    return ActionChunk(cmd.stamp_ns, period_ns, cmd.target_position, cmd.target_quaternion,
+                       np.zeros((1, 3)), np.zeros((1, 3)), np.array([cmd.gripper]))
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.1f}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------------------------------
+
+
+def run(transport: Transport) -> int:
+    """Declare parameters on ``transport``, build the node, spin until shutdown."""
+    params = transport.parameters(parameter_defaults(), DESCRIPTIONS)
+    cfg = config_from_parameters(params)
+    node = PolicyNode(transport, cfg)
+    node.start()
+    try:
+        transport.spin()
+    finally:
+        node.shutdown()
+        transport.shutdown()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``ros2 run vit_policy policy_node``: the rclpy backend (lifecycle node where available)."""
+    from ros_nodes.transport.rclpy_backend import main as rclpy_main
+
+    return rclpy_main(sys.argv if argv is None else argv)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    sys.exit(main())
+
+
+def serve(transport: str, config: str | None = None, overrides: list[str] | None = None, namespace: str = "",
+          node_name: str = NODE_NAME, use_sim_time: bool = False) -> int:
+    """``vit-policy serve``: parameters from a ROS 2 parameter file plus ``name=value`` overrides, then spin."""
+    import signal
+
+    import yaml
+
+    params = read_parameter_file(config, node_name) if config else {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected name=value (for example checkpoint=/path/to/ckpt)")
+        key, raw = item.split("=", 1)
+        params[key.strip()] = yaml.safe_load(raw)
+    defaults = parameter_defaults()
+    check_parameter_names(params, defaults, node_name)
+    config_from_parameters({**defaults, **params})  # fail on bad values before any middleware starts
+
+    t = make_transport(transport, node_name, namespace, use_sim_time, params)
+    signal.signal(signal.SIGTERM, lambda *_: t.shutdown())
+    return run(t)

@@ -1,0 +1,438 @@
+"""PolicyRunner: latest inputs -> synchronised observation -> asynchronous inference -> a command per tick.
+
+No ROS here: the ROS node, offline replay and the simulator all drive the same runner.
+
+* Inputs: ``on_image`` / ``on_pose`` keep only the latest value of each (never a queue). A malformed
+  input is counted and clears that input, so the next tick stops rather than using old data.
+* Synchronisation is :func:`vit_policy.observation.check_sync` (the rule bag extraction uses too),
+  and frames are resized to the encoder's input with :func:`vit_policy.images.resize_uint8`, as the
+  training cache does, so the model sees the same pixels live as in training.
+* Inference runs on a worker thread (``start``); ``tick`` never waits for the model. With
+  ``runtime.synchronous`` the inference runs inline in ``tick`` instead (deterministic replay /
+  simulation); ``runtime.inference_latency_s`` then delays the chunk's release by that much.
+* A chunk is anchored at its observation stamp: step k is the target for ``stamp + (k+1) dt``. A tick
+  at ``now`` commands the chunk's target for ``now + control period`` (interpolated), so steps that
+  inference latency already made past are skipped. Strategies: ``receding`` (run the newest chunk; the
+  next inference starts ``execute_steps`` steps after the current chunk's stamp, minus the latency
+  estimate) and ``ensemble`` (ACT temporal ensembling: every live chunk's target for that time,
+  weighted exp(-m i) with i = 0 for the oldest chunk).
+* Every command passes :class:`vit_policy.safety.SafetyFilter`; disabled, stale, faulted or shut
+  down means a stop command only.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from vit_policy.config import RuntimeConfig, SafetyConfig
+from vit_policy.images import resize_uint8
+from vit_policy.observation import ActionChunk, EEPose, Observation, ObservationError, SyncResult, check_image, check_sync
+from vit_policy.safety import Command, SafetyFilter
+
+log = logging.getLogger(__name__)
+
+POSE = "pose"
+LATENCY_WINDOW = 500  # latency samples kept for the percentiles
+
+
+def camera_key(camera: str) -> str:
+    """The name of a camera input in statistics and sync reasons."""
+    return f"camera/{camera}"
+
+
+@dataclass
+class _Plan:
+    """An ActionChunk as absolute targets over time, with the observed pose at index 0 (time = stamp)."""
+
+    chunk: ActionChunk
+    times: np.ndarray  # (K+1,) ns
+    positions: np.ndarray  # (K+1, 3)
+    rotations: Rotation  # K+1 rotations
+    gripper: np.ndarray  # (K,) targets of steps 0..K-1
+
+    @classmethod
+    def of(cls, chunk: ActionChunk) -> "_Plan":
+        times = np.concatenate([[chunk.stamp_ns], chunk.step_times_ns]).astype(np.int64)
+        positions = np.vstack([chunk.origin_position, chunk.target_positions])
+        quats = np.vstack([chunk.origin_quaternion, chunk.target_quaternions])
+        return cls(chunk, times, positions, Rotation.from_quat(quats), np.asarray(chunk.gripper, np.float64))
+
+    @property
+    def end_ns(self) -> int:
+        return int(self.times[-1])
+
+    def at(self, t_ns: int) -> tuple[np.ndarray, Rotation, float] | None:
+        """Target pose and gripper at ``t_ns`` (linear / slerp between steps); None outside the chunk."""
+        if t_ns < self.times[0] or t_ns > self.times[-1]:
+            return None
+        j = int(np.searchsorted(self.times, t_ns, side="left"))
+        j = max(j, 1)
+        t0, t1 = self.times[j - 1], self.times[j]
+        a = (t_ns - t0) / (t1 - t0)
+        p = (1 - a) * self.positions[j - 1] + a * self.positions[j]
+        r0 = self.rotations[j - 1]
+        r = Rotation.from_rotvec(a * (self.rotations[j] * r0.inv()).as_rotvec()) * r0
+        return p, r, float(self.gripper[j - 1])
+
+    def remaining(self, after_ns: int) -> ActionChunk | None:
+        """The steps after ``after_ns``, re-anchored on the step before them (same absolute targets and times)."""
+        k = len(self.chunk)
+        first = int(np.searchsorted(self.chunk.step_times_ns, after_ns, side="right"))
+        if first >= k:
+            return None
+        base = first  # index into times/positions of the anchor (0 = the observed pose)
+        r_base = self.rotations[base]
+        rest = self.rotations[base + 1 :]
+        return ActionChunk(
+            stamp_ns=int(self.times[base]), dt_ns=self.chunk.dt_ns,
+            origin_position=self.positions[base].copy(), origin_quaternion=r_base.as_quat(),
+            delta_position=self.positions[base + 1 :] - self.positions[base],
+            delta_rotation=(rest * r_base.inv()).as_rotvec().reshape(-1, 3),
+            gripper=self.gripper[first:].copy(),
+        )
+
+
+class PolicyRunner:
+    """Streams of images and EE poses in, one safe :class:`Command` per control tick out."""
+
+    def __init__(self, policy: Any, runtime: RuntimeConfig, safety: SafetyConfig, clock: Callable[[], int] | None = None) -> None:
+        self.policy = policy
+        self.cfg = runtime
+        self.cameras: list[str] = list(policy.cfg.cameras)
+        self.chunk_dt_ns: int = int(policy.cfg.control_dt_ns)
+        self.history_len: int = int(policy.cfg.pose.history)
+        self.image_size: tuple[int, int] | None = getattr(policy, "image_size", None)  # encoder input (H, W)
+        self.period_ns = runtime.control_period_ns
+        self.tolerance_ns = int(round(runtime.sync_tolerance_s * 1e9))
+        self.max_age_ns = int(round(runtime.max_age_s * 1e9))
+        self.safety = SafetyFilter(safety, self.period_ns)
+        self.clock: Callable[[], int] = clock or time.time_ns
+        self.instruction: str | None = None  # passed to language-conditioned policies
+
+        self._lock = threading.Condition()
+        self._infer_lock = threading.Lock()  # one inference at a time (worker or inline)
+        self._images: dict[str, tuple[int, np.ndarray] | None] = {c: None for c in self.cameras}
+        self._pose: EEPose | None = None
+        self._poses: deque[tuple[int, np.ndarray]] = deque(maxlen=4096)  # (stamp, [x y z qx qy qz qw]) for history
+        self._plans: deque[_Plan] = deque(maxlen=max(2, policy.cfg.chunk_size + 1))
+        self._pending: list[tuple[int, _Plan]] = []  # synchronous mode: (release time, plan)
+        self._enabled = False
+        self._shutdown = False
+        self._fault: str | None = None
+        self._last_obs_ns: int | None = None  # stamp of the observation last inferred on
+        self._last_infer_ns: int | None = None  # clock time the last inference started
+        self._last_gripper: float | None = None
+        self._last_tick_ns: int | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+        self.received: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.last_rejection = ""
+        self.latencies_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self.inferences = 0
+        self.ticks = 0
+        self.overruns = 0  # control ticks later than 1.5 periods after the previous one
+        self.last_status = ("disabled", "")
+        self._arrivals: dict[str, deque[int]] = {}
+
+    # ---- inputs (any thread) --------------------------------------------------------------------------
+
+    def on_image(self, camera: str, stamp_ns: int, rgb: np.ndarray) -> None:
+        """Keep the latest frame of ``camera``. A malformed frame is counted and clears the camera."""
+        key = camera_key(camera)
+        if camera not in self._images:
+            self.reject(key, f"image from unknown camera {camera!r}; the policy uses {self.cameras}")
+            return
+        try:
+            check_image(rgb, f"image[{camera!r}]")
+        except ObservationError as exc:
+            self.reject(key, str(exc), clear=camera)
+            return
+        with self._lock:
+            self._images[camera] = (int(stamp_ns), rgb)
+            self._arrived(key)
+            self._lock.notify_all()
+
+    def on_pose(self, stamp_ns: int, position: np.ndarray, quaternion: np.ndarray, gripper: float) -> None:
+        """Keep the latest EE pose (base frame) and gripper opening. A NaN / invalid pose is counted and cleared."""
+        try:
+            pose = EEPose(int(stamp_ns), position, quaternion, gripper).validate("pose")
+        except (ObservationError, TypeError, ValueError) as exc:
+            self.reject(POSE, str(exc), clear=POSE)
+            return
+        with self._lock:
+            self._pose = pose
+            self._poses.append((pose.stamp_ns, np.concatenate([pose.position, pose.quaternion])))
+            self._arrived(POSE)
+            self._lock.notify_all()
+
+    def reject(self, name: str, reason: str, clear: str | None = None) -> None:
+        """Count a rejected input (also for messages that failed to decode at the edge); ``clear`` drops its latest value."""
+        if name in self._images:  # a bare camera name: count it under the camera's input name
+            name = camera_key(name)
+        with self._lock:
+            self.rejected[name] += 1
+            self.last_rejection = f"{name}: {reason}"
+            if clear == POSE:
+                self._pose = None
+            elif clear is not None:
+                self._images[clear] = None
+        log.debug("rejected %s: %s", name, reason)
+
+    def _arrived(self, key: str) -> None:
+        self.received[key] += 1
+        arrivals = self._arrivals.setdefault(key, deque(maxlen=50))
+        arrivals.append(time.monotonic_ns())
+
+    # ---- control (the caller's thread) ----------------------------------------------------------------
+
+    def set_enabled(self, on: bool) -> None:
+        """Enable (commands follow the policy) or disable (stop only). Enabling starts from fresh chunks."""
+        with self._lock:
+            if on and not self._enabled:
+                self._plans.clear()
+                self._pending.clear()
+                self._last_obs_ns = None
+            self._enabled = bool(on)
+            self._lock.notify_all()
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    def reset(self) -> None:
+        """Drop chunks, pose history and a latched fault (enabled state unchanged): a new episode."""
+        with self._lock:
+            self._plans.clear()
+            self._pending.clear()
+            self._poses.clear()
+            self._fault = None
+            self._last_obs_ns = self._last_infer_ns = None
+            self._last_gripper = None
+            self.safety.release()
+            self._lock.notify_all()
+
+    def shutdown(self) -> None:
+        """Stop commanding for good (every later tick is a 'shutdown' stop) and stop the worker."""
+        with self._lock:
+            self._shutdown = True
+            self._enabled = False
+        self.stop()
+
+    def start(self) -> None:
+        """Start the inference worker thread (not needed with runtime.synchronous)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._worker, name="policy-inference", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the inference worker thread (waits for a running inference to finish)."""
+        self._stop.set()
+        with self._lock:
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30.0)
+            self._thread = None
+
+    def tick(self, now_ns: int) -> Command:
+        """The command for this control tick. Never waits for the model unless runtime.synchronous."""
+        now_ns = int(now_ns)
+        with self._lock:
+            self.ticks += 1
+            if self._last_tick_ns is not None and now_ns - self._last_tick_ns > 1.5 * self.period_ns:
+                self.overruns += 1
+            self._last_tick_ns = now_ns
+        cmd = self._command(now_ns)
+        if not cmd.is_finite():  # belt and braces: nothing non-finite ever leaves the runner
+            cmd = self._stop_command(now_ns, "fault", "internal error: a non-finite command was replaced by a stop")
+        if not cmd.is_stop:
+            self._last_gripper = cmd.gripper
+        self.last_status = (cmd.status, cmd.reason)
+        return cmd
+
+    def _command(self, now_ns: int) -> Command:
+        if self._shutdown:
+            return self._stop_command(now_ns, "shutdown", "the node is shutting down")
+        if not self._enabled:
+            return self._stop_command(now_ns, "disabled", "disabled: enable the policy to command the arm")
+        if self._fault:
+            return self._stop_command(now_ns, "fault", f"{self._fault}; reset to clear")
+        with self._lock:
+            sync, _ = self._sync(now_ns)
+        if not sync.ok:
+            status = "waiting" if sync.reason.startswith("no message") else "stale"
+            return self._stop_command(now_ns, status, sync.reason)
+        if self.cfg.synchronous and self._should_infer(now_ns):
+            self._infer(now_ns)
+            if self._fault:
+                return self._stop_command(now_ns, "fault", f"{self._fault}; reset to clear")
+        with self._lock:
+            self._release_pending(now_ns)
+            pose = self._pose
+            plans = [p for p in self._plans if p.end_ns >= now_ns]
+            self._plans = deque(plans, maxlen=self._plans.maxlen)
+        if pose is None:  # cleared by a rejected pose between the sync check and here
+            return self._stop_command(now_ns, "stale", "the pose was rejected")
+        if not plans:
+            waited = "the last action chunk ran out before a new one arrived" if self.inferences else "waiting for the first action chunk"
+            return self._stop_command(now_ns, "waiting", waited)
+        target = self._target(plans, now_ns + self.period_ns)
+        if target is None:
+            return self._stop_command(now_ns, "waiting", "the action chunk ends before the next tick; waiting for a new one")
+        p, r, g = target
+        remaining = plans[-1].remaining(now_ns)
+        if remaining is not None:
+            remaining = self.safety.limit_chunk(remaining, pose.position, pose.quaternion, now_ns)
+        cmd = self.safety.limit(now_ns, pose.position, pose.quaternion, p, r.as_quat(), g, remaining)
+        if cmd.status == "fault":
+            self._fault = cmd.reason
+        return cmd
+
+    def _stop_command(self, now_ns: int, status: str, reason: str) -> Command:
+        pose = self._pose
+        grip = self._last_gripper if self._last_gripper is not None else (pose.gripper if pose else None)
+        return self.safety.stop(now_ns, status, reason, pose.position if pose else None, pose.quaternion if pose else None, grip)
+
+    def _target(self, plans: list[_Plan], t_ns: int) -> tuple[np.ndarray, Rotation, float] | None:
+        if self.cfg.strategy == "receding":
+            return plans[-1].at(t_ns)
+        values = [v for v in (p.at(t_ns) for p in plans) if v is not None]  # oldest chunk first
+        if not values:
+            return None
+        w = np.exp(-self.cfg.ensemble_m * np.arange(len(values)))
+        w /= w.sum()
+        pos = np.sum([wi * v[0] for wi, v in zip(w, values)], axis=0)
+        rot = Rotation.concatenate([v[1] for v in values]).mean(weights=w)
+        grip = float(np.dot(w, [v[2] for v in values]))
+        return pos, rot, grip
+
+    # ---- observation and inference ----------------------------------------------------------------------
+
+    def _sync(self, now_ns: int) -> tuple[SyncResult, dict[str, int | None]]:
+        stamps: dict[str, int | None] = {POSE: self._pose.stamp_ns if self._pose else None}
+        for cam, value in self._images.items():
+            stamps[camera_key(cam)] = value[0] if value else None
+        return check_sync(stamps, now_ns, self.tolerance_ns, self.max_age_ns, POSE), stamps
+
+    def _observation(self, now_ns: int) -> Observation | None:
+        with self._lock:
+            sync, _ = self._sync(now_ns)
+            if not sync.ok or self._pose is None:
+                return None
+            pose = self._pose
+            images = {c: v[1] for c, v in self._images.items() if v is not None}
+            history = self._history(pose.stamp_ns) if self.history_len else None
+        if self.image_size is not None:  # the same uint8 resize as the training cache (data/bags.py): identical inputs
+            images = {c: resize_uint8(v, self.image_size) for c, v in images.items()}
+        return Observation(pose.stamp_ns, images, pose.position, pose.quaternion, pose.gripper, history, self.instruction)
+
+    def _history(self, stamp_ns: int) -> np.ndarray:
+        """Poses at stamp - k dt (k = H..1), the latest at or before each time; the oldest kept pose before that."""
+        stamps = np.fromiter((s for s, _ in self._poses), np.int64, len(self._poses))
+        values = np.stack([v for _, v in self._poses])
+        times = stamp_ns - self.chunk_dt_ns * np.arange(self.history_len, 0, -1)
+        idx = np.clip(np.searchsorted(stamps, times, side="right") - 1, 0, len(stamps) - 1)
+        return values[idx]
+
+    def latency_estimate_ns(self) -> int:
+        if self.cfg.inference_latency_s is not None:
+            return int(round(self.cfg.inference_latency_s * 1e9))
+        if not self.latencies_ms:
+            return 0
+        return int(np.median(list(self.latencies_ms)[-20:]) * 1e6)
+
+    def _should_infer(self, now_ns: int) -> bool:
+        with self._lock:
+            if not self._enabled or self._fault or self._shutdown:
+                return False
+            sync, _ = self._sync(now_ns)
+            if not sync.ok or sync.stamp_ns == self._last_obs_ns:
+                return False
+            newest = self._pending[-1][1] if self._pending else (self._plans[-1] if self._plans else None)
+            if newest is None:
+                return True
+            if self.cfg.strategy == "receding":
+                switch = newest.chunk.stamp_ns + self.cfg.execute_steps * self.chunk_dt_ns
+                return now_ns >= switch - self.latency_estimate_ns() or now_ns >= newest.end_ns
+            return self._last_infer_ns is None or now_ns - self._last_infer_ns >= self.period_ns
+
+    def _infer(self, now_ns: int) -> None:
+        obs = self._observation(now_ns)
+        if obs is None:
+            return
+        with self._infer_lock:
+            self._last_infer_ns = now_ns
+            self._last_obs_ns = obs.stamp_ns
+            t0 = time.perf_counter()
+            try:
+                chunk = self.policy.predict(obs)
+            except Exception as exc:  # a model error must stop the arm, not kill the node
+                log.exception("inference failed")
+                self._fault = f"inference failed: {type(exc).__name__}: {exc}"
+                return
+            self.latencies_ms.append((time.perf_counter() - t0) * 1e3)
+            self.inferences += 1
+        if not chunk.is_finite():
+            self._fault = "the model output contains NaN or Inf"
+            log.error("%s: stopping until reset", self._fault)
+            return
+        plan = _Plan.of(chunk)
+        with self._lock:
+            if not self._enabled:  # disabled while the model ran: the chunk belongs to the old session
+                return
+            if self.cfg.synchronous and self.cfg.inference_latency_s:
+                self._pending.append((now_ns + self.latency_estimate_ns(), plan))
+            else:
+                self._plans.append(plan)
+
+    def _release_pending(self, now_ns: int) -> None:
+        while self._pending and self._pending[0][0] <= now_ns:
+            self._plans.append(self._pending.pop(0)[1])
+
+    def _worker(self) -> None:
+        wait_s = min(self.period_ns / 1e9 / 4, 0.02)
+        while not self._stop.is_set():
+            now = self.clock()
+            if self._should_infer(now):
+                self._infer(now)
+                continue
+            with self._lock:
+                self._lock.wait(timeout=wait_s)
+
+    # ---- monitoring ---------------------------------------------------------------------------------
+
+    def diagnostics(self, now_ns: int | None = None) -> dict[str, Any]:
+        """Counters, input ages and rates, inference latency percentiles: what /diagnostics publishes."""
+        now_ns = self.clock() if now_ns is None else int(now_ns)
+        with self._lock:
+            _, stamps = self._sync(now_ns)
+            lat = np.array(self.latencies_ms) if self.latencies_ms else None
+            rates = {}
+            for key, arr in self._arrivals.items():
+                span = (arr[-1] - arr[0]) / 1e9 if len(arr) > 1 else 0.0
+                rates[key] = (len(arr) - 1) / span if span > 0 else 0.0
+            return {
+                "status": self.last_status[0], "reason": self.last_status[1], "enabled": self._enabled,
+                "fault": self._fault or "",
+                "inputs": {k: {"age_ms": None if v is None else (now_ns - v) / 1e6, "rate_hz": rates.get(k, 0.0),
+                               "received": self.received[k], "rejected": self.rejected[k]} for k, v in stamps.items()},
+                "rejected_total": sum(self.rejected.values()), "last_rejection": self.last_rejection,
+                "inferences": self.inferences, "ticks": self.ticks, "overruns": self.overruns,
+                "latency_ms_p50": float(np.percentile(lat, 50)) if lat is not None else None,
+                "latency_ms_p99": float(np.percentile(lat, 99)) if lat is not None else None,
+            }
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return self.diagnostics()
