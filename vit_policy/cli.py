@@ -201,11 +201,25 @@ def add_sim_eval(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_sim_eval)
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sim_tests.demo import cli_demo
+
+    return cli_demo(args)
+
+
+def add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="end to end in MuJoCo: expert demonstrations -> training -> replay -> closed loop -> report")
+    p.add_argument("--out", default="outputs/demo", metavar="DIR")
+    p.add_argument("--quick", action="store_true", help="a minutes-long smoke run of every stage (nothing learns)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(func=cmd_demo)
+
+
 # --------------------------------------------------------------------------------------------------
 # Subcommands of the other modules register here: one add_<name>(sub) function each.
 # --------------------------------------------------------------------------------------------------
 
-REGISTER = [add_policy_demo, add_train, add_replay, add_serve, add_sim_record, add_sim_eval]
+REGISTER = [add_demo, add_policy_demo, add_train, add_replay, add_serve, add_sim_record, add_sim_eval]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,157 @@
+"""Training on synthetic rosbag2 demonstrations: learning, exact resume, torchrun DDP, the CLI.
+
+The bags are real rosbag2 files from ``vit_policy.data.synthetic``; the encoder is a real timm ViT
+(``test_vit``: timm's 6-block, 64-wide ViT, so that a CPU learns the task in about a minute).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from vit_policy.config import (
+    AugmentConfig, ConfigError, DataConfig, EncoderConfig, GripperConfig, PolicyConfig, TrainConfig, load_train_config, to_dict,
+)
+from vit_policy.data.synthetic import GRIPPER_JOINTS, write_synthetic_dataset
+from vit_policy.model.policy import VisuomotorPolicy
+from vit_policy.observation import Observation
+from vit_policy.train import STATE_FILE, train
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def train_config(bags: Path, tmp: Path, img: int = 32, chunk: int = 4, **kw) -> TrainConfig:
+    policy = PolicyConfig(
+        cameras=["front"], encoder=EncoderConfig(name="test_vit", img_size=img, token_mode="pooled", num_pooled_tokens=4),
+        d_model=32, n_heads=2, n_encoder_layers=1, n_decoder_layers=1, chunk_size=chunk, dropout=0.1,
+    )
+    data = DataConfig(cameras={"front": "/camera/front/image_raw"}, gripper=GripperConfig(joints=list(GRIPPER_JOINTS), closed=0.0, open=0.08))
+    base = dict(policy=policy, data=data, bags=[str(bags / "*")], val_fraction=0.25, cache_dir=str(tmp / "cache"), out_dir=str(tmp / "out"),
+                epochs=2, batch_size=8, lr_encoder=1e-3, lr_head=1e-3, warmup_steps=2, progress=False, log_every=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def small_bags(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("small")
+    write_synthetic_dataset(root / "bags", 4, duration_s=1.5, image_size=(32, 32))
+    return root / "bags"
+
+
+def test_resume_matches_uninterrupted_run(small_bags: Path, tmp_path: Path) -> None:
+    """3 steps, stop, resume 3 steps == 6 steps straight: weights, optimiser, EMA, schedule and RNG."""
+    common = dict(max_steps=6, ema=0.9, augment=AugmentConfig(shift_px=2, brightness=0.2), cache_dir=str(tmp_path / "cache"))
+    straight = train(train_config(small_bags, tmp_path / "a", **common))
+    assert straight.step == 6
+    first = train(train_config(small_bags, tmp_path / "b", **common), stop_at_step=3)
+    assert first.step == 3 and (tmp_path / "b/out/last" / STATE_FILE).is_file()
+    mid = torch.load(tmp_path / "b/out/last" / STATE_FILE, weights_only=True)
+    resumed = train(train_config(small_bags, tmp_path / "b", resume="auto", **common))
+    assert resumed.step == 6
+    a = torch.load(tmp_path / "a/out/last" / STATE_FILE, weights_only=True)
+    b = torch.load(tmp_path / "b/out/last" / STATE_FILE, weights_only=True)
+    assert a["step"] == b["step"] == 6 and a["scheduler"] == b["scheduler"]
+    for key in a["model"]:
+        torch.testing.assert_close(b["model"][key], a["model"][key], rtol=0, atol=1e-7, msg=key)
+        torch.testing.assert_close(b["ema"][key], a["ema"][key], rtol=0, atol=1e-7, msg=key)
+    assert any(not torch.equal(mid["model"][k], a["model"][k]) for k in a["model"])  # the second half did train
+    # the checkpoint holds the EMA weights and loads for inference
+    policy = VisuomotorPolicy.from_pretrained(tmp_path / "b/out/last")
+    for key, value in policy.state_dict().items():
+        torch.testing.assert_close(value, b["ema"][key], rtol=0, atol=0)
+
+
+def test_resume_rejects_a_directory_without_state(small_bags: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="trainer_state.pt"):
+        train(train_config(small_bags, tmp_path, resume=str(tmp_path / "nothing")))
+
+
+@pytest.mark.slow
+def test_training_beats_the_mean_action(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The policy must read the target from the image: 3x below the mean-action predictor's loss."""
+    root = tmp_path_factory.mktemp("learn")
+    write_synthetic_dataset(root / "bags", 30, duration_s=3.0, image_size=(64, 64))
+    cfg = train_config(root / "bags", root, img=64, chunk=8, epochs=4, batch_size=16, lr_encoder=1e-3, lr_head=1e-3, warmup_steps=10,
+                       val_fraction=0.2, tensorboard=True)
+    cfg.policy.d_model, cfg.policy.n_heads, cfg.policy.dropout = 64, 4, 0.0
+    torch.manual_seed(0)
+    result = train(cfg)
+    final = result.history[-1]
+    print({k: round(v, 4) for k, v in final.items()})
+    assert final["val/loss"] * 3 <= final["val/baseline_loss"], final
+    assert final["val/err_x_mm"] < 3.0 and final["val/err_y_mm"] < 3.0  # read from the wrist image
+    # best / last are loadable checkpoints that act on an Observation
+    best = VisuomotorPolicy.from_pretrained(result.best)
+    meta = json.loads((result.best / "metadata.json").read_text())
+    assert meta["metrics"]["val/loss"] == min(h["val/loss"] for h in result.history)
+    assert len(meta["val_episodes"]) == 6 and not set(meta["val_episodes"]) & set(meta["train_episodes"])
+    obs = Observation(1, {"front": np.zeros((64, 64, 3), np.uint8)}, np.array([0.45, 0.0, 0.3]), np.array([1.0, 0, 0, 0]), 1.0)
+    chunk = best.predict(obs)
+    assert len(chunk) == 8 and chunk.is_finite()
+    assert list((root / "out" / "tb").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_shards_and_rank0_writes(small_bags: Path, tmp_path: Path) -> None:
+    """Two gloo processes through the CLI: half the steps per epoch each, one checkpoint, resumable config."""
+    cfg = train_config(small_bags, tmp_path, epochs=2, batch_size=4, val_fraction=0.25)
+    cfg_path = tmp_path / "train.yaml"
+    cfg_path.write_text(yaml.safe_dump(to_dict(cfg)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "vit_policy.cli", "train", "--config", str(cfg_path), "--threads", "1", "epochs=2"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    meta = json.loads((tmp_path / "out/last/metadata.json").read_text())
+    assert meta["world_size"] == 2 and len(meta["train_episodes"]) == 3
+    lengths = {d.name.rsplit("-", 1)[0]: json.loads((d / "meta.json").read_text())["episodes"][0]["length"] for d in (tmp_path / "cache").iterdir()}
+    samples = sum(lengths[Path(s).name] for s in meta["train_episodes"])
+    steps_per_epoch = -(-samples // (4 * 2))  # each rank takes every other batch of the epoch
+    assert meta["step"] == 2 * steps_per_epoch, (meta["step"], samples)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["best", "last", "tb", "train_config.yaml"]
+    VisuomotorPolicy.from_pretrained(tmp_path / "out/last")
+    assert "trained" in proc.stdout
+
+
+def test_cli_train_and_config_errors(small_bags: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from vit_policy.cli import main
+
+    cfg = train_config(small_bags, tmp_path, max_steps=2)
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(to_dict(cfg)))
+    assert main(["train", "--config", str(path), "batch_size=4"]) == 0
+    assert "trained 2 steps" in capsys.readouterr().out
+    assert main(["train", "--config", str(path), "bach_size=4"]) == 2
+    assert "did you mean 'batch_size'" in capsys.readouterr().err
+    assert main(["train", "--config", str(path), "data.control_rate_hz=25"]) == 2
+    assert "control_dt" in capsys.readouterr().err
+    assert main(["train", "--config", str(path), f"bags=[{tmp_path / 'none*'}]"]) == 2
+    assert "matches no bag" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["real_two_cameras.yaml", "sim_fetch.yaml"])
+def test_example_configs_load(name: str) -> None:
+    cfg = load_train_config(REPO / "configs/train" / name)
+    assert set(cfg.policy.cameras) <= set(cfg.data.cameras)
+    if name == "real_two_cameras.yaml":
+        assert len(cfg.data.cameras) == 2 and cfg.data.pose_topic is None and cfg.data.gripper.kind == "joint_state"
+    with pytest.raises(ConfigError, match="unknown config key 'data.gripper.joint'"):
+        load_train_config(REPO / "configs/train" / name, ["data.gripper.joint=[a]"])
+
+
+def test_sim_fetch_config_reads_what_the_simulator_records() -> None:
+    """configs/train/sim_fetch.yaml's topic map is the one sim_tests.record uses for FetchReach bags."""
+    from sim_tests.closed_loop import load_task_config
+    from sim_tests.record import data_config_for
+
+    cfg = load_train_config(REPO / "configs/train/sim_fetch.yaml")
+    assert cfg.data == data_config_for(load_task_config("FetchReach-v4", None), labels="command")
