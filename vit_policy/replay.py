@@ -381,9 +381,9 @@ def check_bag(path: str | Path, data: DataConfig) -> dict[str, str]:
 
     Run on every bag before any checkpoint is replayed, so a wrong topic map fails in seconds.
     """
-    from vit_policy.data.bags import _check_topics, bag_topics
+    from vit_policy.data.bags import bag_topics, check_topics
 
-    return _check_topics(path, data, bag_topics(path))
+    return check_topics(path, data, bag_topics(path))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -554,7 +554,7 @@ def run_faithful(policy: "VisuomotorPolicy", bag: str | Path, episodes: list["Ep
     """
     import dataclasses
 
-    from vit_policy.data.bags import iter_bag_messages
+    from vit_policy.data.bags import iter_bag_messages, with_control_ticks
     from vit_policy.runtime import PolicyRunner
 
     latency_s = cfg.runtime.inference_latency_s
@@ -569,8 +569,8 @@ def run_faithful(policy: "VisuomotorPolicy", bag: str | Path, episodes: list["Ep
     inputs = BagInputs(cfg.data)
     commands, chunk_ids = [], []
     release: list[int] = []  # simulated time each chunk becomes available
-    next_tick: int | None = None
-    first = last = 0
+    first: int | None = None
+    last = 0
     delay = int(round(latency_s * 1e9))
 
     def tick(now: int) -> None:
@@ -581,17 +581,13 @@ def run_faithful(policy: "VisuomotorPolicy", bag: str | Path, episodes: list["Ep
         chunk_ids.append(bisect.bisect_right(release, now))  # chunks released by now (release times increase)
 
     t_wall = time.perf_counter()
-    for topic, t_bag, msg in iter_bag_messages(bag, inputs.topics):
-        if next_tick is None:
-            next_tick = first = t_bag
-        while next_tick < t_bag:  # the extraction's rule: a message arriving exactly at a tick is seen by it
-            tick(next_tick)
-            next_tick += period
+    for t_bag, item in with_control_ticks(iter_bag_messages(bag, inputs.topics), period):  # the extraction's clock
+        if item is None:
+            tick(t_bag)
+            continue
+        first = t_bag if first is None else first
         clock[0] = last = t_bag
-        inputs.feed(runner, topic, t_bag, msg)
-    while next_tick is not None and next_tick <= last:  # the ticks up to and including the last message's time
-        tick(next_tick)
-        next_tick += period
+        inputs.feed(runner, item[0], t_bag, item[1])
     seconds = time.perf_counter() - t_wall
 
     stream = CommandStream.from_commands(commands, chunk_ids)
@@ -601,7 +597,7 @@ def run_faithful(policy: "VisuomotorPolicy", bag: str | Path, episodes: list["Ep
             "fault": stream.status.count("fault"), "rejected_inputs": int(sum(runner.rejected.values())),
             "inferences": len(recorder.chunks), "unmatched_chunks": unmatched}
     result = BagResult(str(bag), "faithful", preds, [], commands=stream, latencies_ms=np.asarray(recorder.latency_ms),
-                       frames_lost=lost, seconds=seconds, bag_seconds=(last - first) / 1e9)
+                       frames_lost=lost, seconds=seconds, bag_seconds=(last - (first or last)) / 1e9)
     result.episodes, result.latency_used_ms = episodes, latency_s * 1e3
     return result
 

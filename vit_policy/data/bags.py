@@ -104,6 +104,28 @@ def iter_bag_messages(path: str | Path, topics: Iterable[str]) -> Iterator[tuple
         reader.close()
 
 
+def with_control_ticks(messages: Iterable[tuple[str, int, Any]], period_ns: int) -> Iterator[tuple[int, tuple[str, Any] | None]]:
+    """Interleave control ticks with bag messages: ``(t, (topic, msg))`` for a message, ``(t, None)`` for a tick.
+
+    The one clock of extraction and faithful replay: ticks every ``period_ns`` from the first message's
+    bag time; a message arriving exactly at a tick is seen by it; the last ticks run up to and
+    including the last message's time.
+    """
+    next_tick: int | None = None
+    last = 0
+    for topic, t, msg in messages:
+        if next_tick is None:
+            next_tick = t
+        while next_tick < t:
+            yield next_tick, None
+            next_tick += period_ns
+        last = t
+        yield t, (topic, msg)
+    while next_tick is not None and next_tick <= last:
+        yield next_tick, None
+        next_tick += period_ns
+
+
 def check_topics(path: str | Path, data: DataConfig, have: dict[str, str]) -> dict[str, str]:
     """Required topic -> config field, after checking each exists with a supported type."""
     listing = ", ".join(f"{t} ({m})" for t, m in sorted(have.items())) or "no topics at all"
@@ -128,7 +150,6 @@ def check_topics(path: str | Path, data: DataConfig, have: dict[str, str]) -> di
     return roles
 
 
-_check_topics = check_topics  # the name replay.py imports
 
 
 # --------------------------------------------------------------------------------------------------
@@ -199,32 +220,27 @@ def extract_episodes(
     tf = M.TFBuffer()
     samples: list[tuple[int, dict[str, Any], np.ndarray, np.ndarray, float]] = []
     last_reason = "the bag has no messages on the configured topics"
-    next_tick: int | None = None
 
-    def tick_until(t_bag: int) -> None:
-        """Run every control tick strictly before ``t_bag`` on the inputs that had arrived by then."""
-        nonlocal next_tick, last_reason
-        while next_tick is not None and next_tick < t_bag:
-            now = next_tick
-            next_tick += dt
-            stamps: dict[str, int | None] = {"pose": pose_now[0] if pose_now else None}
-            stamps.update({c: (v[0] if v else None) for c, v in latest.items()})
-            stamps["gripper"] = grip_now[0] if grip_now else None
-            sync = check_sync(stamps, now, tol, max_age, reference="pose")
-            if not sync.ok:
-                last_reason = f"at {now} ns: {sync.reason}"
-                continue
-            assert pose_now is not None and grip_now is not None
-            if samples and samples[-1][0] == pose_now[0]:
-                continue  # no new pose since the last tick: the same observation again (pose slower than control)
-            samples.append((pose_now[0], {c: v[1] for c, v in latest.items() if v}, pose_now[1], pose_now[2], grip_now[1]))
+    def tick(now: int) -> None:
+        """One control tick on the inputs that had arrived by ``now``: a sample if they are in sync."""
+        nonlocal last_reason
+        stamps: dict[str, int | None] = {"pose": pose_now[0] if pose_now else None}
+        stamps.update({c: (v[0] if v else None) for c, v in latest.items()})
+        stamps["gripper"] = grip_now[0] if grip_now else None
+        sync = check_sync(stamps, now, tol, max_age, reference="pose")
+        if not sync.ok:
+            last_reason = f"at {now} ns: {sync.reason}"
+            return
+        assert pose_now is not None and grip_now is not None
+        if samples and samples[-1][0] == pose_now[0]:
+            return  # no new pose since the last tick: the same observation again (pose slower than control)
+        samples.append((pose_now[0], {c: v[1] for c, v in latest.items() if v}, pose_now[1], pose_now[2], grip_now[1]))
 
-    last_bag = 0
-    for topic, t_bag, msg in iter_bag_messages(path, set(roles) | tf_topics):
-        if next_tick is None:
-            next_tick = t_bag
-        tick_until(t_bag)  # ticks before this arrival; a message arriving exactly at a tick is seen by it
-        last_bag = t_bag
+    for t_bag, item in with_control_ticks(iter_bag_messages(path, set(roles) | tf_topics), dt):
+        if item is None:
+            tick(t_bag)
+            continue
+        topic, msg = item
         try:
             if topic in cam_of:
                 latest[cam_of[topic]] = (M.stamp_to_ns(msg.header.stamp), msg)
@@ -257,7 +273,6 @@ def extract_episodes(
                 cmd_grips[1].append(float(np.clip(msg.data, 0.0, 1.0)))
         except M.MessageError as exc:
             raise BagError(f"bag {str(path)!r}, topic {topic!r} ({roles.get(topic, 'TF')}) at bag time {t_bag}: {exc}") from None
-    tick_until(last_bag + 1)  # the ticks up to and including the last message's time
     if not samples:
         raise BagError(f"bag {str(path)!r}: no usable (synchronised) observation; last reason {last_reason}")
 
