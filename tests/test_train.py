@@ -94,6 +94,7 @@ def test_training_beats_the_mean_action(tmp_path_factory: pytest.TempPathFactory
     meta = json.loads((result.best / "metadata.json").read_text())
     assert meta["metrics"]["val/loss"] == min(h["val/loss"] for h in result.history)
     assert len(meta["val_episodes"]) == 6 and not set(meta["val_episodes"]) & set(meta["train_episodes"])
+    assert meta["data"]["cameras"] == cfg.data.cameras  # the topic map travels with the checkpoint (replay reads it)
     obs = Observation(1, {"front": np.zeros((64, 64, 3), np.uint8)}, np.array([0.45, 0.0, 0.3]), np.array([1.0, 0, 0, 0]), 1.0)
     chunk = best.predict(obs)
     assert len(chunk) == 8 and chunk.is_finite()

@@ -31,7 +31,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from vit_policy.config import ConfigError, TrainConfig, save_config
+from vit_policy.config import ConfigError, TrainConfig, save_config, to_dict
 from vit_policy.data.bags import Episode
 from vit_policy.data.cache import load_or_extract
 from vit_policy.data.dataset import EpisodeDataset, EpochBatchSampler, dataset_stats, split_episodes
@@ -368,7 +368,8 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> TrainResult:
         directory = out_dir / name
         meta = {"step": step, "epoch": step / steps_per_epoch, "world_size": ddp.world_size, "metrics": metrics,
                 "train_episodes": [e.source for e in train_eps], "val_episodes": [e.source for e in val_eps],
-                "weights": "ema" if ema is not None else "raw"}
+                "weights": "ema" if ema is not None else "raw",
+                "data": to_dict(cfg.data)}  # the topic map: a checkpoint copied on its own can still be replayed
         with ema.applied(policy) if ema is not None else contextlib.nullcontext():
             policy.save_pretrained(directory, metadata=meta)
         if with_state:
