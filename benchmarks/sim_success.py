@@ -1,0 +1,121 @@
+"""Closed-loop success per Fetch task: the trained policy next to the scripted expert and random actions.
+
+    .venv/bin/python benchmarks/sim_success.py [--tasks FetchReach-v4 FetchPush-v4 FetchPickAndPlace-v4]
+        [--demos 200] [--train-minutes 60] [--episodes 50] [--out outputs/bench_sim]
+
+For each task, in one run: record ``--demos`` expert demonstrations (rosbag2, the task's
+configs/sim/ cameras), train the sim policy (``sim_tests.record.train_config_for``) for at most
+``--train-minutes`` of wall time (or ``--train-steps``), then evaluate it closed loop through
+PolicyRunner over ``--episodes`` seeds that no demonstration used, with the expert and random actions
+on the same seeds. Also measures the render rate of the task's cameras. Prints one table:
+
+  task | cameras | demos | train steps | train min | policy success [Wilson 95%] | expert | random | render fps
+
+Targets (issue 6): FetchReach 95%, FetchPush 70%, FetchPickAndPlace 50%, from <= 200 demonstrations
+and <= 60 minutes of CPU training each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import sim_tests  # noqa: E402,F401  (sets MUJOCO_GL before mujoco loads)
+from sim_tests.closed_loop import evaluate_expert, evaluate_policy, evaluate_random, load_task_config  # noqa: E402
+from sim_tests.fetch_env import FetchSim  # noqa: E402
+from sim_tests.record import record_demonstrations, train_config_for  # noqa: E402
+
+EVAL_SEED = 100_000  # demonstrations use seeds from 0 (or --demo-seed): evaluation never sees their goals
+
+
+def render_fps(task: str, image_size: int, frames: int = 100) -> float:
+    """Frames per second for rendering every camera of the task's config (one 'frame' = all cameras)."""
+    cfg = load_task_config(task, None, [f"image_size={image_size}"])
+    sim = FetchSim(cfg)
+    sim.reset(seed=0)
+    sim.render()
+    t0 = time.perf_counter()
+    for _ in range(frames):
+        sim.render()
+    fps = frames / (time.perf_counter() - t0)
+    sim.close()
+    return fps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", nargs="+", default=["FetchReach-v4", "FetchPush-v4", "FetchPickAndPlace-v4"])
+    ap.add_argument("--demos", type=int, default=200)
+    ap.add_argument("--train-minutes", type=float, default=60.0, help="wall-clock training budget per task")
+    ap.add_argument("--train-steps", type=int, default=None, help="optimiser steps (default: as many as the budget allows)")
+    ap.add_argument("--episodes", type=int, default=50)
+    ap.add_argument("--out", default="outputs/bench_sim")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--render-only", action="store_true", help="only the render-rate table (all cameras of each task, 64-128 px)")
+    args = ap.parse_args()
+    if args.render_only:
+        print(f"{'task':<22} {'cameras':<16} " + " ".join(f"{s:>7}px" for s in (64, 96, 128)) + "   (frames/s, all cameras)")
+        for task in args.tasks:
+            cams = "+".join(load_task_config(task, None).cameras)
+            print(f"{task:<22} {cams:<16} " + " ".join(f"{render_fps(task, s):>9.0f}" for s in (64, 96, 128)))
+        return
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    rows = []
+    for task in args.tasks:
+        cfg = load_task_config(task, None)
+        root = out / task
+        t0 = time.perf_counter()
+        if not (root / "demos" / "demos.yaml").is_file():
+            record_demonstrations(cfg, root / "demos", args.demos, seed=0)
+        record_s = time.perf_counter() - t0
+        from vit_policy.train import train
+
+        bags = [str(root / "demos" / "episode_*")]
+        steps = args.train_steps or _steps_in_budget(train_config_for(cfg, bags, root / "probe", steps=20), args.train_minutes)
+        t0 = time.perf_counter()
+        result = train(train_config_for(cfg, bags, root, steps=steps))
+        train_min = (time.perf_counter() - t0) / 60
+        from vit_policy.model.policy import VisuomotorPolicy
+
+        policy = VisuomotorPolicy.from_pretrained(result.last).eval()
+        pol = evaluate_policy(policy, cfg, args.episodes, EVAL_SEED, root / "eval", gifs=5, progress=True)
+        exp = evaluate_expert(cfg, args.episodes, EVAL_SEED)
+        rnd = evaluate_random(cfg, args.episodes, EVAL_SEED)
+        lo, hi = pol.wilson95
+        rows.append((task, "+".join(cfg.cameras), f"{cfg.image_size}px", args.demos, result.step, f"{train_min:.1f}",
+                     f"{pol.success_rate:.0%} [{lo:.0%}, {hi:.0%}]", f"{exp.success_rate:.0%}", f"{rnd.success_rate:.0%}",
+                     f"{render_fps(task, cfg.image_size):.0f}", f"{record_s:.0f}"))
+        print(pol.table())
+
+    head = ("task", "cameras", "size", "demos", "steps", "train min", "policy [Wilson 95%]", "expert", "random", "render fps", "record s")
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    print()
+    for r in [head, *rows]:
+        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)))
+    print(f"\n{args.episodes} evaluation episodes per task (seeds from {EVAL_SEED}), torch threads {args.threads}")
+
+
+def _steps_in_budget(probe: object, minutes: float) -> int:
+    """Optimiser steps that fit the budget: time 20 steps of the config (after a run that fills the cache)."""
+    import dataclasses
+
+    from vit_policy.train import train
+
+    train(dataclasses.replace(probe, max_steps=1, out_dir=str(Path(probe.out_dir) / "warm")))  # type: ignore[type-var,attr-defined]
+    t0 = time.perf_counter()
+    train(probe)  # type: ignore[arg-type]
+    per_step = (time.perf_counter() - t0) / 20
+    return max(20, int(minutes * 60 / per_step * 0.95))
+
+
+if __name__ == "__main__":
+    main()

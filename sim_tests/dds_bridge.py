@@ -1,0 +1,220 @@
+"""Simulator in the loop over DDS: the MuJoCo Fetch arm as a ROS 2 robot, the real node in its own process.
+
+The bridge is the robot side of the wire. Every 40 ms of wall time it steps the simulator under the
+latest command it received and publishes what a robot driver publishes, stamped with the wall clock:
+
+  /camera/<cam>/image_raw  sensor_msgs/Image rgb8 (sensor-data QoS)
+  /ee_pose                 geometry_msgs/PoseStamped in base_link
+  /joint_states            sensor_msgs/JointState (the two finger joints)
+
+and subscribes to the node's ``/cmd/pose`` (PoseStamped target) and ``/cmd/gripper`` (Float64). The
+node is ``vit-policy serve --transport dds`` started with :func:`start_node`, in another process, so
+the messages cross a real DDS participant boundary (CycloneDDS on loopback) in ROS 2 wire format. It
+is enabled and reset through its ``/policy/enable`` and ``/policy/reset`` topics.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from sim_tests.fetch_env import FINGER_JOINTS, FINGER_SUM_OPEN, FetchSim
+from sim_tests.record import camera_topic
+from vit_policy import messages as M
+from vit_policy.config import SimConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def node_parameters(cfg: SimConfig, checkpoint: str | Path, threads: int = 1) -> dict[str, Any]:
+    """The policy node's ROS parameters for this simulator: pose output, finger joints, the sim's limits."""
+    rt, sf = cfg.runtime, cfg.safety
+    return {"policy_node": {"ros__parameters": {
+        "checkpoint": str(checkpoint), "threads": threads, "output_mode": "pose", "base_frame": cfg.base_frame,
+        "gripper_joints": list(FINGER_JOINTS), "gripper_closed": 0.0, "gripper_open": FINGER_SUM_OPEN,
+        "runtime": {"control_rate_hz": rt.control_rate_hz, "sync_tolerance_s": max(rt.sync_tolerance_s, 0.05),
+                    "max_age_s": rt.max_age_s, "strategy": rt.strategy, "execute_steps": rt.execute_steps,
+                    "ensemble_m": rt.ensemble_m, "inference_latency_s": -1.0, "synchronous": False},
+        "safety": {"workspace_min": list(sf.workspace_min), "workspace_max": list(sf.workspace_max),
+                   "max_linear_speed": sf.max_linear_speed, "max_angular_speed": sf.max_angular_speed,
+                   "max_step": sf.max_step, "stop_mode": sf.stop_mode},
+    }}}
+
+
+def start_node(cfg: SimConfig, checkpoint: str | Path, workdir: Path, domain_id: int, threads: int = 1) -> subprocess.Popen:
+    """``vit-policy serve --transport dds`` in its own process, on DDS domain ``domain_id``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    params = workdir / "policy_node.yaml"
+    params.write_text(yaml.safe_dump(node_parameters(cfg, checkpoint, threads)))
+    env = {**os.environ, "ROS_DOMAIN_ID": str(domain_id), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
+    return subprocess.Popen([sys.executable, "-m", "vit_policy.cli", "serve", "--transport", "dds", "--config", str(params)],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@dataclass
+class BridgeEpisode:
+    seed: int
+    success: bool  # at the last step
+    reached: bool  # the goal was reached at some step
+    first_success_step: int | None
+    steps: int
+    commands: int  # cmd/pose messages received during the episode
+    policy_commands: int  # of which came from the policy (a policy/chunk accompanied them), not stops
+    non_finite_commands: int
+    late_steps: int  # steps that started more than one period late (CPU contention)
+
+
+class DDSSimBridge:
+    """The simulated arm on DDS: sensors out, commands in, at the simulator's 25 Hz in wall time."""
+
+    def __init__(self, cfg: SimConfig, domain_id: int) -> None:
+        from ros_nodes.transport.dds_backend import DDSTransport
+
+        self.cfg = cfg
+        self.sim = FetchSim(cfg)
+        self.t = DDSTransport("fetch_sim", domain_id=domain_id)
+        f = self.t.factory
+        self.f = f
+        self.pub_images = {c: self.t.create_publisher("sensor_msgs/msg/Image", camera_topic(c), "sensor_data") for c in cfg.cameras}
+        self.pub_pose = self.t.create_publisher("geometry_msgs/msg/PoseStamped", "/ee_pose", "reliable")
+        self.pub_joints = self.t.create_publisher("sensor_msgs/msg/JointState", "/joint_states", "reliable")
+        self.pub_enable = self.t.create_publisher("std_msgs/msg/Bool", "/policy/enable", "reliable")
+        self.pub_reset = self.t.create_publisher("std_msgs/msg/Empty", "/policy/reset", "reliable")
+        self._lock = threading.Lock()
+        self.target: tuple[int, np.ndarray] | None = None  # (arrival ns, position)
+        self.gripper: float | None = None
+        self.commands = 0
+        self.chunks = 0  # policy/chunk messages: published only for commands that came from the policy
+        self.non_finite = 0
+        self.t.create_subscription("geometry_msgs/msg/PoseStamped", "/cmd/pose", self._on_pose, "reliable")
+        self.t.create_subscription("std_msgs/msg/Float64", "/cmd/gripper", self._on_gripper, "reliable")
+        self.t.create_subscription("trajectory_msgs/msg/MultiDOFJointTrajectory", "/policy/chunk", self._on_chunk, "reliable")
+
+    # ---- commands in ------------------------------------------------------------------------------
+    def _on_pose(self, msg: Any) -> None:
+        p, q = msg.pose.position, msg.pose.orientation
+        values = np.array([p.x, p.y, p.z, q.x, q.y, q.z, q.w], np.float64)
+        with self._lock:
+            self.commands += 1
+            if not np.all(np.isfinite(values)):
+                self.non_finite += 1  # never applied
+                return
+            self.target = (time.monotonic_ns(), values[:3])
+
+    def _on_chunk(self, msg: Any) -> None:
+        with self._lock:
+            self.chunks += 1
+
+    def _on_gripper(self, msg: Any) -> None:
+        g = float(msg.data)
+        with self._lock:
+            if not np.isfinite(g):
+                self.non_finite += 1
+                return
+            self.gripper = g
+
+    def _action(self, max_age_ns: int) -> np.ndarray:
+        with self._lock:
+            target, grip = self.target, self.gripper
+        if target is None or time.monotonic_ns() - target[0] > max_age_ns:
+            return np.zeros(4)  # no fresh command: hold, as a driver's command timeout would
+        return self.sim.action_from_target(target[1], grip)
+
+    # ---- sensors out -------------------------------------------------------------------------------
+    def publish(self, frame: Any) -> None:
+        now = time.time_ns()
+        for cam, rgb in frame.images.items():
+            self.pub_images[cam].publish(M.rgb_to_image(self.f, rgb, now, f"{cam}_optical_frame", "rgb8"))
+        self.pub_joints.publish(M.make_joint_state(self.f, now, list(FINGER_JOINTS), frame.finger_positions.tolist()))
+        self.pub_pose.publish(M.make_pose_stamped(self.f, now, self.cfg.base_frame, frame.position, frame.quaternion))
+
+    def set_enabled(self, on: bool) -> None:
+        self.pub_enable.publish(self.f("std_msgs/msg/Bool")(data=bool(on)))
+
+    def wait_for_node(self, proc: subprocess.Popen | None, timeout_s: float = 120.0) -> None:
+        """Stream the reset pose until the node answers with commands (it publishes stops while disabled)."""
+        frame = self.sim.reset(seed=0)
+        end = time.monotonic() + timeout_s
+        while self.commands == 0:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"the policy node exited with code {proc.returncode}:\n{proc.stdout.read() if proc.stdout else ''}")
+            if time.monotonic() > end:
+                raise TimeoutError(f"no command from the policy node on /cmd/pose within {timeout_s:.0f} s")
+            self.publish(frame)
+            time.sleep(self.sim.dt)
+
+    def run_episode(self, seed: int, settle_s: float = 0.3) -> BridgeEpisode:
+        """Reset the sim and the node, enable it, run ``episode_steps`` steps paced at 40 ms of wall time."""
+        frame = self.sim.reset(seed=seed)
+        self.set_enabled(False)
+        self.pub_reset.publish(self.f("std_msgs/msg/Empty")(structure_needs_at_least_one_member=0))
+        with self._lock:
+            self.target, self.gripper = None, None
+        t_end = time.monotonic() + settle_s  # let the reset land; keep the sensors streaming meanwhile
+        while time.monotonic() < t_end:
+            self.publish(frame)
+            time.sleep(self.sim.dt)
+        with self._lock:
+            self.target = None
+            commands0, chunks0, bad0 = self.commands, self.chunks, self.non_finite
+        self.set_enabled(True)
+        period = self.sim.dt
+        max_age = int(self.cfg.runtime.max_age_s * 1e9)
+        first, late, reached = None, 0, False
+        next_t = time.monotonic()
+        while not self.sim.done:
+            self.publish(frame)
+            next_t += period
+            delay = next_t - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            elif delay < -period:
+                late += 1
+                next_t = time.monotonic()
+            frame = self.sim.step(self._action(max_age))
+            if frame.success:
+                reached = True
+                first = self.sim.steps if first is None else first
+        self.publish(frame)
+        self.set_enabled(False)
+        with self._lock:
+            cmds, chunks, bad = self.commands - commands0, self.chunks - chunks0, self.non_finite - bad0
+        return BridgeEpisode(seed, bool(frame.success), reached, first, self.sim.steps, cmds, chunks, bad, late)
+
+    def close(self) -> None:
+        self.set_enabled(False)
+        self.t.shutdown()
+        self.sim.close()
+
+
+def run_sim_in_the_loop(cfg: SimConfig, checkpoint: str | Path, episodes: int, workdir: Path, domain_id: int,
+                        seed: int = 0, same_seed: bool = False) -> tuple[list[BridgeEpisode], str]:
+    """Start the node, run ``episodes`` episodes (seeds seed, seed+1... or all ``seed``) over DDS.
+
+    Returns the episodes and the node's log.
+    """
+    proc = start_node(cfg, checkpoint, workdir, domain_id)
+    bridge = DDSSimBridge(cfg, domain_id)
+    results: list[BridgeEpisode] = []
+    try:
+        bridge.wait_for_node(proc)
+        for i in range(episodes):
+            results.append(bridge.run_episode(seed if same_seed else seed + i))
+    finally:
+        bridge.close()
+        proc.terminate()
+        try:
+            out, _ = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+    return results, out or ""

@@ -1,0 +1,37 @@
+"""Each scripted expert solves its task in at least 9 of 10 seeded episodes."""
+
+from __future__ import annotations
+
+import pytest
+
+from sim_tests.experts import make_expert
+from sim_tests.record import expert_success_rate
+from vit_policy.config import SimConfig
+
+
+@pytest.mark.parametrize("task", ["FetchReach-v4", "FetchPush-v4", "FetchPickAndPlace-v4"])
+def test_expert_succeeds_in_9_of_10(task: str) -> None:
+    wins, firsts = expert_success_rate(SimConfig(task=task), episodes=10, seed=100)
+    assert wins >= 9, f"{task}: expert succeeded in {wins}/10 episodes (first-success steps {firsts})"
+    assert all(f <= 45 for f in firsts if f is not None)  # well inside the 50-step episode
+
+
+def test_doing_nothing_fails_push_and_pick() -> None:
+    """The tasks are not solved by standing still (so the experts' success means something)."""
+    from sim_tests.fetch_env import FetchSim
+
+    for task in ("FetchPush-v4", "FetchPickAndPlace-v4"):
+        sim = FetchSim(SimConfig(task=task, episode_steps=10))
+        wins = 0
+        for seed in range(5):
+            frame = sim.reset(seed=seed, render=False)
+            while not sim.done:
+                frame = sim.step(sim.action_from_target(frame.position, 1.0), render=False)
+            wins += frame.success
+        sim.close()
+        assert wins <= 1, task
+
+
+def test_unknown_task_names_the_choices() -> None:
+    with pytest.raises(ValueError, match="FetchPush-v4"):
+        make_expert("FetchSlide-v4")

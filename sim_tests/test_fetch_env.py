@@ -1,0 +1,143 @@
+"""The Fetch wrapper reports what MuJoCo holds and obeys runtime commands."""
+
+from __future__ import annotations
+
+import mujoco
+import numpy as np
+import pytest
+
+from sim_tests.fetch_env import GRIP_SITE, FetchSim
+from vit_policy.config import ConfigError, SimConfig
+from vit_policy.safety import Command
+
+
+@pytest.fixture(scope="module")
+def pick_sim():
+    sim = FetchSim(SimConfig(task="FetchPickAndPlace-v4", image_size=64))
+    yield sim
+    sim.close()
+
+
+def _site_pose_in_base(sim: FetchSim) -> tuple[np.ndarray, np.ndarray]:
+    """Independent reference: MuJoCo's own pose algebra, base^-1 * site (quaternions w x y z)."""
+    m, d = sim.model, sim.data
+    base = m.body("robot0:base_link").id
+    site = d.site(GRIP_SITE)
+    site_q = np.zeros(4)
+    mujoco.mju_mat2Quat(site_q, site.xmat)
+    inv_p, inv_q = np.zeros(3), np.zeros(4)
+    mujoco.mju_negPose(inv_p, inv_q, d.xpos[base], d.xquat[base])
+    p, q = np.zeros(3), np.zeros(4)
+    mujoco.mju_mulPose(p, q, inv_p, inv_q, site.xpos, site_q)
+    return p, np.array([q[1], q[2], q[3], q[0]])
+
+
+def _cmd(target: np.ndarray | None, gripper: float = 1.0, is_stop: bool = False) -> Command:
+    pos = np.zeros(3) if target is None else np.asarray(target, float)
+    return Command(0, pos, np.array([0.0, 0.0, 0.0, 1.0]), np.zeros(3), np.zeros(3), gripper, is_stop=is_stop)
+
+
+def test_ee_pose_equals_mujoco_site_pose(pick_sim: FetchSim) -> None:
+    frame = pick_sim.reset(seed=3, render=False)
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        p_ref, q_ref = _site_pose_in_base(pick_sim)
+        np.testing.assert_allclose(frame.position, p_ref, atol=1e-9)
+        assert abs(abs(float(frame.quaternion @ q_ref)) - 1.0) < 1e-9  # same rotation (q ~ -q)
+        assert frame.quaternion[3] >= 0
+        frame = pick_sim.step(rng.uniform(-1, 1, 4), render=False)
+    # the base is not at the world origin, so a world-frame pose would fail the check above
+    assert np.linalg.norm(pick_sim.data.xpos[pick_sim.model.body("robot0:base_link").id]) > 0.5
+    # gripper pointing down: the EE z axis (approach) is close to -z of the base
+    from scipy.spatial.transform import Rotation
+
+    approach = Rotation.from_quat(frame.quaternion).apply([1.0, 0.0, 0.0])
+    assert approach[2] < -0.95
+
+
+def test_stamps_are_sim_time_in_ns(pick_sim: FetchSim) -> None:
+    f0 = pick_sim.reset(seed=0, render=False)
+    f1 = pick_sim.step(np.zeros(4), render=False)
+    assert isinstance(f0.stamp_ns, int)
+    assert f1.stamp_ns - f0.stamp_ns == pick_sim.dt_ns == 40_000_000
+
+
+def test_frames_are_not_blank_and_change_when_the_arm_moves(pick_sim: FetchSim) -> None:
+    f0 = pick_sim.reset(seed=1)
+    img = f0.images["external"]
+    assert img.shape == (64, 64, 3) and img.dtype == np.uint8
+    assert img.std() > 20  # a scene, not a flat colour
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50
+    again = pick_sim.render()["external"]
+    np.testing.assert_array_equal(again, img)  # rendering is deterministic for a fixed state
+    frame = f0
+    for _ in range(8):
+        frame = pick_sim.step(np.array([-1.0, 0.0, 1.0, 0.0]))
+    moved = np.abs(frame.images["external"].astype(int) - img.astype(int)).max(axis=2)
+    assert np.linalg.norm(frame.position - f0.position) > 0.1
+    assert (moved > 30).sum() > 20  # the arm's pixels changed
+
+
+def test_target_command_moves_the_ee_and_is_clipped(pick_sim: FetchSim) -> None:
+    f0 = pick_sim.reset(seed=2, render=False)
+    target = f0.position + np.array([0.03, -0.02, 0.02])
+    action = pick_sim.action_from_target(target, 1.0)
+    np.testing.assert_allclose(action[:3], [0.6, -0.4, 0.4], atol=1e-6)  # 5 cm per unit action
+    frame = f0
+    for _ in range(6):
+        frame = pick_sim.step(_cmd(target), render=False)
+    assert np.linalg.norm(frame.position - target) < 0.01
+    far = pick_sim.action_from_target(frame.position + np.array([1.0, -2.0, 0.01]), 0.0)
+    np.testing.assert_allclose(far, [1.0, -1.0, 0.2, -1.0], atol=1e-6)
+    before = frame.position
+    after = pick_sim.step(_cmd(frame.position + np.array([1.0, 0.0, 0.0])), render=False).position
+    assert 0.01 < after[0] - before[0] <= 0.055  # one step moves at most ~5 cm
+
+
+def test_stop_holds_and_bad_commands_are_rejected(pick_sim: FetchSim) -> None:
+    f0 = pick_sim.reset(seed=4, render=False)
+    stop = _cmd(None, is_stop=True)
+    frame = f0
+    for _ in range(5):
+        frame = pick_sim.step(stop, render=False)
+    assert np.linalg.norm(frame.position - f0.position) < 0.005
+    with pytest.raises(ValueError, match="command.target_position"):
+        pick_sim.step(_cmd(np.array([np.nan, 0.0, 0.5])), render=False)
+    with pytest.raises(ValueError, match="command.gripper"):
+        pick_sim.action_from_target(f0.position, float("nan"))
+    with pytest.raises(ValueError, match="action: expected 4"):
+        pick_sim.step(np.zeros(3), render=False)
+
+
+def test_gripper_opening_follows_commands(pick_sim: FetchSim) -> None:
+    frame = pick_sim.reset(seed=5, render=False)
+    for _ in range(10):
+        frame = pick_sim.step(_cmd(frame.position, gripper=1.0), render=False)
+    opened = frame.gripper
+    for _ in range(10):
+        frame = pick_sim.step(_cmd(frame.position, gripper=0.0), render=False)
+    assert opened > 0.9 and frame.gripper < 0.1
+    np.testing.assert_allclose(frame.gripper, frame.finger_positions.sum() / 0.1, atol=1e-9)
+
+
+def test_reach_goal_success_matches_the_env() -> None:
+    sim = FetchSim(SimConfig(task="FetchReach-v4", image_size=32))
+    try:
+        frame = sim.reset(seed=7, render=False)
+        assert not frame.success and frame.object_position is None
+        for _ in range(20):
+            frame = sim.step(_cmd(frame.goal), render=False)
+        assert np.linalg.norm(frame.position - frame.goal) < 0.02 and frame.success
+        # the goal marker is drawn where the goal is (enlarged to the configured radius)
+        site = sim.model.site("target0").id
+        np.testing.assert_allclose(sim.to_base(sim.data.site_xpos[site]), frame.goal, atol=1e-6)
+        assert sim.model.site_size[site][0] == pytest.approx(0.03)
+    finally:
+        sim.close()
+
+
+def test_unknown_camera_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"sim.cameras.head: MuJoCo camera 'head_cam' does not exist"):
+        FetchSim(SimConfig(cameras={"head": "head_cam"}))
+    with pytest.raises(ConfigError, match="sim.image_size"):
+        SimConfig(image_size=8)
