@@ -24,7 +24,7 @@ sysdeps:
 setup: sysdeps $(STAMP)
 
 demo: setup
-	$(PY) -m vit_policy.cli policy-demo
+	$(PY) -m vit_policy.cli demo --threads 2
 
 test: setup
 	$(PY) -m pytest -q -ra --timeout=1200 tests sim_tests
