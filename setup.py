@@ -54,7 +54,6 @@ setup(
     maintainer_email="maintainers@vit-policy.invalid",
     description="ViT/CLIP visuomotor policy with end-effector pose tokens for ROS 2 robot arms",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "vit-policy = vit_policy.cli:main",

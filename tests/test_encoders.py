@@ -7,7 +7,13 @@ from safetensors.torch import save_file
 from vit_policy.config import ConfigError, EncoderConfig, LanguageConfig
 from vit_policy.model.encoders import ImageEncoder, InstructionEncoder, WeightsError
 
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    """Forward passes only here; scoped per test so autograd stays on for the rest of the session."""
+    with torch.no_grad():
+        yield
 
 # (family, name, img_size, expected patch grid): small resolutions keep the forward cheap on CPU
 FAMILIES = [
