@@ -29,13 +29,13 @@ import sim_tests  # noqa: E402,F401  (sets MUJOCO_GL before mujoco loads)
 from sim_tests.closed_loop import evaluate_expert, evaluate_policy, evaluate_random, load_task_config  # noqa: E402
 from sim_tests.fetch_env import FetchSim  # noqa: E402
 from sim_tests.record import record_demonstrations, train_config_for  # noqa: E402
+from vit_policy.config import SimConfig  # noqa: E402
 
 EVAL_SEED = 100_000  # demonstrations use seeds from 0 (or --demo-seed): evaluation never sees their goals
 
 
-def render_fps(task: str, image_size: int, frames: int = 100) -> float:
-    """Frames per second for rendering every camera of the task's config (one 'frame' = all cameras)."""
-    cfg = load_task_config(task, None, [f"image_size={image_size}"])
+def render_fps(cfg: SimConfig, frames: int = 100) -> float:
+    """Frames per second for rendering every camera of ``cfg`` (one 'frame' = all cameras)."""
     sim = FetchSim(cfg)
     sim.reset(seed=0)
     sim.render()
@@ -56,13 +56,15 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--out", default="outputs/bench_sim")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--action-noise", type=float, default=0.0, metavar="M", help="DART execution noise while recording (metres)")
     ap.add_argument("--render-only", action="store_true", help="only the render-rate table (all cameras of each task, 64-128 px)")
+    ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="sim config overrides for every task, e.g. image_size=64")
     args = ap.parse_args()
     if args.render_only:
         print(f"{'task':<22} {'cameras':<16} " + " ".join(f"{s:>7}px" for s in (64, 96, 128)) + "   (frames/s, all cameras)")
         for task in args.tasks:
             cams = "+".join(load_task_config(task, None).cameras)
-            print(f"{task:<22} {cams:<16} " + " ".join(f"{render_fps(task, s):>9.0f}" for s in (64, 96, 128)))
+            print(f"{task:<22} {cams:<16} " + " ".join(f"{render_fps(load_task_config(task, None, [*args.overrides, f'image_size={s}'])):>9.0f}" for s in (64, 96, 128)))
         return
 
     import torch
@@ -71,11 +73,11 @@ def main() -> None:
     out = Path(args.out)
     rows = []
     for task in args.tasks:
-        cfg = load_task_config(task, None)
+        cfg = load_task_config(task, None, args.overrides)
         root = out / task
         t0 = time.perf_counter()
         if not (root / "demos" / "demos.yaml").is_file():
-            record_demonstrations(cfg, root / "demos", args.demos, seed=0)
+            record_demonstrations(cfg, root / "demos", args.demos, seed=0, action_noise_m=args.action_noise)
         record_s = time.perf_counter() - t0
         from vit_policy.train import train
 
@@ -91,9 +93,9 @@ def main() -> None:
         exp = evaluate_expert(cfg, args.episodes, EVAL_SEED)
         rnd = evaluate_random(cfg, args.episodes, EVAL_SEED)
         lo, hi = pol.wilson95
-        rows.append((task, "+".join(cfg.cameras), f"{cfg.image_size}px", args.demos, result.step, f"{train_min:.1f}",
+        rows.append((task, "+".join(cfg.cameras), f"{cfg.image_size}px", f"{args.demos}" + (f" (DART {args.action_noise * 100:g} cm)" if args.action_noise else ""), result.step, f"{train_min:.1f}",
                      f"{pol.success_rate:.0%} [{lo:.0%}, {hi:.0%}]", f"{exp.success_rate:.0%}", f"{rnd.success_rate:.0%}",
-                     f"{render_fps(task, cfg.image_size):.0f}", f"{record_s:.0f}"))
+                     f"{render_fps(cfg):.0f}", f"{record_s:.0f}"))
         print(pol.table())
 
     head = ("task", "cameras", "size", "demos", "steps", "train min", "policy [Wilson 95%]", "expert", "random", "render fps", "record s")
@@ -105,15 +107,18 @@ def main() -> None:
 
 
 def _steps_in_budget(probe: object, minutes: float) -> int:
-    """Optimiser steps that fit the budget: time 20 steps of the config (after a run that fills the cache)."""
+    """Optimiser steps that fit the budget: the time of 60 steps minus that of 20 (start-up cancels out)."""
     import dataclasses
 
     from vit_policy.train import train
 
-    train(dataclasses.replace(probe, max_steps=1, out_dir=str(Path(probe.out_dir) / "warm")))  # type: ignore[type-var,attr-defined]
-    t0 = time.perf_counter()
-    train(probe)  # type: ignore[arg-type]
-    per_step = (time.perf_counter() - t0) / 20
+    def timed(steps: int) -> float:
+        t0 = time.perf_counter()
+        train(dataclasses.replace(probe, max_steps=steps, out_dir=str(Path(probe.out_dir) / str(steps))))  # type: ignore[type-var,attr-defined]
+        return time.perf_counter() - t0
+
+    timed(1)  # fills the frame cache
+    per_step = (timed(60) - timed(20)) / 40
     return max(20, int(minutes * 60 / per_step * 0.95))
 
 

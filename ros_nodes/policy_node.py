@@ -16,7 +16,10 @@ import dataclasses
 import logging
 import sys
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import TYPE_CHECKING, Any, get_type_hints
+
+if TYPE_CHECKING:
+    import subprocess
 
 import numpy as np
 
@@ -367,10 +370,6 @@ def main(argv: list[str] | None = None) -> int:
     return rclpy_main(sys.argv if argv is None else argv)
 
 
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
-    sys.exit(main())
-
 
 def serve(transport: str, config: str | None = None, overrides: list[str] | None = None, namespace: str = "",
           node_name: str = NODE_NAME, use_sim_time: bool = False) -> int:
@@ -392,3 +391,41 @@ def serve(transport: str, config: str | None = None, overrides: list[str] | None
     t = make_transport(transport, node_name, namespace, use_sim_time, params)
     signal.signal(signal.SIGTERM, lambda *_: t.shutdown())
     return run(t)
+
+
+def spawn_dds_node(params: dict[str, Any], workdir: Path, domain_id: int, threads: int = 1) -> "subprocess.Popen[str]":
+    """``vit-policy serve --transport dds`` in its own process on DDS domain ``domain_id``.
+
+    ``params`` is a ROS 2 parameter file's content (``{node: {ros__parameters: ...}}``); it is written to
+    ``workdir/policy_node.yaml``. Output (stdout and stderr) is collected by :func:`stop_node`.
+    """
+    import os
+    import subprocess
+
+    import yaml
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "policy_node.yaml"
+    path.write_text(yaml.safe_dump(params))
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "ROS_DOMAIN_ID": str(domain_id), "PYTHONPATH": str(root), "OMP_NUM_THREADS": str(threads)}
+    return subprocess.Popen([sys.executable, "-m", "vit_policy.cli", "serve", "--transport", "dds", "--config", str(path)],
+                            env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def stop_node(proc: "subprocess.Popen[str]", timeout_s: float = 20.0) -> str:
+    """SIGTERM (the node publishes a stop and shuts down), SIGKILL after ``timeout_s``; returns its output."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out or ""
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    sys.exit(main())

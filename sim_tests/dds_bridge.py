@@ -15,9 +15,7 @@ is enabled and reset through its ``/policy/enable`` and ``/policy/reset`` topics
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -25,14 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from ros_nodes.policy_node import spawn_dds_node, stop_node
 from sim_tests.fetch_env import FINGER_JOINTS, FINGER_SUM_OPEN, FetchSim
 from sim_tests.record import camera_topic
 from vit_policy import messages as M
 from vit_policy.config import SimConfig
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def node_parameters(cfg: SimConfig, checkpoint: str | Path, threads: int = 1) -> dict[str, Any]:
@@ -51,13 +47,8 @@ def node_parameters(cfg: SimConfig, checkpoint: str | Path, threads: int = 1) ->
 
 
 def start_node(cfg: SimConfig, checkpoint: str | Path, workdir: Path, domain_id: int, threads: int = 1) -> subprocess.Popen:
-    """``vit-policy serve --transport dds`` in its own process, on DDS domain ``domain_id``."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    params = workdir / "policy_node.yaml"
-    params.write_text(yaml.safe_dump(node_parameters(cfg, checkpoint, threads)))
-    env = {**os.environ, "ROS_DOMAIN_ID": str(domain_id), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
-    return subprocess.Popen([sys.executable, "-m", "vit_policy.cli", "serve", "--transport", "dds", "--config", str(params)],
-                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    """The policy node for this simulator in its own process, on DDS domain ``domain_id``."""
+    return spawn_dds_node(node_parameters(cfg, checkpoint, threads), workdir, domain_id, threads)
 
 
 @dataclass
@@ -211,10 +202,5 @@ def run_sim_in_the_loop(cfg: SimConfig, checkpoint: str | Path, episodes: int, w
             results.append(bridge.run_episode(seed if same_seed else seed + i))
     finally:
         bridge.close()
-        proc.terminate()
-        try:
-            out, _ = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-    return results, out or ""
+        out = stop_node(proc)
+    return results, out

@@ -51,6 +51,7 @@ class DemoPlan:
     ])
     batch_size: int = 32
     seed: int = 0
+    policy_overrides: list[str] = field(default_factory=list)  # configs/sim/policy.yaml overrides, every task
 
 
 def quick_plan() -> DemoPlan:
@@ -80,7 +81,8 @@ def run_task(tp: TaskPlan, plan: DemoPlan, out: Path) -> dict[str, Any]:
     train_bags, test_bags = bags[: len(bags) - tp.held_out], bags[len(bags) - tp.held_out :]
     row.update(demos=len(bags), train_bags=len(train_bags), held_out=len(test_bags), record_s=time.perf_counter() - t0)
 
-    cfg = train_config_for(sim, [str(p) for p in train_bags], out / "train" / tp.task, tp.max_steps, plan.batch_size)
+    cfg = train_config_for(sim, [str(p) for p in train_bags], out / "train" / tp.task, tp.max_steps, plan.batch_size,
+                           policy_overrides=plan.policy_overrides)
     cfg.progress, cfg.tensorboard, cfg.seed = True, True, plan.seed
     print(f"== {tp.task}: training {cfg.policy.encoder.name} ({cfg.policy.encoder.token_mode} tokens) for {tp.max_steps} steps "
           f"on {len(train_bags)} demonstrations")
@@ -176,11 +178,12 @@ def write_report(out: Path, rows: list[dict[str, Any]], wall_s: float) -> Path:
     if loss_png is not None:
         data = base64.b64encode(loss_png.read_bytes()).decode()
         loss_img = f"<h2>Training</h2><a href='{loss_png.name}'><img src='data:image/png;base64,{data}'></a>"
+    encoders = ", ".join(sorted({r["encoder"] for r in rows}))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>vit_policy demo</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}} figure{{display:inline-block;margin:4px}}</style></head><body>
 <h1>vit_policy end-to-end demo</h1>
-<p>Scripted-expert demonstrations recorded as rosbag2 &rarr; vit_tiny trained on CPU &rarr; offline replay on held-out bags
+<p>Scripted-expert demonstrations recorded as rosbag2 &rarr; {html.escape(encoders)} trained from scratch on the CPU &rarr; offline replay on held-out bags
 (the node's PolicyRunner on bag time) &rarr; closed loop in MuJoCo through the same runner and safety filter. Total {wall_s / 60:.1f} min.</p>
 <table><tr><th>task</th><th>cameras, encoder</th><th>demonstrations</th><th>training</th><th>val loss vs mean predictor</th>
 <th>replay MAE x/y/z mm (faithful)</th><th>closed-loop success [Wilson 95%]</th><th>random actions</th><th>time to success s</th><th></th></tr>
@@ -220,7 +223,12 @@ def run_demo(out_dir: str | Path = "outputs/demo", plan: DemoPlan | None = None)
 def cli_demo(args: Any) -> int:
     import torch
 
+    from sim_tests.record import policy_config_for
+
     if args.threads:
         torch.set_num_threads(args.threads)
-    run_demo(args.out, quick_plan() if args.quick else None)
+    plan = quick_plan() if args.quick else DemoPlan()
+    plan.policy_overrides = list(args.policy_overrides or [])
+    policy_config_for(load_sim_config(CONFIGS / "sim" / plan.tasks[0].sim_config), overrides=plan.policy_overrides)  # bad keys fail now
+    run_demo(args.out, plan)
     return 0

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
+import numpy as np
 import yaml
 
 from sim_tests.experts import make_expert
@@ -99,10 +100,16 @@ def write_observation(bag: BagWriter, sim: FetchSim, frame: SimFrame, t_ns: int,
 
 
 def record_episode(
-    sim: FetchSim, path: Path, seed: int, start_ns: int, storage: Literal["mcap", "sqlite3"] = "mcap"
+    sim: FetchSim, path: Path, seed: int, start_ns: int, storage: Literal["mcap", "sqlite3"] = "mcap", action_noise_m: float = 0.0
 ) -> EpisodeInfo:
-    """Run the task's expert for one episode and write it to the bag at ``path``."""
+    """Run the task's expert for one episode and write it to the bag at ``path``.
+
+    With ``action_noise_m`` > 0 the arm executes the expert's target plus Gaussian noise (that standard
+    deviation per axis, metres) while the bag records the expert's clean command (DART, Laskey et al.
+    2017): the demonstrations then show the expert correcting from states a cloned policy drifts into.
+    """
     expert = make_expert(sim.cfg.task)
+    rng = np.random.default_rng(seed)
     frame = sim.reset(seed=seed)
     t0 = frame.stamp_ns
     first: int | None = None
@@ -117,7 +124,8 @@ def record_episode(
             bag.write("/expert/gripper", t, M.make_float64(f, float(grip)))
             if sim.done:
                 break
-            frame = sim.step(sim.action_from_target(target, grip))
+            executed = target + rng.normal(0.0, action_noise_m, 3) if action_noise_m > 0 else target
+            frame = sim.step(sim.action_from_target(executed, grip))
             if frame.success and first is None:
                 first = sim.steps
     return EpisodeInfo(path.name, seed, sim.steps, bool(frame.success), first, start_ns)
@@ -131,11 +139,15 @@ def record_demonstrations(
     storage: Literal["mcap", "sqlite3"] = "mcap",
     keep_failures: bool = False,
     progress: Callable[[EpisodeInfo], None] | None = None,
+    action_noise_m: float = 0.0,
 ) -> list[EpisodeInfo]:
     """Record ``episodes`` successful expert demonstrations (seeds ``seed``, ``seed+1``, ...) as bags.
 
     A failed expert episode is deleted and replaced by the next seed unless ``keep_failures``.
+    ``action_noise_m``: execution noise, see :func:`record_episode`.
     """
+    if action_noise_m < 0:
+        raise ValueError(f"action_noise_m: {action_noise_m} must be >= 0 (metres of execution noise; 0 for none)")
     import shutil
 
     if episodes < 1:
@@ -150,7 +162,7 @@ def record_demonstrations(
             if attempt >= 2 * episodes + 10:
                 raise RuntimeError(f"expert for {cfg.task} failed too often ({attempt - len(infos)} of {attempt} episodes)")
             path = out / f"episode_{len(infos):03d}"
-            info = record_episode(sim, path, seed + attempt, episode_start_ns(seed + attempt), storage)
+            info = record_episode(sim, path, seed + attempt, episode_start_ns(seed + attempt), storage, action_noise_m)
             attempt += 1
             if not info.success and not keep_failures:
                 shutil.rmtree(path)
@@ -166,6 +178,7 @@ def record_demonstrations(
                     for name, cam in cfg.cameras.items()},
         "image_size": cfg.image_size,
         "step_s": sim.dt,
+        "action_noise_m": action_noise_m,
         "gripper_joints": list(FINGER_JOINTS),
         "gripper_range": {"closed": GRIPPER_RANGE[0], "open": GRIPPER_RANGE[1]},
         "episodes": [asdict(i) for i in infos],
@@ -217,7 +230,8 @@ def cli_sim_record(args: object) -> int:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=args.episodes, desc=f"record {cfg.task}", unit="ep", dynamic_ncols=True)  # type: ignore[attr-defined]
-    infos = record_demonstrations(cfg, args.out, args.episodes, args.seed, args.storage, progress=lambda _: bar.update(1))  # type: ignore[attr-defined]
+    infos = record_demonstrations(cfg, args.out, args.episodes, args.seed, args.storage, progress=lambda _: bar.update(1),  # type: ignore[attr-defined]
+                                  action_noise_m=args.action_noise)  # type: ignore[attr-defined]
     bar.close()
     steps = sum(i.steps + 1 for i in infos)
     print(f"{len(infos)} demonstrations of {cfg.task} ({steps} steps, cameras {sorted(cfg.cameras)}) in {args.out}")  # type: ignore[attr-defined]

@@ -11,12 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_demo_pipeline_writes_a_linked_report(tmp_path):
     out = tmp_path / "demo"
-    res = subprocess.run([sys.executable, "-m", "vit_policy.cli", "demo", "--quick", "--out", str(out), "--threads", "1"],
+    res = subprocess.run([sys.executable, "-m", "vit_policy.cli", "demo", "--quick", "--out", str(out), "--threads", "1", "chunk_size=4"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     report = out / "report.html"
@@ -26,6 +28,9 @@ def test_demo_pipeline_writes_a_linked_report(tmp_path):
     (task,) = summary["tasks"]
     assert task["demos"] == 3 and task["train_bags"] == 2 and task["held_out"] == 1
     assert task["train_steps"] == 4
+    trained = yaml.safe_load((Path(task["checkpoint"]) / "config.yaml").read_text())
+    assert trained["chunk_size"] == 4  # the policy override reached training
+    assert f"{task['encoder']} trained from scratch" in page
     assert task["closed_loop"]["episodes"] == 1 and task["closed_loop"]["non_finite_commands"] == 0
     # every relative link and image in the page exists (replay report, GIFs, loss plot)
     targets = re.findall(r"(?:href|src)='([^':]+)'", page)
@@ -35,3 +40,11 @@ def test_demo_pipeline_writes_a_linked_report(tmp_path):
     assert "data:image/png;base64," in page  # the training curve, embedded
     replay = json.loads((out / task["replay_report"]).with_name("metrics.json").read_text())
     assert set(next(iter(replay["checkpoints"].values()))["metrics"]) == {"faithful", "batch"}
+
+
+def test_demo_rejects_a_bad_policy_override_before_any_work(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "vit_policy.cli", "demo", "--out", str(tmp_path / "demo"), "encoder.nmae=vit_tiny"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert "encoder.nmae" in res.stderr and "did you mean 'name'" in res.stderr
+    assert not (tmp_path / "demo").exists()

@@ -79,3 +79,26 @@ def test_existing_output_is_not_overwritten(tmp_path: Path) -> None:
     (tmp_path / "episode_000").mkdir()
     with pytest.raises(FileExistsError, match="episode_000"):
         record_demonstrations(SimConfig(image_size=32, episode_steps=2), tmp_path, episodes=1)
+
+
+def test_execution_noise_perturbs_the_arm_but_not_the_recorded_commands(tmp_path: Path) -> None:
+    """DART recording: the arm executes noisy targets, the bag holds the expert's clean command for the state it was in."""
+    cfg = SimConfig(task="FetchReach-v4", image_size=32, episode_steps=12)
+    (clean,) = record_demonstrations(cfg, tmp_path / "clean", episodes=1, seed=3)
+    (noisy,) = record_demonstrations(cfg, tmp_path / "noisy", episodes=1, seed=clean.seed, action_noise_m=0.01)
+    assert noisy.seed == clean.seed
+    data = data_config_for(cfg, labels="command")
+    (ep_clean,) = extract_episodes(tmp_path / "clean" / "episode_000", data, chunk_size=K)
+    (ep,) = extract_episodes(tmp_path / "noisy" / "episode_000", data, chunk_size=K)
+    assert np.max(np.linalg.norm(ep.position - ep_clean.position, axis=1)) > 0.01  # the noise moved the arm
+    sim = FetchSim(cfg)
+    goal = sim.reset(seed=clean.seed, render=False).goal
+    sim.close()
+    expert_step = make_expert(cfg.task).step
+    for i in range(len(ep) - 1):  # the command recorded at step i + 1 is the expert's, from the pose at i + 1
+        command = ep.action[i, 0, :3] + ep.position[i]
+        delta = goal - ep.position[i + 1]
+        want = goal if np.linalg.norm(delta) <= expert_step else ep.position[i + 1] + delta * expert_step / np.linalg.norm(delta)
+        np.testing.assert_allclose(command, want, atol=1e-5)
+    with pytest.raises(ValueError, match="action_noise_m"):
+        record_demonstrations(cfg, tmp_path / "bad", episodes=1, action_noise_m=-0.01)

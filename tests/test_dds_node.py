@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from rosbags.typesys import Stores, get_typestore
 
 pytest.importorskip("cyclonedds", reason="the DDS backend needs the 'dds' extra: pip install -e .[dds]")
 
+from ros_nodes.policy_node import spawn_dds_node, stop_node  # noqa: E402
 from ros_nodes.transport.dds_backend import DDSTransport, resolve_name, shared_types  # noqa: E402
 from vit_policy import messages as M  # noqa: E402
 from vit_policy.config import EncoderConfig, PolicyConfig  # noqa: E402
@@ -193,11 +192,7 @@ def test_policy_node_end_to_end_over_dds(checkpoint: Path, tmp_path: Path):
         "runtime": {"control_rate_hz": RATE_HZ, "max_age_s": MAX_AGE_S, "sync_tolerance_s": 0.1},
         "safety": {"max_linear_speed": 0.5},
     }}}
-    cfg_path = tmp_path / "node.yaml"
-    cfg_path.write_text(yaml.safe_dump(params))
-    env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "vit_policy.cli", "serve", "--transport", "dds", "--config", str(cfg_path)],
-                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = spawn_dds_node(params, tmp_path, domain)
     t = DDSTransport("e2e_test", domain_id=domain)
     streamer = Streamer(t)
     rec = Recorder(t)
@@ -255,12 +250,7 @@ def test_policy_node_end_to_end_over_dds(checkpoint: Path, tmp_path: Path):
         assert all(np.all(np.isfinite(v)) for _, _, v in rec.twists)
     finally:
         streamer.close()
-        proc.terminate()
-        try:
-            out, _ = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
+        out = stop_node(proc)
         t.shutdown()
     assert proc.returncode == 0, out
     assert "ERROR" not in out and "Traceback" not in out, out

@@ -176,6 +176,8 @@ def add_sim_record(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="new directory for episode_000 ... and demos.yaml")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
+    p.add_argument("--action-noise", type=float, default=0.0, metavar="M",
+                   help="execute the expert's target plus N(0, M) metres per axis, record the clean command (DART)")
     p.add_argument("overrides", nargs="*", help="sim config overrides, e.g. image_size=128 episode_steps=30")
     p.set_defaults(func=cmd_sim_record)
 
@@ -212,6 +214,8 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="outputs/demo", metavar="DIR")
     p.add_argument("--quick", action="store_true", help="a minutes-long smoke run of every stage (nothing learns)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("policy_overrides", nargs="*", metavar="KEY=VALUE",
+                   help="configs/sim/policy.yaml overrides for every task, e.g. encoder.name=vit_tiny_patch16_224 (needs a GPU or hours)")
     p.set_defaults(func=cmd_demo)
 
 
