@@ -11,6 +11,9 @@ on the same seeds. Also measures the render rate of the task's cameras. Prints o
 
   task | cameras | demos | train steps | train min | policy success [Wilson 95%] | expert | random | render fps
 
+``--step-times [ENCODER ...]`` prints only the cost of one training step per encoder (why the sim
+policy is timm's test_vit and not vit_tiny on a CPU).
+
 Targets (issue 6): FetchReach 95%, FetchPush 70%, FetchPickAndPlace 50%, from <= 200 demonstrations
 and <= 60 minutes of CPU training each.
 """
@@ -58,8 +61,23 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--action-noise", type=float, default=0.0, metavar="M", help="DART execution noise while recording (metres)")
     ap.add_argument("--render-only", action="store_true", help="only the render-rate table (all cameras of each task, 64-128 px)")
+    ap.add_argument("--step-times", nargs="*", metavar="ENCODER", default=None,
+                    help="only time one training step of the sim policy with each timm encoder on each task's cameras "
+                         "(default test_vit vit_tiny_patch16_224), batch 32")
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="sim config overrides for every task, e.g. image_size=64")
     args = ap.parse_args()
+    if args.step_times is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        encoders = args.step_times or ["test_vit", "vit_tiny_patch16_224"]
+        print(f"{'task':<22} {'cameras':<18} " + " ".join(f"{e:>22}" for e in encoders) + "   (ms per training step, batch 32)")
+        for task in args.tasks:
+            cfg = load_task_config(task, None, args.overrides)
+            ms = [1000 * train_step_s(cfg, e) for e in encoders]
+            cams = "+".join(cfg.cameras) + f"@{cfg.image_size}"
+            print(f"{task:<22} {cams:<18} " + " ".join(f"{m:>15.0f} ({m / ms[0]:.1f}x)" for m in ms))
+        return
     if args.render_only:
         print(f"{'task':<22} {'cameras':<16} " + " ".join(f"{s:>7}px" for s in (64, 96, 128)) + "   (frames/s, all cameras)")
         for task in args.tasks:
@@ -104,6 +122,36 @@ def main() -> None:
     for r in [head, *rows]:
         print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)))
     print(f"\n{args.episodes} evaluation episodes per task (seeds from {EVAL_SEED}), torch threads {args.threads}")
+
+
+def train_step_s(cfg: SimConfig, encoder: str, batch: int = 32, steps: int = 10) -> float:
+    """Seconds per forward + backward + AdamW step of the sim policy with ``encoder`` (random frames)."""
+    import torch
+
+    from sim_tests.record import policy_config_for
+    from vit_policy.model.policy import VisuomotorPolicy, identity_stats
+
+    pcfg = policy_config_for(cfg, overrides=[f"encoder.name={encoder}"])
+    policy = VisuomotorPolicy(pcfg).train()
+    policy.set_stats(identity_stats(pcfg))
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+    k, size = pcfg.chunk_size, cfg.image_size
+    data = {"images": {c: torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8) for c in pcfg.cameras},
+            "position": torch.rand(batch, 3), "quaternion": torch.tensor([[0.0, 0.0, 0.0, 1.0]]).repeat(batch, 1),
+            "gripper": torch.ones(batch), "action": torch.rand(batch, k, 10), "action_mask": torch.ones(batch, k)}
+
+    def step() -> None:
+        loss, _ = policy.compute_loss(data)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - t0) / steps
 
 
 def _steps_in_budget(probe: object, minutes: float) -> int:

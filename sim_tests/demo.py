@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 from vit_policy.config import from_dict, load_sim_config, to_dict
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+STAGE_DIRS = ("bags", "train", "replay", "sim")  # what run_task writes under the output directory
 
 
 @dataclass
@@ -76,7 +78,10 @@ def run_task(tp: TaskPlan, plan: DemoPlan, out: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     bag_dir = out / "bags" / tp.task
     record_sim = load_sim_config(CONFIGS / "sim" / tp.sim_config, tp.sim_overrides + ([f"episode_steps={tp.demo_steps}"] if tp.demo_steps else []))
-    infos = record_demonstrations(record_sim, bag_dir, tp.demos, seed=plan.seed)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=tp.demos, desc=f"record {tp.task}", unit="demo", dynamic_ncols=True) as bar:
+        infos = record_demonstrations(record_sim, bag_dir, tp.demos, seed=plan.seed, progress=lambda _: bar.update(1))
     bags = [bag_dir / i.bag for i in infos]
     train_bags, test_bags = bags[: len(bags) - tp.held_out], bags[len(bags) - tp.held_out :]
     row.update(demos=len(bags), train_bags=len(train_bags), held_out=len(test_bags), record_s=time.perf_counter() - t0)
@@ -206,6 +211,11 @@ def run_demo(out_dir: str | Path = "outputs/demo", plan: DemoPlan | None = None)
     """Run every stage for every task of ``plan``; returns the report path."""
     plan = plan or DemoPlan()
     out = Path(out_dir)
+    stale = [out / d for d in STAGE_DIRS if (out / d).exists()]
+    if stale:  # the demo owns these: a rerun replaces the previous run instead of failing on its bags
+        print(f"replacing the previous demo run in {out}")
+        for d in stale:
+            shutil.rmtree(d)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     rows = [run_task(tp, plan, out) for tp in plan.tasks]

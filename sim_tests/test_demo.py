@@ -18,11 +18,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_demo_pipeline_writes_a_linked_report(tmp_path):
     out = tmp_path / "demo"
+    (out / "bags" / "FetchReach-v4" / "episode_000").mkdir(parents=True)  # a previous run's bag: replaced, not an error
     res = subprocess.run([sys.executable, "-m", "vit_policy.cli", "demo", "--quick", "--out", str(out), "--threads", "1", "chunk_size=4"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     report = out / "report.html"
-    assert f"report: {report.resolve()}" in res.stdout
+    assert f"report: {report.resolve()}" in res.stdout and "replacing the previous demo run" in res.stdout
     page = report.read_text()
     summary = json.loads((out / "summary.json").read_text())
     (task,) = summary["tasks"]
