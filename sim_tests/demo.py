@@ -39,6 +39,7 @@ class TaskPlan:
     demo_steps: int | None = None  # env steps per recorded episode (None: the sim config's)
     sim_overrides: list[str] = field(default_factory=list)
     gifs: int = 3
+    action_noise_m: float = 0.0  # DART execution noise while recording (sim_tests.record.record_episode)
 
 
 @dataclass
@@ -81,7 +82,8 @@ def run_task(tp: TaskPlan, plan: DemoPlan, out: Path) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     with tqdm(total=tp.demos, desc=f"record {tp.task}", unit="demo", dynamic_ncols=True) as bar:
-        infos = record_demonstrations(record_sim, bag_dir, tp.demos, seed=plan.seed, progress=lambda _: bar.update(1))
+        infos = record_demonstrations(record_sim, bag_dir, tp.demos, seed=plan.seed, progress=lambda _: bar.update(1),
+                                      action_noise_m=tp.action_noise_m)
     bags = [bag_dir / i.bag for i in infos]
     train_bags, test_bags = bags[: len(bags) - tp.held_out], bags[len(bags) - tp.held_out :]
     row.update(demos=len(bags), train_bags=len(train_bags), held_out=len(test_bags), record_s=time.perf_counter() - t0)
