@@ -3,10 +3,10 @@
 For each task: the scripted expert's episodes are recorded as rosbag2 (the robot's topic layout), a
 policy is trained from scratch on them with `vit_policy.train`, checked offline on held-out bags with
 `vit_policy.replay` (faithful + batch), and run closed loop in MuJoCo through `PolicyRunner` with the
-node's safety and chunk execution. One HTML page links everything. Sized for 2 CPU cores in 30 minutes:
-the policy is `configs/sim/policy.yaml` (timm's `test_vit`, every patch token kept), because no
-pretrained weights can be downloaded here and a from-scratch vit_tiny does not learn the image within
-that budget on a CPU (pooled vit_tiny ignored the goal marker after ~700 steps, measured).
+node's safety and chunk execution. One HTML page links everything. Sized for 2 CPU cores in 30 minutes
+(17.9 measured): the policy is `configs/sim/policy.yaml` (timm's `test_vit`, every patch token kept),
+because no pretrained weights can be downloaded here and a vit_tiny training step costs 4-5x as much
+on a CPU (`benchmarks/sim_success.py --step-times`); `vit-policy demo encoder.name=...` overrides it.
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ class TaskPlan:
 @dataclass
 class DemoPlan:
     # Reach: short demonstrations (the expert arrives within ~7 steps) from many starts, as in
-    # sim_tests/conftest.py (measured 17-18/20 closed loop after 5000 steps). Push: whole episodes.
+    # sim_tests/conftest.py (measured 17-18/20 closed loop after 5000 steps; the demo trains longer). Push: whole episodes.
     tasks: list[TaskPlan] = field(default_factory=lambda: [
-        TaskPlan("FetchReach-v4", "fetch_reach.yaml", demos=300, held_out=5, max_steps=5000, eval_episodes=20, demo_steps=10,
+        TaskPlan("FetchReach-v4", "fetch_reach.yaml", demos=300, held_out=5, max_steps=8000, eval_episodes=50, demo_steps=10,
                  sim_overrides=["image_size=64", "target_marker_radius=0.05"]),
         TaskPlan("FetchPush-v4", "fetch_push.yaml", demos=100, held_out=5, max_steps=4000, eval_episodes=20,
                  sim_overrides=["image_size=64"]),
