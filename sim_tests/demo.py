@@ -24,6 +24,7 @@ from vit_policy.config import from_dict, load_sim_config, to_dict
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 STAGE_DIRS = ("bags", "train", "replay", "sim")  # what run_task writes under the output directory
+MARKER = ".vit_policy_demo"  # marks an output directory as the demo's own, so a rerun may replace it
 
 
 @dataclass
@@ -214,11 +215,14 @@ def run_demo(out_dir: str | Path = "outputs/demo", plan: DemoPlan | None = None)
     plan = plan or DemoPlan()
     out = Path(out_dir)
     stale = [out / d for d in STAGE_DIRS if (out / d).exists()]
-    if stale:  # the demo owns these: a rerun replaces the previous run instead of failing on its bags
+    if stale and not (out / MARKER).is_file():
+        raise FileExistsError(f"{out} already has {', '.join(d.name for d in stale)} not written by the demo; choose another --out")
+    if stale:  # a previous demo run: a rerun replaces it instead of failing on its bags
         print(f"replacing the previous demo run in {out}")
         for d in stale:
             shutil.rmtree(d)
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by vit-policy demo: a rerun replaces bags/, train/, replay/ and sim/ here\n")
     t0 = time.perf_counter()
     rows = [run_task(tp, plan, out) for tp in plan.tasks]
     wall = time.perf_counter() - t0

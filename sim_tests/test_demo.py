@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_demo_pipeline_writes_a_linked_report(tmp_path):
     out = tmp_path / "demo"
     (out / "bags" / "FetchReach-v4" / "episode_000").mkdir(parents=True)  # a previous run's bag: replaced, not an error
+    (out / ".vit_policy_demo").touch()
     res = subprocess.run([sys.executable, "-m", "vit_policy.cli", "demo", "--quick", "--out", str(out), "--threads", "1", "chunk_size=4"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -49,3 +51,13 @@ def test_demo_rejects_a_bad_policy_override_before_any_work(tmp_path):
     assert res.returncode == 2
     assert "encoder.nmae" in res.stderr and "did you mean 'name'" in res.stderr
     assert not (tmp_path / "demo").exists()
+
+
+def test_demo_never_deletes_a_directory_it_did_not_write(tmp_path):
+    from sim_tests.demo import run_demo
+
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "mine.txt").write_text("not the demo's")
+    with pytest.raises(FileExistsError, match="not written by the demo"):
+        run_demo(tmp_path)
+    assert (tmp_path / "train" / "mine.txt").is_file()
