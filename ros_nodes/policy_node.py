@@ -370,7 +370,6 @@ def main(argv: list[str] | None = None) -> int:
     return rclpy_main(sys.argv if argv is None else argv)
 
 
-
 def serve(transport: str, config: str | None = None, overrides: list[str] | None = None, namespace: str = "",
           node_name: str = NODE_NAME, use_sim_time: bool = False) -> int:
     """``vit-policy serve``: parameters from a ROS 2 parameter file plus ``name=value`` overrides, then spin."""
