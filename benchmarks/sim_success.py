@@ -81,7 +81,7 @@ def main() -> None:
     if args.render_only:
         print(f"{'task':<22} {'cameras':<16} " + " ".join(f"{s:>7}px" for s in (64, 96, 128)) + "   (frames/s, all cameras)")
         for task in args.tasks:
-            cams = "+".join(load_task_config(task, None).cameras)
+            cams = "+".join(load_task_config(task, None, args.overrides).cameras)
             print(f"{task:<22} {cams:<16} " + " ".join(f"{render_fps(load_task_config(task, None, [*args.overrides, f'image_size={s}'])):>9.0f}" for s in (64, 96, 128)))
         return
 
@@ -128,30 +128,18 @@ def train_step_s(cfg: SimConfig, encoder: str, batch: int = 32, steps: int = 10)
     """Seconds per forward + backward + AdamW step of the sim policy with ``encoder`` (random frames)."""
     import torch
 
+    from benchmarks.training import seconds_per_step
     from sim_tests.record import policy_config_for
     from vit_policy.model.policy import VisuomotorPolicy, identity_stats
 
     pcfg = policy_config_for(cfg, overrides=[f"encoder.name={encoder}"])
-    policy = VisuomotorPolicy(pcfg).train()
+    policy = VisuomotorPolicy(pcfg)
     policy.set_stats(identity_stats(pcfg))
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
     k, size = pcfg.chunk_size, cfg.image_size
     data = {"images": {c: torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8) for c in pcfg.cameras},
             "position": torch.rand(batch, 3), "quaternion": torch.tensor([[0.0, 0.0, 0.0, 1.0]]).repeat(batch, 1),
             "gripper": torch.ones(batch), "action": torch.rand(batch, k, 10), "action_mask": torch.ones(batch, k)}
-
-    def step() -> None:
-        loss, _ = policy.compute_loss(data)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    for _ in range(3):
-        step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - t0) / steps
+    return seconds_per_step(policy, [data] * steps, warmup=[data] * 3)
 
 
 def _steps_in_budget(probe: object, minutes: float) -> int:

@@ -79,6 +79,11 @@ def _loader_rate(dataset: EpisodeDataset, batch: int, workers: int, batches: int
 def step_rate(policy: VisuomotorPolicy, dataset: EpisodeDataset, batch: int, steps: int) -> float:
     loader = DataLoader(dataset, batch_sampler=EpochBatchSampler(len(dataset), batch, seed=1))
     batches = [b for b, _ in zip(loader, range(steps + 1))]
+    return batch / seconds_per_step(policy, batches[1:], warmup=batches[:1])
+
+
+def seconds_per_step(policy: VisuomotorPolicy, batches: list[dict], warmup: list[dict]) -> float:
+    """Mean seconds of forward + backward + AdamW step over ``batches``, after steps on ``warmup``."""
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
     policy.train()
 
@@ -88,11 +93,12 @@ def step_rate(policy: VisuomotorPolicy, dataset: EpisodeDataset, batch: int, ste
         loss.backward()
         opt.step()
 
-    one(batches[0])  # warm-up
-    t0 = time.perf_counter()
-    for b in batches[1:]:
+    for b in warmup:
         one(b)
-    return steps * batch / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for b in batches:
+        one(b)
+    return (time.perf_counter() - t0) / len(batches)
 
 
 def main() -> None:
