@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ros_nodes.policy_node import spawn_dds_node, stop_node
-from sim_tests.fetch_env import FINGER_JOINTS, FINGER_SUM_OPEN, FetchSim
+from sim_tests.fetch_env import FINGER_JOINTS, FINGER_SUM_OPEN, ArmCommand, FetchSim
 from sim_tests.record import camera_topic
 from vit_policy import messages as M
 from vit_policy.config import SimConfig
@@ -81,7 +81,7 @@ class DDSSimBridge:
         self.pub_enable = self.t.create_publisher("std_msgs/msg/Bool", "/policy/enable", "reliable")
         self.pub_reset = self.t.create_publisher("std_msgs/msg/Empty", "/policy/reset", "reliable")
         self._lock = threading.Lock()
-        self.target: tuple[int, np.ndarray] | None = None  # (arrival ns, position)
+        self.target: tuple[int, np.ndarray] | None = None  # (arrival ns, position + quaternion x y z w)
         self.gripper: float | None = None
         self.commands = 0
         self.chunks = 0  # policy/chunk messages: published only for commands that came from the policy
@@ -99,7 +99,7 @@ class DDSSimBridge:
             if not np.all(np.isfinite(values)):
                 self.non_finite += 1  # never applied
                 return
-            self.target = (time.monotonic_ns(), values[:3])
+            self.target = (time.monotonic_ns(), values)
 
     def _on_chunk(self, msg: Any) -> None:
         with self._lock:
@@ -113,12 +113,12 @@ class DDSSimBridge:
                 return
             self.gripper = g
 
-    def _action(self, max_age_ns: int) -> np.ndarray:
+    def _action(self, max_age_ns: int) -> ArmCommand:
         with self._lock:
             target, grip = self.target, self.gripper
         if target is None or time.monotonic_ns() - target[0] > max_age_ns:
-            return np.zeros(4)  # no fresh command: hold, as a driver's command timeout would
-        return self.sim.action_from_target(target[1], grip)
+            return ArmCommand(is_stop=True)  # no fresh command: hold, as a driver's command timeout would
+        return ArmCommand(target_position=target[1][:3], target_quaternion=target[1][3:], gripper=grip)
 
     # ---- sensors out -------------------------------------------------------------------------------
     def publish(self, frame: Any) -> None:

@@ -6,8 +6,10 @@ body ``robot0:base_link``) with the gripper opening in [0, 1], all stamped with 
 in integer nanoseconds. It is commanded like a real arm too: a runtime ``Command`` (absolute target
 pose, or a twist) becomes the env's 4-D action, clipped to the env's limits (at most 5 cm per step).
 
-The EE orientation is held pointing down by the Fetch env itself (its mocap weld); commanded
-orientations are ignored, which is right for these three tasks.
+Orientation: a raw env action leaves it to the Fetch env, which pulls the gripper to point down. A
+Command's orientation (target quaternion, or angular twist) is applied by driving the mocap body's
+orientation as well, at most MAX_ROT_STEP_RAD per step, so a policy's rotations reach the arm as
+they would on a robot; a stop holds the current orientation.
 """
 
 from __future__ import annotations
@@ -39,15 +41,31 @@ BASE_BODY = "robot0:base_link"
 FINGER_JOINTS = ("robot0:l_gripper_finger_joint", "robot0:r_gripper_finger_joint")
 FINGER_SUM_OPEN = 0.1  # metres: both fingers at their 0.05 m upper limit
 MAX_STEP_M = 0.05  # the Fetch env scales its position action by 5 cm
+MAX_ROT_STEP_RAD = 0.1  # orientation change per 40 ms step (2.5 rad/s), like the 5 cm position clip
+GRIPPER_BODY = "robot0:gripper_link"  # the body the env's mocap is welded to
 
 
 class SimCommand(Protocol):
     """What the wrapper reads from a runtime Command (duck-typed: the runtime's dataclass fits)."""
 
     target_position: np.ndarray | None
+    target_quaternion: np.ndarray | None
     linear: np.ndarray | None
+    angular: np.ndarray | None
     gripper: float | None
     is_stop: bool
+
+
+@dataclass
+class ArmCommand:
+    """A driver-level command (what /cmd/pose carries) for callers without a runtime Command."""
+
+    target_position: np.ndarray | None = None
+    target_quaternion: np.ndarray | None = None  # x y z w, base frame; None: keep the env's orientation
+    linear: np.ndarray | None = None
+    angular: np.ndarray | None = None
+    gripper: float | None = None
+    is_stop: bool = False
 
 
 @dataclass
@@ -104,6 +122,22 @@ class FetchSim:
         self.steps = 0
         self.last_action = np.zeros(4)
         self.home_quaternion: np.ndarray | None = None  # EE orientation after reset: gripper pointing down
+        # orientation: the grip site's fixed rotation in the welded body, and the mocap orientation
+        # (MuJoCo w x y z) the next step should hold (None: the env's own pointing-down pull)
+        site = self.model.site(GRIP_SITE)
+        if site.bodyid[0] != self.model.body(GRIPPER_BODY).id:
+            raise RuntimeError(f"{cfg.task}: site {GRIP_SITE} is not on body {GRIPPER_BODY}; the orientation control assumes it")
+        self._site_in_body = Rotation.from_quat(_mj_quat_to_xyzw(self.model.site_quat[site.id]))
+        self._mocap_quat: np.ndarray | None = None
+        self._site_goal: Rotation | None = None  # the grip site orientation last commanded
+        env_set_action = self.env._set_action
+
+        def set_action(action: np.ndarray) -> None:  # the env's own, then the commanded orientation on top
+            env_set_action(action)
+            if self._mocap_quat is not None:
+                self.data.mocap_quat[0] = self._mocap_quat
+
+        self.env._set_action = set_action
 
     # ---------------------------------------------------------------------------------------------
     @property
@@ -141,6 +175,39 @@ class FetchSim:
         q = (r_base.inv() * r_world).as_quat()
         return self.to_base(site.xpos), q if q[3] >= 0 else -q
 
+    def _site_rotation_world(self) -> Rotation:
+        return Rotation.from_matrix(self.data.site(GRIP_SITE).xmat.reshape(3, 3))
+
+    def mocap_orientation(self, cmd: SimCommand) -> np.ndarray | None:
+        """The mocap orientation (w x y z, world) that moves the EE toward the command's orientation.
+
+        Target quaternion (base frame) first, else the angular twist; each step turns at most
+        MAX_ROT_STEP_RAD. None when the command carries no orientation.
+        """
+        current = self._site_rotation_world()
+        _, r_base = self.base_pose_world()
+        if getattr(cmd, "is_stop", False):
+            step = Rotation.identity()  # hold the orientation the arm has now
+        elif getattr(cmd, "target_quaternion", None) is not None:
+            q = check_vector(cmd.target_quaternion, 4, "command.target_quaternion")
+            if not 0.5 < np.linalg.norm(q) < 1.5:
+                raise ValueError(f"command.target_quaternion: {q} is not a unit quaternion (x y z w); normalise it")
+            step = (r_base * Rotation.from_quat(q)) * current.inv()
+        elif getattr(cmd, "angular", None) is not None:
+            # integrate from the last commanded orientation (the weld lags it), unless the arm fell behind
+            if self._site_goal is not None and (self._site_goal * current.inv()).magnitude() < 2 * MAX_ROT_STEP_RAD:
+                current = self._site_goal
+            step = Rotation.from_rotvec(r_base.apply(check_vector(cmd.angular, 3, "command.angular")) * self.dt)
+        else:
+            return None
+        rotvec = step.as_rotvec()
+        angle = float(np.linalg.norm(rotvec))
+        if angle > MAX_ROT_STEP_RAD:
+            rotvec *= MAX_ROT_STEP_RAD / angle
+        self._site_goal = Rotation.from_rotvec(rotvec) * current
+        x, y, z, w = (self._site_goal * self._site_in_body.inv()).as_quat()
+        return np.array([w, x, y, z])
+
     def gripper_opening(self) -> float:
         fingers = self.data.qpos[self._finger_qpos]
         return float(np.clip(fingers.sum() / FINGER_SUM_OPEN, 0.0, 1.0))
@@ -176,6 +243,7 @@ class FetchSim:
     # ---------------------------------------------------------------------------------------------
     def reset(self, seed: int | None = None, render: bool = True) -> SimFrame:
         """Start an episode; ``seed`` fixes the goal and object placement."""
+        self._mocap_quat, self._site_goal = None, None
         self.env.reset(seed=seed)
         self.env._render_callback()  # moves the goal marker to this episode's goal
         self.steps = 0
@@ -218,11 +286,14 @@ class FetchSim:
         return float(np.clip(2.0 * g - 1.0, -1.0, 1.0))  # >0.5 opens, <0.5 closes
 
     def step(self, action_or_command: np.ndarray | SimCommand, render: bool = True) -> SimFrame:
-        """Advance one env step (40 ms) under an env action (4,) or a runtime Command."""
+        """Advance one env step (40 ms) under an env action (4,) or a Command (position and orientation)."""
         if isinstance(action_or_command, np.ndarray):
             action = np.clip(check_vector(action_or_command, 4, "action"), -1.0, 1.0)
+            mocap_quat, self._site_goal = None, None
         else:
             action = self.action_from_command(action_or_command)
+            mocap_quat = self.mocap_orientation(action_or_command)
+        self._mocap_quat = mocap_quat
         self.env.step(action)
         self.steps += 1
         self.last_action = action

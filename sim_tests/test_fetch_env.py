@@ -5,8 +5,9 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 import pytest
+from scipy.spatial.transform import Rotation
 
-from sim_tests.fetch_env import GRIP_SITE, FetchSim
+from sim_tests.fetch_env import GRIP_SITE, MAX_ROT_STEP_RAD, ArmCommand, FetchSim
 from vit_policy.config import ConfigError, SimConfig
 from vit_policy.safety import Command
 
@@ -32,9 +33,12 @@ def _site_pose_in_base(sim: FetchSim) -> tuple[np.ndarray, np.ndarray]:
     return p, np.array([q[1], q[2], q[3], q[0]])
 
 
-def _cmd(target: np.ndarray | None, gripper: float = 1.0, is_stop: bool = False) -> Command:
+def _cmd(sim: FetchSim, target: np.ndarray | None, gripper: float = 1.0, is_stop: bool = False,
+         quaternion: np.ndarray | None = None) -> Command:
+    """A runtime Command for a target position; orientation: the given one, else the home (pointing down)."""
     pos = np.zeros(3) if target is None else np.asarray(target, float)
-    return Command(0, pos, np.array([0.0, 0.0, 0.0, 1.0]), np.zeros(3), np.zeros(3), gripper, is_stop=is_stop)
+    quat = sim.home_quaternion if quaternion is None else quaternion
+    return Command(0, pos, np.asarray(quat, float), np.zeros(3), np.zeros(3), gripper, is_stop=is_stop)
 
 
 def test_ee_pose_equals_mujoco_site_pose(pick_sim: FetchSim) -> None:
@@ -49,8 +53,6 @@ def test_ee_pose_equals_mujoco_site_pose(pick_sim: FetchSim) -> None:
     # the base is not at the world origin, so a world-frame pose would fail the check above
     assert np.linalg.norm(pick_sim.data.xpos[pick_sim.model.body("robot0:base_link").id]) > 0.5
     # gripper pointing down: the EE z axis (approach) is close to -z of the base
-    from scipy.spatial.transform import Rotation
-
     approach = Rotation.from_quat(frame.quaternion).apply([1.0, 0.0, 0.0])
     assert approach[2] < -0.95
 
@@ -85,37 +87,81 @@ def test_target_command_moves_the_ee_and_is_clipped(pick_sim: FetchSim) -> None:
     np.testing.assert_allclose(action[:3], [0.6, -0.4, 0.4], atol=1e-6)  # 5 cm per unit action
     frame = f0
     for _ in range(6):
-        frame = pick_sim.step(_cmd(target), render=False)
+        frame = pick_sim.step(_cmd(pick_sim, target), render=False)
     assert np.linalg.norm(frame.position - target) < 0.01
     far = pick_sim.action_from_target(frame.position + np.array([1.0, -2.0, 0.01]), 0.0)
     np.testing.assert_allclose(far, [1.0, -1.0, 0.2, -1.0], atol=1e-6)
     before = frame.position
-    after = pick_sim.step(_cmd(frame.position + np.array([1.0, 0.0, 0.0])), render=False).position
+    after = pick_sim.step(_cmd(pick_sim, frame.position + np.array([1.0, 0.0, 0.0])), render=False).position
     assert 0.01 < after[0] - before[0] <= 0.055  # one step moves at most ~5 cm
 
 
 def test_stop_holds_and_bad_commands_are_rejected(pick_sim: FetchSim) -> None:
     f0 = pick_sim.reset(seed=4, render=False)
-    stop = _cmd(None, is_stop=True)
+    stop = _cmd(pick_sim, None, is_stop=True)
     frame = f0
     for _ in range(5):
         frame = pick_sim.step(stop, render=False)
     assert np.linalg.norm(frame.position - f0.position) < 0.005
     with pytest.raises(ValueError, match="command.target_position"):
-        pick_sim.step(_cmd(np.array([np.nan, 0.0, 0.5])), render=False)
+        pick_sim.step(_cmd(pick_sim, np.array([np.nan, 0.0, 0.5])), render=False)
     with pytest.raises(ValueError, match="command.gripper"):
         pick_sim.action_from_target(f0.position, float("nan"))
     with pytest.raises(ValueError, match="action: expected 4"):
         pick_sim.step(np.zeros(3), render=False)
 
 
+def _angle_deg(q1: np.ndarray, q2: np.ndarray) -> float:
+    return float(np.degrees((Rotation.from_quat(q1) * Rotation.from_quat(q2).inv()).magnitude()))
+
+
+@pytest.mark.parametrize("axis, degrees", [("z", 45.0), ("z", -60.0), ("y", 20.0), ("x", -20.0)])
+def test_commanded_orientation_is_applied_at_a_limited_rate(pick_sim: FetchSim, axis: str, degrees: float) -> None:
+    f0 = pick_sim.reset(seed=0, render=False)
+    target = (Rotation.from_euler(axis, degrees, degrees=True) * Rotation.from_quat(f0.quaternion)).as_quat()
+    frame, steps = f0, []
+    for _ in range(25):
+        before = frame.quaternion
+        frame = pick_sim.step(_cmd(pick_sim, f0.position, quaternion=target), render=False)
+        steps.append(_angle_deg(frame.quaternion, before))
+    assert _angle_deg(frame.quaternion, target) < 1.0  # reached (the env alone would stay pointing down)
+    assert np.linalg.norm(frame.position - f0.position) < 0.005  # turned in place
+    assert max(steps) <= np.degrees(MAX_ROT_STEP_RAD) + 0.5  # rate-limited, no jump
+    for _ in range(10):
+        frame = pick_sim.step(_cmd(pick_sim, None, is_stop=True), render=False)
+    assert _angle_deg(frame.quaternion, target) < 2.0  # a stop holds the orientation it has
+    frame = pick_sim.step(np.zeros(4), render=False)  # a raw env action: the env's pull back to pointing down
+    for _ in range(20):
+        frame = pick_sim.step(np.zeros(4), render=False)
+    assert _angle_deg(frame.quaternion, f0.quaternion) < 2.0
+
+
+def test_angular_twist_turns_at_the_commanded_rate(pick_sim: FetchSim) -> None:
+    f0 = pick_sim.reset(seed=1, render=False)
+    frame = f0
+    for _ in range(10):  # 1 rad/s about the base z axis for 0.4 s
+        frame = pick_sim.step(ArmCommand(linear=np.zeros(3), angular=np.array([0.0, 0.0, 1.0])), render=False)
+    turned = (Rotation.from_quat(frame.quaternion) * Rotation.from_quat(f0.quaternion).inv()).as_rotvec()
+    assert turned[2] == pytest.approx(0.4, abs=0.05) and np.linalg.norm(turned[:2]) < 0.02
+
+
+def test_bad_orientation_commands_are_rejected(pick_sim: FetchSim) -> None:
+    f0 = pick_sim.reset(seed=2, render=False)
+    with pytest.raises(ValueError, match="command.target_quaternion.*not a unit quaternion"):
+        pick_sim.step(ArmCommand(target_position=f0.position, target_quaternion=np.zeros(4)), render=False)
+    with pytest.raises(ValueError, match="command.target_quaternion: contains NaN"):
+        pick_sim.step(ArmCommand(target_position=f0.position, target_quaternion=np.array([0, 0, np.nan, 1.0])), render=False)
+    with pytest.raises(ValueError, match="command.angular"):
+        pick_sim.step(ArmCommand(linear=np.zeros(3), angular=np.array([np.inf, 0, 0])), render=False)
+
+
 def test_gripper_opening_follows_commands(pick_sim: FetchSim) -> None:
     frame = pick_sim.reset(seed=5, render=False)
     for _ in range(10):
-        frame = pick_sim.step(_cmd(frame.position, gripper=1.0), render=False)
+        frame = pick_sim.step(_cmd(pick_sim, frame.position, gripper=1.0), render=False)
     opened = frame.gripper
     for _ in range(10):
-        frame = pick_sim.step(_cmd(frame.position, gripper=0.0), render=False)
+        frame = pick_sim.step(_cmd(pick_sim, frame.position, gripper=0.0), render=False)
     assert opened > 0.9 and frame.gripper < 0.1
     np.testing.assert_allclose(frame.gripper, frame.finger_positions.sum() / 0.1, atol=1e-9)
 
@@ -126,7 +172,7 @@ def test_reach_goal_success_matches_the_env() -> None:
         frame = sim.reset(seed=7, render=False)
         assert not frame.success and frame.object_position is None
         for _ in range(20):
-            frame = sim.step(_cmd(frame.goal), render=False)
+            frame = sim.step(_cmd(sim, frame.goal), render=False)
         assert np.linalg.norm(frame.position - frame.goal) < 0.02 and frame.success
         # the goal marker is drawn where the goal is (enlarged to the configured radius)
         site = sim.model.site("target0").id

@@ -89,6 +89,20 @@ def test_timm_weights_interpolate_position_embeddings(tmp_path):
     assert dst(torch.randn(1, 3, 96, 96))[0].shape == (1, 36, 192)
 
 
+def test_patch_size_gives_a_finer_grid_and_resamples_local_weights(tmp_path):
+    src = ImageEncoder(EncoderConfig(name="vit_tiny_patch16_224", img_size=64))
+    path = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in src.backbone.state_dict().items()}, str(path))
+    dst = ImageEncoder(EncoderConfig(name="vit_tiny_patch16_224", img_size=64, patch_size=8, token_mode="patches", weights=str(path)))
+    assert dst.grid == (8, 8) and dst.backbone.patch_embed.proj.weight.shape == (192, 3, 8, 8)
+    assert dst(torch.randn(1, 3, 64, 64))[0].shape == (1, 64, 192)
+    torch.testing.assert_close(dst.backbone.blocks[3].attn.qkv.weight, src.backbone.blocks[3].attn.qkv.weight)  # the rest: as saved
+    with pytest.raises(ConfigError, match="encoder.patch_size: 12 must be >= 2 and divide encoder.img_size"):
+        EncoderConfig(name="test_vit", img_size=64, patch_size=12)
+    with pytest.raises(ConfigError, match="encoder.patch_size: only timm"):
+        EncoderConfig(family="open_clip", name="ViT-B-32", patch_size=8)
+
+
 def test_open_clip_checkpoint_reproduces_outputs(tmp_path):
     import open_clip
 

@@ -175,6 +175,7 @@ class EncoderConfig:
     family: Literal["timm", "open_clip"] = "timm"
     name: str = "vit_small_patch16_224"
     img_size: int | None = None  # None: the model's native resolution
+    patch_size: int | None = None  # timm only; None: the model's own. Smaller patches: finer tokens, more compute
     pretrained: bool = False  # download from the hub (online users only)
     weights: str | None = None  # local .safetensors / .bin / open_clip checkpoint
     token_mode: TokenMode = "pooled"
@@ -188,6 +189,11 @@ class EncoderConfig:
             raise ConfigError("encoder: set either pretrained: true or weights: <path>, not both")
         if self.img_size is not None and self.img_size < 16:
             raise ConfigError(f"encoder.img_size: {self.img_size} is too small (at least 16)")
+        if self.patch_size is not None:
+            if self.family != "timm":
+                raise ConfigError("encoder.patch_size: only timm models take a patch size; remove it for open_clip")
+            if self.patch_size < 2 or (self.img_size is not None and self.img_size % self.patch_size):
+                raise ConfigError(f"encoder.patch_size: {self.patch_size} must be >= 2 and divide encoder.img_size ({self.img_size})")
         if self.num_pooled_tokens < 1:
             raise ConfigError("encoder.num_pooled_tokens: must be at least 1")
         if self.trainable_blocks < 0:

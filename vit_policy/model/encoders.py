@@ -118,6 +118,8 @@ class ImageEncoder(nn.Module):
         kwargs: dict[str, Any] = {"num_classes": 0}
         if cfg.img_size is not None:
             kwargs["img_size"] = cfg.img_size
+        if cfg.patch_size is not None:
+            kwargs["patch_size"] = cfg.patch_size  # pretrained / local weights: timm resamples the patch embedding
         self.backbone = timm.create_model(cfg.name, pretrained=cfg.pretrained, **kwargs)
         if not hasattr(self.backbone, "patch_embed") or not hasattr(self.backbone, "blocks"):
             raise ConfigError(f"encoder.name: {cfg.name!r} is not a ViT-family model (no patch_embed/blocks)")
