@@ -182,7 +182,8 @@ class FetchSim:
         """The mocap orientation (w x y z, world) that moves the EE toward the command's orientation.
 
         Target quaternion (base frame) first, else the angular twist; each step turns at most
-        MAX_ROT_STEP_RAD. None when the command carries no orientation.
+        MAX_ROT_STEP_RAD. None when the command carries no orientation. Remembers the orientation it
+        commands, which the next twist integrates from.
         """
         current = self._site_rotation_world()
         _, r_base = self.base_pose_world()
