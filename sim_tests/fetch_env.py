@@ -122,20 +122,20 @@ class FetchSim:
         self.steps = 0
         self.last_action = np.zeros(4)
         self.home_quaternion: np.ndarray | None = None  # EE orientation after reset: gripper pointing down
-        # orientation: the grip site's fixed rotation in the welded body, and the mocap orientation
-        # (MuJoCo w x y z) the next step should hold (None: the env's own pointing-down pull)
+        # orientation: the grip site's fixed rotation in the welded body, and the site orientation the
+        # next step commands (None: the env's own pointing-down pull)
         site = self.model.site(GRIP_SITE)
         if site.bodyid[0] != self.model.body(GRIPPER_BODY).id:
             raise RuntimeError(f"{cfg.task}: site {GRIP_SITE} is not on body {GRIPPER_BODY}; the orientation control assumes it")
         self._site_in_body = Rotation.from_quat(_mj_quat_to_xyzw(self.model.site_quat[site.id]))
-        self._mocap_quat: np.ndarray | None = None
-        self._site_goal: Rotation | None = None  # the grip site orientation last commanded
+        self._site_goal: Rotation | None = None
         env_set_action = self.env._set_action
 
         def set_action(action: np.ndarray) -> None:  # the env's own, then the commanded orientation on top
             env_set_action(action)
-            if self._mocap_quat is not None:
-                self.data.mocap_quat[0] = self._mocap_quat
+            if self._site_goal is not None:
+                x, y, z, w = (self._site_goal * self._site_in_body.inv()).as_quat()
+                self.data.mocap_quat[0] = (w, x, y, z)
 
         self.env._set_action = set_action
 
@@ -178,12 +178,11 @@ class FetchSim:
     def _site_rotation_world(self) -> Rotation:
         return Rotation.from_matrix(self.data.site(GRIP_SITE).xmat.reshape(3, 3))
 
-    def mocap_orientation(self, cmd: SimCommand) -> np.ndarray | None:
-        """The mocap orientation (w x y z, world) that moves the EE toward the command's orientation.
+    def orientation_goal(self, cmd: SimCommand) -> Rotation | None:
+        """The grip site orientation (world) for this step: toward the command's orientation.
 
-        Target quaternion (base frame) first, else the angular twist; each step turns at most
-        MAX_ROT_STEP_RAD. None when the command carries no orientation. Remembers the orientation it
-        commands, which the next twist integrates from.
+        Target quaternion (base frame) first, else the angular twist, integrated from the previous
+        step's goal; each step turns at most MAX_ROT_STEP_RAD. None when the command carries none.
         """
         current = self._site_rotation_world()
         _, r_base = self.base_pose_world()
@@ -205,9 +204,7 @@ class FetchSim:
         angle = float(np.linalg.norm(rotvec))
         if angle > MAX_ROT_STEP_RAD:
             rotvec *= MAX_ROT_STEP_RAD / angle
-        self._site_goal = Rotation.from_rotvec(rotvec) * current
-        x, y, z, w = (self._site_goal * self._site_in_body.inv()).as_quat()
-        return np.array([w, x, y, z])
+        return Rotation.from_rotvec(rotvec) * current
 
     def gripper_opening(self) -> float:
         fingers = self.data.qpos[self._finger_qpos]
@@ -244,7 +241,7 @@ class FetchSim:
     # ---------------------------------------------------------------------------------------------
     def reset(self, seed: int | None = None, render: bool = True) -> SimFrame:
         """Start an episode; ``seed`` fixes the goal and object placement."""
-        self._mocap_quat, self._site_goal = None, None
+        self._site_goal = None
         self.env.reset(seed=seed)
         self.env._render_callback()  # moves the goal marker to this episode's goal
         self.steps = 0
@@ -289,12 +286,11 @@ class FetchSim:
     def step(self, action_or_command: np.ndarray | SimCommand, render: bool = True) -> SimFrame:
         """Advance one env step (40 ms) under an env action (4,) or a Command (position and orientation)."""
         if isinstance(action_or_command, np.ndarray):
-            action = np.clip(check_vector(action_or_command, 4, "action"), -1.0, 1.0)
-            mocap_quat, self._site_goal = None, None
+            action, goal = np.clip(check_vector(action_or_command, 4, "action"), -1.0, 1.0), None
         else:
             action = self.action_from_command(action_or_command)
-            mocap_quat = self.mocap_orientation(action_or_command)
-        self._mocap_quat = mocap_quat
+            goal = self.orientation_goal(action_or_command)
+        self._site_goal = goal
         self.env.step(action)
         self.steps += 1
         self.last_action = action
