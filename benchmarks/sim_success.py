@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--out", default="outputs/bench_sim")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--action-noise", type=float, default=0.0, metavar="M", help="DART execution noise while recording (metres)")
+    ap.add_argument("--hold-steps", type=int, default=None, metavar="N",
+                    help="end each demonstration N steps after its first success (default: whole episodes)")
     ap.add_argument("--render-only", action="store_true", help="only the render-rate table (all cameras of each task, 64-128 px)")
     ap.add_argument("--step-times", nargs="*", metavar="ENCODER", default=None,
                     help="only time one training step of the sim policy with each timm encoder on each task's cameras "
@@ -95,7 +97,7 @@ def main() -> None:
         root = out / task
         t0 = time.perf_counter()
         if not (root / "demos" / "demos.yaml").is_file():
-            record_demonstrations(cfg, root / "demos", args.demos, seed=0, action_noise_m=args.action_noise)
+            record_demonstrations(cfg, root / "demos", args.demos, seed=0, action_noise_m=args.action_noise, hold_steps=args.hold_steps)
         record_s = time.perf_counter() - t0
         from vit_policy.train import train
 
@@ -111,7 +113,8 @@ def main() -> None:
         exp = evaluate_expert(cfg, args.episodes, EVAL_SEED)
         rnd = evaluate_random(cfg, args.episodes, EVAL_SEED)
         lo, hi = pol.wilson95
-        rows.append((task, "+".join(cfg.cameras), f"{cfg.image_size}px", f"{args.demos}" + (f" (DART {args.action_noise * 100:g} cm)" if args.action_noise else ""), result.step, f"{train_min:.1f}",
+        rows.append((task, "+".join(cfg.cameras), f"{cfg.image_size}px", f"{args.demos}" + (f" (DART {args.action_noise * 100:g} cm)" if args.action_noise else "")
+                     + (f" (hold {args.hold_steps})" if args.hold_steps is not None else ""), result.step, f"{train_min:.1f}",
                      f"{pol.success_rate:.0%} [{lo:.0%}, {hi:.0%}]", f"{exp.success_rate:.0%}", f"{rnd.success_rate:.0%}",
                      f"{render_fps(cfg):.0f}", f"{record_s:.0f}"))
         print(pol.table())

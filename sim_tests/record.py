@@ -100,9 +100,14 @@ def write_observation(bag: BagWriter, sim: FetchSim, frame: SimFrame, t_ns: int,
 
 
 def record_episode(
-    sim: FetchSim, path: Path, seed: int, start_ns: int, storage: Literal["mcap", "sqlite3"] = "mcap", action_noise_m: float = 0.0
+    sim: FetchSim, path: Path, seed: int, start_ns: int, storage: Literal["mcap", "sqlite3"] = "mcap", action_noise_m: float = 0.0,
+    hold_steps: int | None = None,
 ) -> EpisodeInfo:
     """Run the task's expert for one episode and write it to the bag at ``path``.
+
+    With ``hold_steps`` the bag ends that many steps after the task is first achieved instead of at the
+    episode's end: a Reach expert arrives in about 4 of 50 steps, and 46 frames of holding still would
+    outweigh the reaching (measured: 200 such demos, 28511 steps, 2/50 closed loop).
 
     With ``action_noise_m`` > 0 the arm executes the expert's target plus Gaussian noise (that standard
     deviation per axis, metres) while the bag records the expert's clean command (DART, Laskey et al.
@@ -122,7 +127,7 @@ def record_episode(
             # the Fetch env holds the gripper pointing down: the commanded orientation is that, not the measured wobble
             bag.write("/expert/target_pose", t, M.make_pose_stamped(f, t, sim.cfg.base_frame, target, sim.home_quaternion))
             bag.write("/expert/gripper", t, M.make_float64(f, float(grip)))
-            if sim.done:
+            if sim.done or (hold_steps is not None and first is not None and sim.steps - first >= hold_steps):
                 break
             executed = target + rng.normal(0.0, action_noise_m, 3) if action_noise_m > 0 else target
             frame = sim.step(sim.action_from_target(executed, grip))
@@ -140,14 +145,17 @@ def record_demonstrations(
     keep_failures: bool = False,
     progress: Callable[[EpisodeInfo], None] | None = None,
     action_noise_m: float = 0.0,
+    hold_steps: int | None = None,
 ) -> list[EpisodeInfo]:
     """Record ``episodes`` successful expert demonstrations (seeds ``seed``, ``seed+1``, ...) as bags.
 
     A failed expert episode is deleted and replaced by the next seed unless ``keep_failures``.
-    ``action_noise_m``: execution noise, see :func:`record_episode`.
+    ``action_noise_m``: execution noise; ``hold_steps``: end each bag that many steps after success; see :func:`record_episode`.
     """
     if action_noise_m < 0:
         raise ValueError(f"action_noise_m: {action_noise_m} must be >= 0 (metres of execution noise; 0 for none)")
+    if hold_steps is not None and hold_steps < 0:
+        raise ValueError(f"hold_steps: {hold_steps} must be >= 0 (steps recorded after the first success; None for whole episodes)")
     import shutil
 
     if episodes < 1:
@@ -162,7 +170,7 @@ def record_demonstrations(
             if attempt >= 2 * episodes + 10:
                 raise RuntimeError(f"expert for {cfg.task} failed too often ({attempt - len(infos)} of {attempt} episodes)")
             path = out / f"episode_{len(infos):03d}"
-            info = record_episode(sim, path, seed + attempt, episode_start_ns(seed + attempt), storage, action_noise_m)
+            info = record_episode(sim, path, seed + attempt, episode_start_ns(seed + attempt), storage, action_noise_m, hold_steps)
             attempt += 1
             if not info.success and not keep_failures:
                 shutil.rmtree(path)
@@ -179,6 +187,7 @@ def record_demonstrations(
         "image_size": cfg.image_size,
         "step_s": sim.dt,
         "action_noise_m": action_noise_m,
+        "hold_steps": hold_steps,
         "gripper_joints": list(FINGER_JOINTS),
         "gripper_range": {"closed": GRIPPER_RANGE[0], "open": GRIPPER_RANGE[1]},
         "episodes": [asdict(i) for i in infos],
@@ -231,7 +240,7 @@ def cli_sim_record(args: object) -> int:
 
     bar = tqdm(total=args.episodes, desc=f"record {cfg.task}", unit="ep", dynamic_ncols=True)  # type: ignore[attr-defined]
     infos = record_demonstrations(cfg, args.out, args.episodes, args.seed, args.storage, progress=lambda _: bar.update(1),  # type: ignore[attr-defined]
-                                  action_noise_m=args.action_noise)  # type: ignore[attr-defined]
+                                  action_noise_m=args.action_noise, hold_steps=args.hold_steps)  # type: ignore[attr-defined]
     bar.close()
     steps = sum(i.steps + 1 for i in infos)
     print(f"{len(infos)} demonstrations of {cfg.task} ({steps} steps, cameras {sorted(cfg.cameras)}) in {args.out}")  # type: ignore[attr-defined]

@@ -102,3 +102,20 @@ def test_execution_noise_perturbs_the_arm_but_not_the_recorded_commands(tmp_path
         np.testing.assert_allclose(command, want, atol=1e-5)
     with pytest.raises(ValueError, match="action_noise_m"):
         record_demonstrations(cfg, tmp_path / "bad", episodes=1, action_noise_m=-0.01)
+
+
+def test_hold_steps_ends_each_bag_that_many_steps_after_the_first_success(tmp_path: Path) -> None:
+    """Trimmed demonstrations: the bag stops ``hold_steps`` after success; whole episodes without it."""
+    cfg = SimConfig(task="FetchReach-v4", image_size=32, episode_steps=30)
+    (whole,) = record_demonstrations(cfg, tmp_path / "whole", episodes=1, seed=4)
+    (held,) = record_demonstrations(cfg, tmp_path / "held", episodes=1, seed=4, hold_steps=2)
+    assert whole.first_success_step is not None and whole.first_success_step + 2 < whole.steps == 30
+    assert (held.first_success_step, held.steps, held.success) == (whole.first_success_step, whole.first_success_step + 2, True)
+    data = data_config_for(cfg, labels="command")
+    (ep_whole,) = extract_episodes(tmp_path / "whole" / "episode_000", data, chunk_size=K)
+    (ep_held,) = extract_episodes(tmp_path / "held" / "episode_000", data, chunk_size=K)
+    assert len(ep_whole) - len(ep_held) == whole.steps - held.steps > 0  # the frames after the hold are not recorded
+    np.testing.assert_allclose(ep_held.position, ep_whole.position[: len(ep_held)], atol=1e-9)  # the same run, cut short
+    assert yaml.safe_load((tmp_path / "held" / "demos.yaml").read_text())["hold_steps"] == 2
+    with pytest.raises(ValueError, match="hold_steps"):
+        record_demonstrations(cfg, tmp_path / "bad", episodes=1, hold_steps=-1)

@@ -178,6 +178,8 @@ def add_sim_record(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
     p.add_argument("--action-noise", type=float, default=0.0, metavar="M",
                    help="execute the expert's target plus N(0, M) metres per axis, record the clean command (DART)")
+    p.add_argument("--hold-steps", type=int, default=None, metavar="N",
+                   help="end each bag N steps after the task is first achieved (default: the whole episode)")
     p.add_argument("overrides", nargs="*", help="sim config overrides, e.g. image_size=128 episode_steps=30")
     p.set_defaults(func=cmd_sim_record)
 
