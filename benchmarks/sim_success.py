@@ -94,6 +94,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     hold = None if args.hold_steps == -1 else args.hold_steps
+    demos = (f"{args.demos}" + (f" (DART {args.action_noise * 100:g} cm)" if args.action_noise else "")
+             + (f" (hold {hold})" if hold is not None else " (whole)"))
     rows = []
     for task in args.tasks:
         cfg = load_task_config(task, None, args.overrides)
@@ -116,8 +118,7 @@ def main() -> None:
         exp = evaluate_expert(cfg, args.episodes, EVAL_SEED)
         rnd = evaluate_random(cfg, args.episodes, EVAL_SEED)
         lo, hi = pol.wilson95
-        rows.append((task, "+".join(cfg.cameras), f"{cfg.image_size}px", f"{args.demos}" + (f" (DART {args.action_noise * 100:g} cm)" if args.action_noise else "")
-                     + (f" (hold {hold})" if hold is not None else " (whole)"), result.step, f"{train_min:.1f}",
+        rows.append((task, "+".join(cfg.cameras), f"{cfg.image_size}px", demos, result.step, f"{train_min:.1f}",
                      f"{pol.success_rate:.0%} [{lo:.0%}, {hi:.0%}]", f"{exp.success_rate:.0%}", f"{rnd.success_rate:.0%}",
                      f"{render_fps(cfg):.0f}", f"{record_s:.0f}"))
         print(pol.table())
