@@ -68,6 +68,8 @@ def main() -> None:
     ap.add_argument("--step-times", nargs="*", metavar="ENCODER", default=None,
                     help="only time one training step of the sim policy with each timm encoder on each task's cameras "
                          "(default test_vit vit_tiny_patch16_224), batch 32")
+    ap.add_argument("--policy", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="configs/sim/policy.yaml overrides, e.g. action_frame=delta")
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="sim config overrides for every task, e.g. image_size=64")
     args = ap.parse_args()
     if args.step_times is not None:
@@ -107,9 +109,9 @@ def main() -> None:
         from vit_policy.train import train
 
         bags = [str(root / "demos" / "episode_*")]
-        steps = args.train_steps or _steps_in_budget(train_config_for(cfg, bags, root / "probe", steps=20), args.train_minutes)
+        steps = args.train_steps or _steps_in_budget(train_config_for(cfg, bags, root / "probe", steps=20, policy_overrides=args.policy), args.train_minutes)
         t0 = time.perf_counter()
-        result = train(train_config_for(cfg, bags, root, steps=steps))
+        result = train(train_config_for(cfg, bags, root, steps=steps, policy_overrides=args.policy))
         train_min = (time.perf_counter() - t0) / 60
         from vit_policy.model.policy import VisuomotorPolicy
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from vit_policy.config import ConfigError, EncoderConfig, LanguageConfig, PolicyConfig, PoseConfig, load_policy_config
-from vit_policy.geometry import apply_delta, rotvec_to_rot6d
+from vit_policy.geometry import apply_delta, geodesic_deg, rot6d_to_quat, rot6d_to_rotvec, rotvec_to_rot6d
 from vit_policy.model.encoders import WeightsError
-from vit_policy.model.policy import VisuomotorPolicy, compute_norm_stats, identity_stats
+from vit_policy.model.policy import VisuomotorPolicy, actions_from_frame, actions_to_frame, compute_norm_stats, identity_stats
 from vit_policy.observation import Observation, ObservationError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "policy"
@@ -78,9 +78,11 @@ def test_unknown_config_key_names_nearest(tmp_path):
         load_policy_config(bad)
     with pytest.raises(ConfigError, match="expected an integer"):
         load_policy_config(CONFIGS / "vit_tiny.yaml", ["chunk_size=ten"])
+    with pytest.raises(ConfigError, match=r"action_frame: 'world' is not one of"):
+        load_policy_config(CONFIGS / "vit_tiny.yaml", ["action_frame=world"])
 
 
-@pytest.mark.parametrize("variant", ["base", "single_token_history", "quat_minmax", "per_camera", "patches", "language"])
+@pytest.mark.parametrize("variant", ["base", "single_token_history", "quat_minmax", "per_camera", "patches", "language", "absolute"])
 def test_forward_backward_variants(variant):
     kw = {}
     if variant == "single_token_history":
@@ -93,6 +95,8 @@ def test_forward_backward_variants(variant):
         kw["encoder"] = EncoderConfig(name="vit_tiny_patch16_224", img_size=32, token_mode="patches")
     if variant == "language":
         kw["language"] = LanguageConfig(enabled=True, model="ViT-B-32", instruction="reach the goal")
+    if variant == "absolute":
+        kw["action_frame"] = "absolute"
     cfg = tiny_cfg(**kw)
     batch = make_batch(cfg)
     model = with_stats(cfg, batch)
@@ -155,6 +159,44 @@ def test_predict_turns_rot6d_into_target_poses():
     np.testing.assert_allclose(chunk.target_positions, p)
     np.testing.assert_allclose(np.linalg.norm(chunk.target_quaternions, axis=1), 1.0, atol=1e-9)
     assert np.all((chunk.gripper >= 0) & (chunk.gripper <= 1))
+
+
+def test_action_frames_agree_with_the_delta_convention():
+    cfg = tiny_cfg()
+    batch = make_batch(cfg, b=3, seed=5)
+    pos, quat, action = batch["position"].double(), batch["quaternion"].double(), batch["action"].double()
+    torch.testing.assert_close(actions_to_frame(action, pos, quat, "delta"), action[..., :9])
+    absolute = actions_to_frame(action, pos, quat, "absolute")
+    for i in range(3):  # the absolute frame holds the target poses of geometry.apply_delta
+        dr = rot6d_to_rotvec(action[i, :, 3:9].numpy())
+        p, q = apply_delta(pos[i].numpy(), quat[i].numpy(), action[i, :, :3].numpy(), dr)
+        np.testing.assert_allclose(absolute[i, :, :3].numpy(), p, atol=1e-9)
+        np.testing.assert_allclose(geodesic_deg(rot6d_to_quat(absolute[i, :, 3:9].numpy()), q), 0.0, atol=1e-5)
+    torch.testing.assert_close(actions_from_frame(absolute, pos, quat, "absolute"), action[..., :9])
+
+
+@pytest.mark.parametrize("frame", ["delta", "absolute"])
+def test_a_constant_head_is_one_target_in_the_absolute_frame_and_one_offset_in_the_delta_frame(frame):
+    """Why the frame matters in a hold: a head stuck at one output keeps the arm at one pose only in the absolute frame."""
+    cfg = tiny_cfg(cameras=["front"], action_frame=frame)
+    batch = make_batch(cfg, b=3, seed=7)
+    model = with_stats(cfg, batch).eval()
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()  # normalised output 0: the statistics' centre, whatever the observation
+    chunks = model.predict(batch)
+    targets = np.stack([c.target_positions for c in chunks])
+    offsets = np.stack([c.delta_position for c in chunks])
+    center = model.stats["action"].mean[:, :3]
+    if frame == "absolute":  # the statistics are of target positions (position + dp)
+        want = (batch["position"].double()[:, None] + batch["action"].double()[..., :3]).mean(0).numpy()
+        np.testing.assert_allclose(center, want, atol=1e-6)
+        np.testing.assert_allclose(targets, np.broadcast_to(center, targets.shape), atol=1e-5)
+        quats = np.stack([c.target_quaternions for c in chunks])
+        np.testing.assert_allclose(geodesic_deg(quats, np.broadcast_to(quats[:1], quats.shape)), 0.0, atol=1e-3)
+    else:
+        np.testing.assert_allclose(offsets, np.broadcast_to(center, offsets.shape), atol=1e-5)
+        assert np.abs(targets - targets[:1]).max() > 0.1  # the same offset from three different poses
 
 
 def test_save_load_bit_identical(tmp_path):

@@ -241,6 +241,10 @@ class PolicyConfig:
     dropout: float = 0.1
     chunk_size: int = 20  # K
     control_dt: float = 0.1  # seconds between chunk steps
+    # What the head regresses. "delta": each step relative to the pose at observation time (errors in
+    # a hold add up step after step: drift). "absolute": the target pose in the base frame, as in
+    # Diffusion Policy's position control (a hold is one fixed point). Either way the model returns deltas.
+    action_frame: Literal["delta", "absolute"] = "delta"
     gripper_loss_weight: float = 0.5
     rotation_loss_weight: float = 1.0
 

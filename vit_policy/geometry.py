@@ -14,6 +14,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.spatial.transform import Rotation
 
 QUAT_NORM_TOL = 1e-2  # relative tolerance on |q| before a quaternion is rejected
@@ -169,6 +170,14 @@ def quat_to_matrix_t(q: torch.Tensor) -> torch.Tensor:
 
 def matrix_to_rot6d_t(m: torch.Tensor) -> torch.Tensor:
     return torch.cat([m[..., :, 0], m[..., :, 1]], dim=-1)
+
+
+def matrix_from_rot6d_t(d6: torch.Tensor) -> torch.Tensor:
+    """Torch twin of :func:`matrix_from_rot6d` (Gram-Schmidt): (..., 6) -> (..., 3, 3)."""
+    b1 = F.normalize(d6[..., :3], dim=-1)
+    a2 = d6[..., 3:] - (b1 * d6[..., 3:]).sum(-1, keepdim=True) * b1
+    b2 = F.normalize(a2, dim=-1)
+    return torch.stack([b1, b2, torch.cross(b1, b2, dim=-1)], dim=-1)
 
 
 def rotation_features_t(q: torch.Tensor, kind: RotationFeature) -> torch.Tensor:

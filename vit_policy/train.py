@@ -181,7 +181,7 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _constant_prediction(policy: VisuomotorPolicy, action_mean: torch.Tensor, gripper_mean: float) -> Iterator[None]:
-    """Make ``policy.forward`` predict the training-mean action, so the baseline uses the very same loss."""
+    """Make ``policy.forward`` predict the training-mean action (in the head's frame), so the baseline uses the very same loss."""
     grip_logit = math.log(max(gripper_mean, 1e-4) / max(1.0 - gripper_mean, 1e-4))
     normalized = policy.normalize_action(action_mean.to(policy.device))  # (K, 9)
 
@@ -217,7 +217,7 @@ def evaluate(
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v
             n_batches += 1
-            pred = policy.decode_actions(policy.forward(batch)["action"])  # raw (B, K, 10)
+            pred = policy.decode_actions(policy.forward(batch)["action"], batch)  # raw (B, K, 10)
             target = batch["action"].double().cpu().numpy()
             mask = batch["action_mask"].cpu().numpy().astype(bool)
             abs_err += np.abs(pred[..., :3] - target[..., :3])[mask].sum(0)

@@ -7,9 +7,10 @@ length changes with cameras and token modes while K is fixed, cross-attention co
 (K + S)^2, and the cross-attention weights of the queries are exactly the "where does the policy
 look" maps the replay report draws.
 
-Each step outputs [dp (3), rot6d (6), gripper logit (1)]: translation and rotation are predicted in
-normalised units (statistics saved with the checkpoint), rot6d is turned into a rotation vector when
-an ActionChunk leaves the model (ARCHITECTURE.md action semantics).
+Each step outputs [translation (3), rot6d (6), gripper logit (1)] in normalised units (statistics
+saved with the checkpoint), in the frame ``action_frame`` names: relative to the observed pose
+(``delta``) or in the base frame (``absolute``). Whatever the frame, actions leave the model as deltas
+to the observed pose, rot6d turned into a rotation vector (ARCHITECTURE.md action semantics).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vit_policy.config import PolicyConfig, from_dict, read_yaml, save_config
-from vit_policy.geometry import NormStats, rot6d_to_rotvec
+from vit_policy.geometry import NormStats, matrix_from_rot6d_t, matrix_to_rot6d_t, quat_to_matrix_t, rot6d_to_rotvec
 from vit_policy.images import to_model_input
 from vit_policy.model.encoders import ImageEncoder, InstructionEncoder, WeightsError, read_state_dict
 from vit_policy.model.pose_tokens import PoseTokenizer, pose_features
@@ -37,6 +38,23 @@ ACTION_DIM = 10  # dp (3) + rot6d (6) + gripper (1)
 CONFIG_FILE, WEIGHTS_FILE, STATS_FILE = "config.yaml", "model.safetensors", "stats.safetensors"
 
 Batch = dict[str, Any]
+
+
+def actions_to_frame(action: torch.Tensor, position: torch.Tensor, quaternion: torch.Tensor, frame: str) -> torch.Tensor:
+    """Raw delta actions (B, K, >= 9) [dp, rot6d of exp(dr)] -> the head's frame (B, K, 9)."""
+    a = action[..., :9]
+    if frame == "delta":
+        return a
+    r0 = quat_to_matrix_t(quaternion)[:, None]  # (B, 1, 3, 3): R_k = exp(dr_k) R_0
+    return torch.cat([a[..., :3] + position[:, None], matrix_to_rot6d_t(matrix_from_rot6d_t(a[..., 3:9]) @ r0)], -1)
+
+
+def actions_from_frame(action: torch.Tensor, position: torch.Tensor, quaternion: torch.Tensor, frame: str) -> torch.Tensor:
+    """Inverse of :func:`actions_to_frame`: (B, K, 9) in the head's frame -> raw deltas [dp, rot6d]."""
+    if frame == "delta":
+        return action
+    r0t = quat_to_matrix_t(quaternion)[:, None].transpose(-1, -2)
+    return torch.cat([action[..., :3] - position[:, None], matrix_to_rot6d_t(matrix_from_rot6d_t(action[..., 3:9]) @ r0t)], -1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -286,7 +304,11 @@ class VisuomotorPolicy(nn.Module):
     # ---- training --------------------------------------------------------------------------------------
 
     def normalize_action(self, action: torch.Tensor) -> torch.Tensor:
+        """Actions already in the head's frame (..., >= 9) -> normalised units."""
         return (action[..., :9] - self.action_center) / self.action_scale
+
+    def _origin(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        return batch["position"].to(self.device, torch.float32), batch["quaternion"].to(self.device, torch.float32)
 
     def compute_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """L1 on normalised translation and rotation, BCE on the gripper; padded steps are masked out.
@@ -299,7 +321,7 @@ class VisuomotorPolicy(nn.Module):
         mask = batch.get("action_mask")
         mask = torch.ones(target.shape[:2], device=self.device) if mask is None else mask.to(self.device, torch.float32)
         denom = mask.sum().clamp_min(1.0)
-        tn = self.normalize_action(target)
+        tn = self.normalize_action(actions_to_frame(target, *self._origin(batch), self.cfg.action_frame))
         l1 = (pred[..., :9] - tn).abs()
         l_trans = (l1[..., :3].mean(-1) * mask).sum() / denom
         l_rot = (l1[..., 3:9].mean(-1) * mask).sum() / denom
@@ -309,9 +331,9 @@ class VisuomotorPolicy(nn.Module):
 
     # ---- inference ---------------------------------------------------------------------------------------
 
-    def decode_actions(self, out: torch.Tensor) -> np.ndarray:
-        """Normalised network output (B, K, 10) -> raw [dp, rot6d, gripper prob] (B, K, 10)."""
-        raw = out[..., :9] * self.action_scale + self.action_center
+    def decode_actions(self, out: torch.Tensor, batch: Batch) -> np.ndarray:
+        """Normalised network output (B, K, 10) for ``batch`` -> raw deltas [dp, rot6d, gripper prob] (B, K, 10)."""
+        raw = actions_from_frame(out[..., :9] * self.action_scale + self.action_center, *self._origin(batch), self.cfg.action_frame)
         return torch.cat([raw, torch.sigmoid(out[..., 9:])], -1).detach().cpu().double().numpy()
 
     def observation_batch(self, observations: list[Observation]) -> Batch:
@@ -343,7 +365,7 @@ class VisuomotorPolicy(nn.Module):
             out = self.forward(batch, return_attention)
         finally:
             self.train(was_training)
-        actions = self.decode_actions(out["action"])
+        actions = self.decode_actions(out["action"], batch)
         pos = batch["position"].double().cpu().numpy()
         quat = batch["quaternion"].double().cpu().numpy()
         quat = quat / np.linalg.norm(quat, axis=-1, keepdims=True)
@@ -456,7 +478,7 @@ def compute_norm_stats(
     action_mask: np.ndarray | None = None,
     history: np.ndarray | None = None,
 ) -> dict[str, NormStats]:
-    """Statistics of the state features (N, D) and raw actions (N, K, 9) over a training split."""
+    """Statistics of the state features (N, D) and of the actions (N, K, 9) in the head's frame over a training split."""
     cfg = model_or_cfg.cfg if isinstance(model_or_cfg, VisuomotorPolicy) else model_or_cfg
     state = pose_features(
         torch.as_tensor(position, dtype=torch.float64), torch.as_tensor(quaternion, dtype=torch.float64),
@@ -465,6 +487,8 @@ def compute_norm_stats(
     action = np.asarray(action)[..., :9]
     if action.shape[1] != cfg.chunk_size:
         raise ValueError(f"actions: chunk length {action.shape[1]} != chunk_size {cfg.chunk_size}")
+    pos, quat = torch.as_tensor(position, dtype=torch.float64), torch.as_tensor(quaternion, dtype=torch.float64)
+    action = actions_to_frame(torch.as_tensor(action, dtype=torch.float64), pos, quat, cfg.action_frame).numpy()
     return {"state": NormStats.from_data(state), "action": NormStats.from_data(action, action_mask)}
 
 
