@@ -4,7 +4,7 @@ For each task: the scripted expert's episodes are recorded as rosbag2 (the robot
 policy is trained from scratch on them with `vit_policy.train`, checked offline on held-out bags with
 `vit_policy.replay` (faithful + batch), and run closed loop in MuJoCo through `PolicyRunner` with the
 node's safety and chunk execution. One HTML page links everything. Sized for 2 CPU cores in 30 minutes
-(17.9 measured): the policy is `configs/sim/policy.yaml` (timm's `test_vit`, every patch token kept),
+(18.5 measured): the policy is `configs/sim/policy.yaml` (timm's `test_vit`, every patch token kept),
 because no pretrained weights can be downloaded here and a vit_tiny training step costs 4-5x as much
 on a CPU (`benchmarks/sim_success.py --step-times`); `vit-policy demo encoder.name=...` overrides it.
 """
