@@ -30,7 +30,7 @@ demo: setup
 # with tests/ (likely a thread left by the in-process DDS tests); each suite alone passes.
 test: setup
 	$(PY) -m pytest -q -ra --timeout=1200 tests
-	$(PY) -m pytest -q -ra --timeout=1200 sim_tests
+	$(PY) -m pytest -q -raP --timeout=1200 sim_tests  # P: the closed-loop tests print their success counts
 
 test-fast: setup
 	$(PY) -m pytest -q -ra -m "not slow" tests
