@@ -480,15 +480,12 @@ def compute_norm_stats(
 ) -> dict[str, NormStats]:
     """Statistics of the state features (N, D) and of the actions (N, K, 9) in the head's frame over a training split."""
     cfg = model_or_cfg.cfg if isinstance(model_or_cfg, VisuomotorPolicy) else model_or_cfg
-    state = pose_features(
-        torch.as_tensor(position, dtype=torch.float64), torch.as_tensor(quaternion, dtype=torch.float64),
-        torch.as_tensor(gripper, dtype=torch.float64), None if history is None else torch.as_tensor(history, dtype=torch.float64), cfg.pose,
-    ).numpy()
-    action = np.asarray(action)[..., :9]
-    if action.shape[1] != cfg.chunk_size:
-        raise ValueError(f"actions: chunk length {action.shape[1]} != chunk_size {cfg.chunk_size}")
-    pos, quat = torch.as_tensor(position, dtype=torch.float64), torch.as_tensor(quaternion, dtype=torch.float64)
-    action = actions_to_frame(torch.as_tensor(action, dtype=torch.float64), pos, quat, cfg.action_frame).numpy()
+    f64 = lambda a: torch.as_tensor(a, dtype=torch.float64)  # noqa: E731
+    pos, quat = f64(position), f64(quaternion)
+    state = pose_features(pos, quat, f64(gripper), None if history is None else f64(history), cfg.pose).numpy()
+    if np.shape(action)[1] != cfg.chunk_size:
+        raise ValueError(f"actions: chunk length {np.shape(action)[1]} != chunk_size {cfg.chunk_size}")
+    action = actions_to_frame(f64(action), pos, quat, cfg.action_frame).numpy()
     return {"state": NormStats.from_data(state), "action": NormStats.from_data(action, action_mask)}
 
 
