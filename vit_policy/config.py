@@ -166,6 +166,7 @@ def save_config(cfg: Any, path: str | Path) -> None:
 # --------------------------------------------------------------------------------------------------
 
 TokenMode = Literal["cls", "mean", "patches", "pooled"]
+ActionFrame = Literal["delta", "absolute"]  # what the policy head regresses (PolicyConfig.action_frame)
 
 
 @dataclass
@@ -244,7 +245,7 @@ class PolicyConfig:
     # What the head regresses. "delta": each step relative to the pose at observation time (errors in
     # a hold add up step after step: drift). "absolute": the target pose in the base frame, as in
     # Diffusion Policy's position control (a hold is one fixed point). Either way the model returns deltas.
-    action_frame: Literal["delta", "absolute"] = "delta"
+    action_frame: ActionFrame = "delta"
     gripper_loss_weight: float = 0.5
     rotation_loss_weight: float = 1.0
 

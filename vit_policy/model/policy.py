@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vit_policy.config import PolicyConfig, from_dict, read_yaml, save_config
+from vit_policy.config import ActionFrame, PolicyConfig, from_dict, read_yaml, save_config
 from vit_policy.geometry import NormStats, matrix_from_rot6d_t, matrix_to_rot6d_t, quat_to_matrix_t, rot6d_to_rotvec
 from vit_policy.images import to_model_input
 from vit_policy.model.encoders import ImageEncoder, InstructionEncoder, WeightsError, read_state_dict
@@ -40,7 +40,7 @@ CONFIG_FILE, WEIGHTS_FILE, STATS_FILE = "config.yaml", "model.safetensors", "sta
 Batch = dict[str, Any]
 
 
-def actions_to_frame(action: torch.Tensor, position: torch.Tensor, quaternion: torch.Tensor, frame: str) -> torch.Tensor:
+def actions_to_frame(action: torch.Tensor, position: torch.Tensor, quaternion: torch.Tensor, frame: ActionFrame) -> torch.Tensor:
     """Raw delta actions (B, K, >= 9) [dp, rot6d of exp(dr)] -> the head's frame (B, K, 9)."""
     a = action[..., :9]
     if frame == "delta":
@@ -49,7 +49,7 @@ def actions_to_frame(action: torch.Tensor, position: torch.Tensor, quaternion: t
     return torch.cat([a[..., :3] + position[:, None], matrix_to_rot6d_t(matrix_from_rot6d_t(a[..., 3:9]) @ r0)], -1)
 
 
-def actions_from_frame(action: torch.Tensor, position: torch.Tensor, quaternion: torch.Tensor, frame: str) -> torch.Tensor:
+def actions_from_frame(action: torch.Tensor, position: torch.Tensor, quaternion: torch.Tensor, frame: ActionFrame) -> torch.Tensor:
     """Inverse of :func:`actions_to_frame`: (B, K, 9) in the head's frame -> raw deltas [dp, rot6d]."""
     if frame == "delta":
         return action
