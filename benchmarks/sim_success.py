@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/sim_success.py [--tasks FetchReach-v4 FetchPush-v4 FetchPickAndPlace-v4]
         [--demos 200] [--hold-steps N] [--train-minutes 60] [--episodes 50] [--out outputs/bench_sim]
+        [--policy KEY=VALUE ...] [--train KEY=VALUE ...] [--visibility] [sim KEY=VALUE ...]
 
 For each task, in one run: record ``--demos`` expert demonstrations (rosbag2, the task's
 configs/sim/ cameras, whole episodes or each cut ``--hold-steps`` after its first success), train the sim policy
@@ -13,8 +14,11 @@ on the same seeds. Also measures the render rate of the task's cameras. Prints o
 
   task | cameras | demos | train steps | train min | policy success [Wilson 95%] | expert | random | render fps
 
-``--step-times [ENCODER ...]`` prints only the cost of one training step per encoder (why the sim
-policy is timm's test_vit and not vit_tiny on a CPU).
+``--visibility`` prints only, per task and camera, how much of the goal (and object) the robot hides
+at the start of each evaluation episode (``FetchSim.visibility``): where one camera loses the goal,
+the others must place it alone. ``--step-times [ENCODER ...]`` prints only the cost of one training
+step per encoder (why the sim policy is timm's test_vit and not vit_tiny on a CPU). ``--policy`` and
+``--train`` take KEY=VALUE overrides of the sim policy and of the training config.
 
 Targets (issue 6): FetchReach 95%, FetchPush 70%, FetchPickAndPlace 50%, from <= 200 demonstrations
 and <= 60 minutes of CPU training each.
@@ -65,12 +69,16 @@ def main() -> None:
     ap.add_argument("--hold-steps", type=int, default=-1, metavar="N",
                     help="end each demonstration N steps after its first success; -1 (default): whole episodes "
                          "(Reach, 200 demos: 44/50 closed loop whole, 37/50 cut at 3)")
+    ap.add_argument("--visibility", action="store_true",
+                    help="only the share of --episodes start states in which each camera sees under half of the goal / object")
     ap.add_argument("--render-only", action="store_true", help="only the render-rate table (all cameras of each task, 64-128 px)")
     ap.add_argument("--step-times", nargs="*", metavar="ENCODER", default=None,
                     help="only time one training step of the sim policy with each timm encoder on each task's cameras "
                          "(default test_vit vit_tiny_patch16_224), batch 32")
     ap.add_argument("--policy", nargs="+", default=[], metavar="KEY=VALUE",
                     help="configs/sim/policy.yaml overrides, e.g. action_frame=delta")
+    ap.add_argument("--train", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="training config overrides, e.g. augment.pose_noise_m=0.02")
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="sim config overrides for every task, e.g. image_size=64")
     args = ap.parse_args()
     if args.step_times is not None:
@@ -84,6 +92,10 @@ def main() -> None:
             ms = [1000 * train_step_s(cfg, e) for e in encoders]
             cams = "+".join(cfg.cameras) + f"@{cfg.image_size}"
             print(f"{task:<22} {cams:<18} " + " ".join(f"{m:>15.0f} ({m / ms[0]:.1f}x)" for m in ms))
+        return
+    if args.visibility:
+        for task in args.tasks:
+            print_visibility(load_task_config(task, None, args.overrides), args.episodes)
         return
     if args.render_only:
         print(f"{'task':<22} {'cameras':<16} " + " ".join(f"{s:>7}px" for s in (64, 96, 128)) + "   (frames/s, all cameras)")
@@ -110,9 +122,10 @@ def main() -> None:
         from vit_policy.train import train
 
         bags = [str(root / "demos" / "episode_*")]
-        steps = args.train_steps or _steps_in_budget(train_config_for(cfg, bags, root / "probe", steps=20, policy_overrides=args.policy), args.train_minutes)
+        steps = args.train_steps or _steps_in_budget(
+            train_config_for(cfg, bags, root / "probe", steps=20, policy_overrides=args.policy, overrides=args.train), args.train_minutes)
         t0 = time.perf_counter()
-        result = train(train_config_for(cfg, bags, root, steps=steps, policy_overrides=args.policy))
+        result = train(train_config_for(cfg, bags, root, steps=steps, policy_overrides=args.policy, overrides=args.train))
         train_min = (time.perf_counter() - t0) / 60
         from vit_policy.model.policy import VisuomotorPolicy
 
@@ -132,6 +145,27 @@ def main() -> None:
     for r in [head, *rows]:
         print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)))
     print(f"\n{args.episodes} evaluation episodes per task (seeds from {EVAL_SEED}), torch threads {args.threads}")
+
+
+def print_visibility(cfg: SimConfig, episodes: int, clear: float = 0.5) -> None:
+    """Per camera and target: median / 5th percentile of the visible fraction, and how often it is under ``clear``."""
+    import numpy as np
+
+    sim = FetchSim(cfg)
+    vis = []
+    for i in range(episodes):
+        sim.reset(seed=EVAL_SEED + i, render=False)
+        vis.append(sim.visibility())
+    sim.close()
+    print(f"{cfg.task} @ {cfg.image_size} px, {episodes} start states (seeds from {EVAL_SEED}); visible fraction of each target")
+    print(f"  {'camera':<12} {'target':<8} {'median':>7} {'p5':>6} {'under ' + format(clear, '.0%'):>10}")
+    for cam in cfg.cameras:
+        for target in vis[0][cam]:
+            v = np.array([x[cam][target] for x in vis])
+            print(f"  {cam:<12} {target:<8} {np.median(v):>7.2f} {np.percentile(v, 5):>6.2f} {np.mean(v < clear):>10.0%}")
+    for target in vis[0][next(iter(cfg.cameras))]:
+        n_clear = np.array([sum(x[c][target] >= clear for c in cfg.cameras) for x in vis])
+        print(f"  {target}: seen by fewer than two cameras in {np.mean(n_clear < 2):.0%} of start states, by none in {np.mean(n_clear == 0):.0%}")
 
 
 def train_step_s(cfg: SimConfig, encoder: str, batch: int = 32, steps: int = 10) -> float:

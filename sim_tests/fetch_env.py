@@ -116,6 +116,9 @@ class FetchSim:
                 self._cameras[name] = cam
         self.model.site_size[self.model.site("target0").id] = cfg.target_marker_radius
         self._renderer: mujoco.Renderer | None = None
+        self._seg_renderer: mujoco.Renderer | None = None
+        self._robot_geoms = [g for g in range(self.model.ngeom)
+                             if self.model.body(self.model.geom_bodyid[g]).name.startswith("robot0:")]
         self._finger_qpos = [self.model.joint(j).qposadr[0] for j in FINGER_JOINTS]
         self.has_object = bool(self.env.has_object)
         assert abs(self.dt - self.STEP_S) < 1e-9, f"{cfg.task}: env step is {self.dt} s, expected {self.STEP_S}"
@@ -220,6 +223,36 @@ class FetchSim:
             frames[name] = self._renderer.render().copy()
         return frames
 
+    def visibility(self) -> dict[str, dict[str, float]]:
+        """Per camera, the fraction of the goal marker (and of the object, in tasks with one) that the
+        robot does not hide at the current state: 0 where the arm covers it or it is out of view.
+
+        A goal one fixed camera cannot see is placed from the other cameras alone (one view leaves its
+        depth open), so this is what camera placements are chosen by (benchmarks/sim_success.py --visibility).
+        """
+        if self._seg_renderer is None:
+            self._seg_renderer = mujoco.Renderer(self.model, self.cfg.image_size, self.cfg.image_size)
+            self._seg_renderer.enable_segmentation_rendering()
+        targets = {"goal": (mujoco.mjtObj.mjOBJ_SITE, self.model.site("target0").id)}
+        if self.has_object:
+            targets["object"] = (mujoco.mjtObj.mjOBJ_GEOM, self.model.geom("object0").id)
+        hide_robot = mujoco.MjvOption()
+        hidden_group = 5  # every Fetch geom is in group 0; the robot's move here for the unoccluded render
+        hide_robot.geomgroup[hidden_group] = 0
+        groups = self.model.geom_group[self._robot_geoms].copy()
+        out: dict[str, dict[str, float]] = {}
+        for name, cam in self._cameras.items():
+            counts = []
+            for option in (None, hide_robot):
+                self.model.geom_group[self._robot_geoms] = hidden_group if option is not None else groups
+                self._seg_renderer.update_scene(self.data, camera=cam, scene_option=option)
+                seg = self._seg_renderer.render()
+                counts.append({t: int(((seg[..., 1] == kind) & (seg[..., 0] == oid)).sum()) for t, (kind, oid) in targets.items()})
+            self.model.geom_group[self._robot_geoms] = groups
+            seen, bare = counts
+            out[name] = {t: seen[t] / bare[t] if bare[t] else 0.0 for t in targets}
+        return out
+
     def frame(self, render: bool = True) -> SimFrame:
         """The current state as a robot would report it (plus privileged goal / object for experts)."""
         pos, quat = self.ee_pose()
@@ -301,9 +334,10 @@ class FetchSim:
         return self.steps >= self.cfg.episode_steps
 
     def close(self) -> None:
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
+        for r in (self._renderer, self._seg_renderer):
+            if r is not None:
+                r.close()
+        self._renderer = self._seg_renderer = None
         self.env.close()
 
 

@@ -27,7 +27,8 @@ import yaml
 from sim_tests.experts import make_expert
 from sim_tests.fetch_env import FINGER_JOINTS, FINGER_SUM_OPEN, FetchSim, SimFrame
 from vit_policy import messages as M
-from vit_policy.config import DataConfig, GripperConfig, PolicyConfig, SimConfig, TrainConfig, load_policy_config
+from vit_policy.config import (DataConfig, GripperConfig, PolicyConfig, SimConfig, TrainConfig, apply_overrides, from_dict,
+                               load_policy_config, to_dict)
 
 NS = 1_000_000_000
 EPOCH_NS = 1_750_000_000 * NS  # bag stamps start here: a plausible wall-clock time, not 0
@@ -258,11 +259,13 @@ def policy_config_for(cfg: SimConfig, path: str | Path | None = None, overrides:
 
 
 def train_config_for(cfg: SimConfig, bags: list[str], out_dir: str | Path, steps: int, batch_size: int = 32,
-                     lr: float = 1e-3, policy_overrides: list[str] | None = None) -> TrainConfig:
-    """Training from scratch on recorded demonstrations: command labels, ``steps`` optimiser steps."""
+                     lr: float = 1e-3, policy_overrides: list[str] | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Training from scratch on recorded demonstrations: command labels, ``steps`` optimiser steps;
+    ``overrides``: TrainConfig KEY=VALUE on top (e.g. augment.pose_noise_m=0.02)."""
     out = Path(out_dir)
-    return TrainConfig(
+    train = TrainConfig(
         policy=policy_config_for(cfg, overrides=policy_overrides), data=data_config_for(cfg, labels="command"), bags=bags,
         val_fraction=0.1, cache_dir=str(out / "cache"), out_dir=str(out / "train"), epochs=1_000_000, max_steps=steps,
         batch_size=batch_size, lr_encoder=lr, lr_head=lr, warmup_steps=min(50, steps // 10), tensorboard=False, progress=False,
     )
+    return from_dict(TrainConfig, apply_overrides(to_dict(train), overrides), "train") if overrides else train

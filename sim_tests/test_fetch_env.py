@@ -187,3 +187,21 @@ def test_unknown_camera_is_a_config_error() -> None:
         FetchSim(SimConfig(cameras={"head": "head_cam"}))
     with pytest.raises(ConfigError, match="sim.image_size"):
         SimConfig(image_size=8)
+
+
+def test_visibility_measures_what_the_arm_hides() -> None:
+    sim = FetchSim(SimConfig(task="FetchReach-v4", image_size=64, target_marker_radius=0.05))  # camera: external
+    try:
+        frame = sim.reset(seed=3, render=False)
+
+        def goal_at(p_base: np.ndarray) -> dict[str, float]:
+            sim.env.goal = sim.to_world(p_base)
+            sim.env._render_callback()  # moves the marker and runs mj_forward
+            return {cam: v["goal"] for cam, v in sim.visibility().items()}
+
+        at_gripper = goal_at(frame.position)["external"]  # the gripper sits inside the 5 cm marker
+        clear = goal_at(frame.position + np.array([0.25, 0.0, -0.1]))["external"]  # in front of the arm
+        away = goal_at(frame.position + np.array([0.0, 0.0, 20.0]))["external"]  # out of view
+        assert 0.0 < at_gripper < 0.8 and clear > 0.95 and away == 0.0, (at_gripper, clear, away)
+    finally:
+        sim.close()

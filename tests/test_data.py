@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from vit_policy.config import AugmentConfig, DataConfig, GripperConfig, PolicyConfig, EncoderConfig
+from vit_policy.config import AugmentConfig, ConfigError, DataConfig, EncoderConfig, GripperConfig, PolicyConfig
 from vit_policy.data import cache as cache_mod
 from vit_policy.data.bags import BagError, bag_topics, extract_episodes, iter_bag_messages
 from vit_policy.data.cache import load_or_extract
@@ -302,6 +302,22 @@ def test_augmentation_is_seeded_per_epoch_and_sample(episodes: list) -> None:
     assert a.shape == raw.shape and a.dtype == torch.uint8
     plain = EpisodeDataset(episodes, ["front"])
     assert torch.equal(plain[(3, 5)]["images"]["front"], raw)
+
+
+def test_pose_noise_is_seeded_training_only_and_leaves_the_labels(episodes: list) -> None:
+    ds = EpisodeDataset(episodes, ["front"], augment=AugmentConfig(pose_noise_m=0.02), seed=1)
+    plain = EpisodeDataset(episodes, ["front"])
+    a, b, c = ds[(0, 5)], ds[(0, 5)], ds[(1, 5)]
+    assert torch.equal(a["position_noise"], b["position_noise"]) and not torch.equal(a["position_noise"], c["position_noise"])
+    noise = torch.stack([ds[(e, i)]["position_noise"] for e in range(4) for i in range(len(ds))])
+    assert 0.015 < float(noise.std()) < 0.025 and abs(float(noise.mean())) < 0.003
+    # the true pose, the labels and the frames are untouched: only what the model reads moves
+    for key in ("position", "action"):
+        assert torch.equal(a[key], plain[(0, 5)][key])
+    assert torch.equal(a["images"]["front"], plain[(0, 5)]["images"]["front"])
+    assert "position_noise" not in plain[(0, 5)]
+    with pytest.raises(ConfigError, match="augment.pose_noise_m"):
+        AugmentConfig(pose_noise_m=-0.01)
 
 
 def test_sampler_shards_are_disjoint_and_resumable() -> None:

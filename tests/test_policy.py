@@ -199,6 +199,21 @@ def test_a_constant_head_is_one_target_in_the_absolute_frame_and_one_offset_in_t
         assert np.abs(targets - targets[:1]).max() > 0.1  # the same offset from three different poses
 
 
+def test_position_noise_moves_what_the_model_reads_not_the_labels():
+    """augment.pose_noise_m: the noisy position feeds the pose tokens; the loss labels stay on the true pose."""
+    cfg = tiny_cfg(cameras=["front"], action_frame="absolute")
+    batch = make_batch(cfg, b=3, seed=11)
+    model = with_stats(cfg, batch).eval()
+    noisy = dict(batch, position_noise=torch.full((3, 3), 0.05))
+    moved = dict(batch, position=batch["position"] + 0.05)
+    with torch.no_grad():
+        torch.testing.assert_close(model.state_vector(noisy), model.state_vector(moved))
+        torch.testing.assert_close(model(noisy)["action"], model(moved)["action"])
+        assert not torch.allclose(model(noisy)["action"], model(batch)["action"])
+        # same network output, different label: the noisy batch keeps the true targets
+        assert model.compute_loss(noisy)[0].item() != pytest.approx(model.compute_loss(moved)[0].item(), rel=1e-3)
+
+
 def test_save_load_bit_identical(tmp_path):
     cfg = tiny_cfg(pose=PoseConfig(history=2))
     batch = make_batch(cfg)

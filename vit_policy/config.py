@@ -393,16 +393,21 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    """Image augmentations applied on the fly to training samples (never to validation)."""
+    """Augmentations applied on the fly to training samples (never to validation)."""
 
     shift_px: int = 0  # random shift: pad by this many pixels (edge), crop back at a random offset
     brightness: float = 0.0  # colour jitter: factors drawn from [1 - x, 1 + x]
     contrast: float = 0.0
     saturation: float = 0.0
+    # Gaussian noise (std, metres) on the EE position the model reads; labels keep the true pose. Where
+    # most frames hold still at the target, copying the observed pose fits them, and the images are ignored.
+    pose_noise_m: float = 0.0
 
     def __post_init__(self) -> None:
         if self.shift_px < 0:
             raise ConfigError("augment.shift_px: must be >= 0")
+        if not 0.0 <= self.pose_noise_m <= 0.5:
+            raise ConfigError(f"augment.pose_noise_m: {self.pose_noise_m} must be in [0, 0.5] metres (e.g. 0.02)")
         for name in ("brightness", "contrast", "saturation"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"augment.{name}: must be in [0, 1)")

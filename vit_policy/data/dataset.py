@@ -75,7 +75,7 @@ class EpisodeDataset(Dataset):
             if missing:
                 raise ValueError(f"dataset: episode from {ep.source!r} has no camera {missing} (has {sorted(ep.images)})")
         self.episodes, self.cameras, self.history = list(episodes), list(cameras), history
-        self.augment = augment if augment is not None and _augments(augment) else None
+        self.augment = augment if augment is not None and (_augments_images(augment) or augment.pose_noise_m) else None
         self.seed = seed
         self.index = np.array([(e, t) for e, ep in enumerate(self.episodes) for t in range(len(ep))], np.int64).reshape(-1, 2)
 
@@ -95,11 +95,13 @@ class EpisodeDataset(Dataset):
         epoch, i = item if isinstance(item, tuple) else (0, item)
         e, t = self.locate(i)
         ep = self.episodes[e]
-        rng = np.random.default_rng([self.seed, epoch, i]) if self.augment else None
+        aug = self.augment
+        rng = np.random.default_rng([self.seed, epoch, i]) if aug is not None else None
         images = {}
         for cam in self.cameras:
             img = self.frame(e, cam, t)
-            images[cam] = torch.from_numpy(augment_image(img, self.augment, rng) if rng is not None else img.copy())
+            jitter = aug is not None and rng is not None and _augments_images(aug)
+            images[cam] = torch.from_numpy(augment_image(img, aug, rng) if jitter else img.copy())  # type: ignore[arg-type]
         sample: dict[str, Any] = {
             "images": images,
             "position": torch.tensor(ep.position[t], dtype=torch.float32),
@@ -109,12 +111,14 @@ class EpisodeDataset(Dataset):
             "action_mask": torch.from_numpy(np.array(ep.action_mask[t], bool)),
             "stamp_ns": torch.tensor(int(ep.stamps_ns[t]), dtype=torch.int64),
         }
+        if aug is not None and rng is not None and aug.pose_noise_m:
+            sample["position_noise"] = torch.from_numpy(rng.normal(0.0, aug.pose_noise_m, 3).astype(np.float32))
         if self.history:
             sample["history"] = torch.tensor(episode_history(ep, t, self.history), dtype=torch.float32)
         return sample
 
 
-def _augments(cfg: AugmentConfig) -> bool:
+def _augments_images(cfg: AugmentConfig) -> bool:
     return bool(cfg.shift_px or cfg.brightness or cfg.contrast or cfg.saturation)
 
 

@@ -224,14 +224,21 @@ class VisuomotorPolicy(nn.Module):
                 raise ObservationError(f"batch[{key!r}]: contains NaN or Inf")
 
     def state_vector(self, batch: Batch) -> torch.Tensor:
-        """Raw (unnormalised) state features of a batch: what the statistics are computed on."""
+        """Raw (unnormalised) state features of a batch: what the statistics are computed on.
+
+        A training batch may carry ``position_noise`` (augment.pose_noise_m): the model reads the noisy
+        position while the labels stay relative to the true one.
+        """
         dev = self.device
         grip = batch.get("gripper")
         b = batch["position"].shape[0]
         grip = torch.ones(b, device=dev) if grip is None else torch.as_tensor(grip, dtype=torch.float32, device=dev)
         hist = batch.get("history")
+        position = batch["position"].to(dev, torch.float32)
+        if batch.get("position_noise") is not None:
+            position = position + batch["position_noise"].to(dev, torch.float32)
         return pose_features(
-            batch["position"].to(dev, torch.float32), batch["quaternion"].to(dev, torch.float32), grip,
+            position, batch["quaternion"].to(dev, torch.float32), grip,
             None if hist is None else hist.to(dev, torch.float32), self.cfg.pose,
         )
 
