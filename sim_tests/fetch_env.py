@@ -43,6 +43,7 @@ FINGER_SUM_OPEN = 0.1  # metres: both fingers at their 0.05 m upper limit
 MAX_STEP_M = 0.05  # the Fetch env scales its position action by 5 cm
 MAX_ROT_STEP_RAD = 0.1  # orientation change per 40 ms step (2.5 rad/s), like the 5 cm position clip
 GRIPPER_BODY = "robot0:gripper_link"  # the body the env's mocap is welded to
+HIDDEN_GROUP = 5  # every Fetch geom is in group 0; visibility() moves the robot's here to render without it
 
 
 class SimCommand(Protocol):
@@ -237,21 +238,20 @@ class FetchSim:
         if self.has_object:
             targets["object"] = (mujoco.mjtObj.mjOBJ_GEOM, self.model.geom("object0").id)
         hide_robot = mujoco.MjvOption()
-        hidden_group = 5  # every Fetch geom is in group 0; the robot's move here for the unoccluded render
-        hide_robot.geomgroup[hidden_group] = 0
+        hide_robot.geomgroup[HIDDEN_GROUP] = 0
         groups = self.model.geom_group[self._robot_geoms].copy()
-        out: dict[str, dict[str, float]] = {}
-        for name, cam in self._cameras.items():
-            counts = []
-            for option in (None, hide_robot):
-                self.model.geom_group[self._robot_geoms] = hidden_group if option is not None else groups
-                self._seg_renderer.update_scene(self.data, camera=cam, scene_option=option)
-                seg = self._seg_renderer.render()
-                counts.append({t: int(((seg[..., 1] == kind) & (seg[..., 0] == oid)).sum()) for t, (kind, oid) in targets.items()})
+        counts: dict[tuple[str, bool], dict[str, int]] = {}
+        try:
+            for hidden in (False, True):  # as the cameras see it, then with the robot out of the scene
+                self.model.geom_group[self._robot_geoms] = HIDDEN_GROUP if hidden else groups
+                for name, cam in self._cameras.items():
+                    self._seg_renderer.update_scene(self.data, camera=cam, scene_option=hide_robot if hidden else None)
+                    seg = self._seg_renderer.render()
+                    counts[name, hidden] = {t: int(((seg[..., 1] == kind) & (seg[..., 0] == oid)).sum()) for t, (kind, oid) in targets.items()}
+        finally:
             self.model.geom_group[self._robot_geoms] = groups
-            seen, bare = counts
-            out[name] = {t: seen[t] / bare[t] if bare[t] else 0.0 for t in targets}
-        return out
+        return {name: {t: counts[name, False][t] / counts[name, True][t] if counts[name, True][t] else 0.0 for t in targets}
+                for name in self._cameras}
 
     def frame(self, render: bool = True) -> SimFrame:
         """The current state as a robot would report it (plus privileged goal / object for experts)."""

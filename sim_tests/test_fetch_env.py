@@ -203,5 +203,8 @@ def test_visibility_measures_what_the_arm_hides() -> None:
         clear = goal_at(frame.position + np.array([0.25, 0.0, -0.1]))["external"]  # in front of the arm
         away = goal_at(frame.position + np.array([0.0, 0.0, 20.0]))["external"]  # out of view
         assert 0.0 < at_gripper < 0.8 and clear > 0.95 and away == 0.0, (at_gripper, clear, away)
+        before = sim.render()["external"]
+        sim.visibility()
+        assert np.array_equal(sim.render()["external"], before)  # the robot is back in the camera frames
     finally:
         sim.close()
