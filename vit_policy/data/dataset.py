@@ -97,10 +97,10 @@ class EpisodeDataset(Dataset):
         ep = self.episodes[e]
         aug = self.augment
         rng = np.random.default_rng([self.seed, epoch, i]) if aug is not None else None
+        jitter = aug is not None and _augments_images(aug)
         images = {}
         for cam in self.cameras:
             img = self.frame(e, cam, t)
-            jitter = aug is not None and rng is not None and _augments_images(aug)
             images[cam] = torch.from_numpy(augment_image(img, aug, rng) if jitter else img.copy())  # type: ignore[arg-type]
         sample: dict[str, Any] = {
             "images": images,
