@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/sim_success.py [--tasks FetchReach-v4 FetchPush-v4 FetchPickAndPlace-v4]
         [--demos 200] [--hold-steps N] [--train-minutes 60] [--episodes 50] [--out outputs/bench_sim]
-        [--policy KEY=VALUE ...] [--train KEY=VALUE ...] [--visibility] [sim KEY=VALUE ...]
+        [--policy KEY=VALUE ...] [--train KEY=VALUE ...] [--visibility] [--goal-error CHECKPOINT]
+        [sim KEY=VALUE ...]
 
 For each task, in one run: record ``--demos`` expert demonstrations (rosbag2, the task's
 configs/sim/ cameras, whole episodes or each cut ``--hold-steps`` after its first success), train the sim policy
@@ -16,7 +17,9 @@ on the same seeds. Also measures the render rate of the task's cameras. Prints o
 
 ``--visibility`` prints only, per task and camera, how much of the goal (and object) the robot hides
 at the start of each evaluation episode (``FetchSim.visibility``): where one camera loses the goal,
-the others must place it alone. ``--step-times [ENCODER ...]`` prints only the cost of one training
+the others must place it alone. ``--goal-error CHECKPOINT`` prints only, for a
+FetchReach policy, how far its first chunk ends from the goal on its training seeds, its validation
+seeds and unseen ones (memorised goals vs placed ones). ``--step-times [ENCODER ...]`` prints only the cost of one training
 step per encoder (why the sim policy is timm's test_vit and not vit_tiny on a CPU). ``--policy`` and
 ``--train`` take KEY=VALUE overrides of the sim policy and of the training config.
 
@@ -71,6 +74,9 @@ def main() -> None:
                          "(Reach, 200 demos: 44/50 closed loop whole, 37/50 cut at 3)")
     ap.add_argument("--visibility", action="store_true",
                     help="only the share of --episodes start states in which each camera sees under half of the goal / object")
+    ap.add_argument("--goal-error", metavar="CHECKPOINT",
+                    help="only, for a FetchReach policy: how far its first chunk ends from the goal on the seeds of "
+                         "its training episodes, its validation episodes and --episodes unseen seeds")
     ap.add_argument("--render-only", action="store_true", help="only the render-rate table (all cameras of each task, 64-128 px)")
     ap.add_argument("--step-times", nargs="*", metavar="ENCODER", default=None,
                     help="only time one training step of the sim policy with each timm encoder on each task's cameras "
@@ -96,6 +102,9 @@ def main() -> None:
     if args.visibility:
         for task in args.tasks:
             print_visibility(load_task_config(task, None, args.overrides), args.episodes)
+        return
+    if args.goal_error:
+        print_goal_error(load_task_config("FetchReach-v4", None, args.overrides), Path(args.goal_error), args.episodes)
         return
     if args.render_only:
         print(f"{'task':<22} {'cameras':<16} " + " ".join(f"{s:>7}px" for s in (64, 96, 128)) + "   (frames/s, all cameras)")
@@ -166,6 +175,43 @@ def print_visibility(cfg: SimConfig, episodes: int, clear: float = 0.5) -> None:
     for target in vis[0][next(iter(cfg.cameras))]:
         n_clear = np.array([sum(x[c][target] >= clear for c in cfg.cameras) for x in vis])
         print(f"  {target}: seen by fewer than two cameras in {np.mean(n_clear < 2):.0%} of start states, by none in {np.mean(n_clear == 0):.0%}")
+
+
+def print_goal_error(cfg: SimConfig, checkpoint: Path, episodes: int) -> None:
+    """Distance from the goal to the end of the policy's first chunk at the start of an episode, on the
+    seeds it trained on against held-out ones: a gap between them is goals memorised, not placed."""
+    import json
+
+    import numpy as np
+    import torch
+    import yaml
+
+    from vit_policy.model.policy import VisuomotorPolicy
+    from vit_policy.observation import Observation
+
+    policy = VisuomotorPolicy.from_pretrained(checkpoint).eval()
+    meta = json.loads((checkpoint / "metadata.json").read_text())
+    groups: dict[str, list[int]] = {}
+    for split in ("train", "val"):
+        for bag in meta[f"{split}_episodes"]:
+            demos = yaml.safe_load((Path(bag).parent / "demos.yaml").read_text())["episodes"]
+            groups.setdefault(split, []).extend(e["seed"] for e in demos if e["bag"] == Path(bag).name)
+    groups["train"] = groups["train"][:episodes]
+    groups["unseen"] = list(range(EVAL_SEED, EVAL_SEED + episodes))
+    sim = FetchSim(cfg)
+    print(f"{checkpoint}: end of the first chunk to the goal (cm), {cfg.task} @ {cfg.image_size} px")
+    print(f"  {'seeds':<8} {'n':>4} {'median':>7} {'p90':>6} {'over 5 cm':>10}")
+    for split, seeds in groups.items():
+        err = []
+        for seed in seeds:
+            f = sim.reset(seed=seed)
+            obs = Observation(stamp_ns=f.stamp_ns, images={c: f.images[c] for c in policy.cfg.cameras},
+                              position=f.position, quaternion=f.quaternion, gripper=f.gripper)
+            with torch.no_grad():
+                err.append(float(np.linalg.norm(policy.predict(obs).target_positions[-1] - f.goal)))
+        e = 100 * np.array(err)
+        print(f"  {split:<8} {len(e):>4} {np.median(e):>7.1f} {np.percentile(e, 90):>6.1f} {np.mean(e > 5):>10.0%}")
+    sim.close()
 
 
 def train_step_s(cfg: SimConfig, encoder: str, batch: int = 32, steps: int = 10) -> float:
