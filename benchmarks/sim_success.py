@@ -191,11 +191,10 @@ def print_goal_error(cfg: SimConfig, checkpoint: Path, episodes: int) -> None:
 
     policy = VisuomotorPolicy.from_pretrained(checkpoint).eval()
     meta = json.loads((checkpoint / "metadata.json").read_text())
-    groups: dict[str, list[int]] = {}
-    for split in ("train", "val"):
-        for bag in meta[f"{split}_episodes"]:
-            demos = yaml.safe_load((Path(bag).parent / "demos.yaml").read_text())["episodes"]
-            groups.setdefault(split, []).extend(e["seed"] for e in demos if e["bag"] == Path(bag).name)
+    seed_of: dict[Path, int] = {}  # bag -> the seed it was recorded with (its directory's demos.yaml)
+    for folder in {Path(b).parent for split in ("train", "val") for b in meta[f"{split}_episodes"]}:
+        seed_of.update({folder / e["bag"]: e["seed"] for e in yaml.safe_load((folder / "demos.yaml").read_text())["episodes"]})
+    groups = {split: [seed_of[Path(b)] for b in meta[f"{split}_episodes"]] for split in ("train", "val")}
     groups["train"] = groups["train"][:episodes]
     groups["unseen"] = list(range(EVAL_SEED, EVAL_SEED + episodes))
     sim = FetchSim(cfg)
