@@ -9,10 +9,17 @@ export PYOPENGL_PLATFORM ?= egl
 
 .PHONY: setup sysdeps demo test test-fast bench clean
 
+# The venv is about 6 GB (torch's standard build brings its CUDA libraries): check the disk first, so a
+# full disk is named here rather than as an OSError halfway through pip.
+NEED_GB ?= 7
 $(STAMP): setup.py constraints.txt
+	@mkdir -p $(VENV); free=$$(df -Pk $(VENV) | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	  if [ ! -x $(PY) ] && [ "$$free" -lt $(NEED_GB) ]; then \
+	    echo "error: $$free GB free on the disk holding $(abspath $(VENV)); the install needs about $(NEED_GB) GB." >&2; \
+	    echo "       Free space there (old clones' .venv, outputs/), or set VENV=<path on a larger disk>." >&2; exit 1; fi
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,dds,sim]'
+	$(PY) -m pip install -q --no-cache-dir --upgrade pip
+	$(PY) -m pip install -q --no-cache-dir -c constraints.txt -e '.[dev,dds,sim]'
 	touch $@
 
 # EGL + Mesa so MuJoCo renders on the CPU (Debian packages; installed only when missing)
