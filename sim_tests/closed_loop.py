@@ -21,7 +21,8 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from sim_tests.fetch_env import FetchSim, SimFrame
+from sim_tests.experts import expert_command, make_expert
+from sim_tests.fetch_env import ArmCommand, FetchSim, SimFrame
 from vit_policy.config import ConfigError, SimConfig
 
 
@@ -41,6 +42,7 @@ class EpisodeResult:
     first_success_step: int | None
     time_to_success_s: float | None
     final_distance_m: float  # achieved (EE or object) to goal at the end
+    final_orientation_error_deg: float | None = None  # EE to goal orientation at the end (orientation goals)
     statuses: dict[str, int] = field(default_factory=dict)  # runner command statuses per tick
     non_finite_commands: int = 0
     gif: str | None = None
@@ -83,11 +85,13 @@ class EvalReport:
 
     def table(self) -> str:
         """A short text table: one row per episode and the totals."""
-        lines = [f"{'seed':>6} {'success':>8} {'t_success s':>12} {'final dist mm':>14}  statuses"]
+        orient = any(e.final_orientation_error_deg is not None for e in self.episodes)
+        lines = [f"{'seed':>6} {'success':>8} {'t_success s':>12} {'final dist mm':>14}" + (f" {'final deg':>10}" if orient else "") + "  statuses"]
         for e in self.episodes:
             t = f"{e.time_to_success_s:.2f}" if e.time_to_success_s is not None else "-"
             st = ", ".join(f"{k} {v}" for k, v in sorted(e.statuses.items()))
-            lines.append(f"{e.seed:>6} {str(e.success):>8} {t:>12} {e.final_distance_m * 1e3:>14.1f}  {st}")
+            deg = f" {e.final_orientation_error_deg:>10.1f}" if e.final_orientation_error_deg is not None else (f" {'-':>10}" if orient else "")
+            lines.append(f"{e.seed:>6} {str(e.success):>8} {t:>12} {e.final_distance_m * 1e3:>14.1f}{deg}  {st}")
         lo, hi = self.wilson95
         mt = self.mean_time_to_success_s
         lines.append(
@@ -179,16 +183,14 @@ class ExpertController:
     """The task's scripted expert (reference success rate)."""
 
     def __init__(self, task: str, sim: FetchSim) -> None:
-        from sim_tests.experts import make_expert
-
         self.expert = make_expert(task)
         self.sim = sim
 
     def reset(self) -> None:
         self.expert.reset()
 
-    def command(self, frame: SimFrame) -> np.ndarray:
-        return self.sim.action_from_target(*self.expert.act(frame))
+    def command(self, frame: SimFrame) -> ArmCommand:
+        return expert_command(self.expert, frame)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -219,7 +221,7 @@ def run_episode(sim: FetchSim, controller: Controller, seed: int, gif_path: Path
     bad = 0
     while not sim.done:
         cmd = controller.command(frame)
-        if not isinstance(cmd, np.ndarray) and not cmd.is_finite():
+        if hasattr(cmd, "is_finite") and not cmd.is_finite():
             bad += 1  # the runner promises never to send one; count it if it does
         frame = sim.step(cmd, render=render)
         if frame.success and first is None:
@@ -237,7 +239,7 @@ def run_episode(sim: FetchSim, controller: Controller, seed: int, gif_path: Path
     return EpisodeResult(
         seed=seed, success=bool(frame.success), steps=sim.steps, first_success_step=first,
         time_to_success_s=None if first is None else first * sim.dt, final_distance_m=_achieved_distance(frame),
-        statuses=statuses, non_finite_commands=bad, gif=gif,
+        final_orientation_error_deg=frame.orientation_error_deg, statuses=statuses, non_finite_commands=bad, gif=gif,
     )
 
 
@@ -280,7 +282,8 @@ def evaluate(
             controller.close()
         sim.close()
     cameras = {k: v if isinstance(v, str) else f"free camera {asdict(v)}" for k, v in cfg.cameras.items()}
-    report = EvalReport(cfg.task, name, results, cameras, cfg.image_size, time.perf_counter() - t0)
+    task = cfg.task + (f" + yaw goal (+-{cfg.goal_yaw_range_deg:g} deg)" if cfg.goal_yaw_range_deg else "")
+    report = EvalReport(task, name, results, cameras, cfg.image_size, time.perf_counter() - t0)
     if out_dir is not None:
         report.save(out_dir)
     return report
@@ -305,8 +308,9 @@ def evaluate_expert(cfg: SimConfig, episodes: int, seed: int = 0) -> EvalReport:
 # CLI: vit-policy sim-eval
 # --------------------------------------------------------------------------------------------------
 
-TASK_CONFIGS = {
+TASK_CONFIGS = {  # --task: a gymnasium-robotics env id, or a variant named after its config
     "FetchReach-v4": "sim/fetch_reach.yaml",
+    "FetchReachOrient": "sim/fetch_reach_orient.yaml",  # FetchReach with a goal yaw as well
     "FetchPush-v4": "sim/fetch_push.yaml",
     "FetchPickAndPlace-v4": "sim/fetch_pick_and_place.yaml",
 }
@@ -317,13 +321,13 @@ def load_task_config(task: str | None, path: str | None, overrides: list[str] | 
     from vit_policy.cli import default_config
     from vit_policy.config import load_sim_config
 
+    extra = [f"task={task}"] if task and path is not None else []
     if path is None:
         if task is None:
             raise ConfigError("give --task (one of " + ", ".join(TASK_CONFIGS) + ") or --config <sim yaml>")
         if task not in TASK_CONFIGS:
             raise ConfigError(f"--task: {task!r} is not one of {list(TASK_CONFIGS)}")
-        path = str(default_config(TASK_CONFIGS[task]))
-    extra = [f"task={task}"] if task else []
+        path = str(default_config(TASK_CONFIGS[task]))  # the file names its env (a variant's is not --task)
     return load_sim_config(path, [*extra, *(overrides or [])])
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim_tests.fetch_env import SimFrame
+from sim_tests.fetch_env import ArmCommand, SimFrame
 
 OBJECT_HALF = 0.025  # the Fetch cube is 5 cm
 
@@ -135,6 +135,13 @@ EXPERTS: dict[str, type[Expert]] = {
     "FetchPush-v4": PushExpert,
     "FetchPickAndPlace-v4": PickAndPlaceExpert,
 }
+
+
+def expert_command(expert: Expert, frame: SimFrame) -> ArmCommand:
+    """The expert's next command: its position waypoint and gripper, turning toward the goal
+    orientation when the task has one (else the env keeps the gripper pointing down)."""
+    target, grip = expert.act(frame)
+    return ArmCommand(target_position=target, target_quaternion=frame.goal_quaternion, gripper=grip)
 
 
 def make_expert(task: str) -> Expert:

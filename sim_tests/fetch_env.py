@@ -10,6 +10,9 @@ Orientation: a raw env action leaves it to the Fetch env, which pulls the grippe
 Command's orientation (target quaternion, or angular twist) is applied by driving the mocap body's
 orientation as well, at most MAX_ROT_STEP_RAD per step, so a policy's rotations reach the arm as
 they would on a robot; a stop holds the current orientation.
+
+Orientation goals (``goal_yaw_range_deg`` > 0, FetchReach): each episode also draws a gripper yaw;
+the goal marker becomes a bar along it, and success needs position and orientation.
 """
 
 from __future__ import annotations
@@ -83,6 +86,8 @@ class SimFrame:
     # privileged state, for scripted experts and metrics only (never given to a policy)
     goal: np.ndarray = field(default_factory=lambda: np.zeros(3))  # base frame
     object_position: np.ndarray | None = None  # base frame, tasks with an object
+    goal_quaternion: np.ndarray | None = None  # base frame, x y z w: tasks with an orientation goal
+    orientation_error_deg: float | None = None  # EE orientation to goal_quaternion, when there is one
 
 
 def _mj_quat_to_xyzw(q_wxyz: np.ndarray) -> np.ndarray:
@@ -115,7 +120,14 @@ class FetchSim:
                 )
             else:
                 self._cameras[name] = cam
-        self.model.site_size[self.model.site("target0").id] = cfg.target_marker_radius
+        self._marker = self.model.site("target0").id
+        self.model.site_size[self._marker] = cfg.target_marker_radius
+        self.goal_rotation: Rotation | None = None  # base frame, tasks with an orientation goal
+        if cfg.goal_yaw_range_deg > 0:  # a bar along the goal yaw instead of a sphere
+            r = cfg.target_marker_radius
+            self.model.site_type[self._marker] = mujoco.mjtGeom.mjGEOM_BOX
+            self.model.site_size[self._marker] = (1.6 * r, 0.4 * r, 0.4 * r)
+            self.model.site_sameframe[self._marker] = 0  # compiled as "same frame as the body": site_quat would be ignored
         self._renderer: mujoco.Renderer | None = None
         self._seg_renderer: mujoco.Renderer | None = None
         self._robot_geoms = [g for g in range(self.model.ngeom)
@@ -259,6 +271,11 @@ class FetchSim:
         obj = self.to_base(self.data.site("object0").xpos) if self.has_object else None
         achieved = self.data.site("object0").xpos.copy() if self.has_object else self.data.site(GRIP_SITE).xpos.copy()
         success = bool(self.env._is_success(achieved, self.env.goal))
+        goal_q, err = None, None
+        if self.goal_rotation is not None:
+            goal_q = self.goal_rotation.as_quat()
+            err = float(np.degrees((self.goal_rotation.inv() * Rotation.from_quat(quat)).magnitude()))
+            success = success and err <= self.cfg.yaw_tolerance_deg
         return SimFrame(
             stamp_ns=self.stamp_ns,
             images=self.render() if render else {},
@@ -269,6 +286,8 @@ class FetchSim:
             success=success,
             goal=self.to_base(self.env.goal),
             object_position=obj,
+            goal_quaternion=goal_q,
+            orientation_error_deg=err,
         )
 
     # ---------------------------------------------------------------------------------------------
@@ -279,10 +298,15 @@ class FetchSim:
         self.env._render_callback()  # moves the goal marker to this episode's goal
         self.steps = 0
         self.last_action = np.zeros(4)
-        frame = self.frame(render)
         if self.home_quaternion is None:
-            self.home_quaternion = frame.quaternion.copy()  # the same after every reset
-        return frame
+            self.home_quaternion = self.ee_pose()[1]  # the same after every reset: gripper pointing down
+        if self.cfg.goal_yaw_range_deg > 0:  # drawn from the env's generator: fixed by the seed
+            yaw = Rotation.from_euler("z", self.env.np_random.uniform(-1.0, 1.0) * self.cfg.goal_yaw_range_deg, degrees=True)
+            self.goal_rotation = yaw * Rotation.from_quat(self.home_quaternion)
+            x, y, z, w = (self.base_pose_world()[1] * yaw).as_quat()
+            self.model.site_quat[self._marker] = (w, x, y, z)
+            mujoco.mj_kinematics(self.model, self.data)  # the rendered marker pose (site_xmat) follows site_quat
+        return self.frame(render)
 
     def action_from_target(self, target_position: np.ndarray, gripper: float | None) -> np.ndarray:
         """Env action for an absolute EE target (base frame) and a gripper target in [0, 1]."""

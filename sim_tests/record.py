@@ -17,14 +17,14 @@ are written at that bag time. ``<out>/demos.yaml`` lists each episode's seed, le
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
 import yaml
 
-from sim_tests.experts import make_expert
+from sim_tests.experts import expert_command, make_expert
 from sim_tests.fetch_env import FINGER_JOINTS, FINGER_SUM_OPEN, FetchSim, SimFrame
 from vit_policy import messages as M
 from vit_policy.config import (DataConfig, GripperConfig, PolicyConfig, SimConfig, TrainConfig, apply_overrides, from_dict,
@@ -124,14 +124,17 @@ def record_episode(
         while True:
             t = start_ns + frame.stamp_ns - t0
             write_observation(bag, sim, frame, t, sim.cfg.base_frame)
-            target, grip = expert.act(frame)
-            # the Fetch env holds the gripper pointing down: the commanded orientation is that, not the measured wobble
-            bag.write("/expert/target_pose", t, M.make_pose_stamped(f, t, sim.cfg.base_frame, target, sim.home_quaternion))
-            bag.write("/expert/gripper", t, M.make_float64(f, float(grip)))
+            cmd = expert_command(expert, frame)
+            # without an orientation goal the Fetch env holds the gripper pointing down: the commanded
+            # orientation is that, not the measured wobble
+            quat = cmd.target_quaternion if cmd.target_quaternion is not None else sim.home_quaternion
+            bag.write("/expert/target_pose", t, M.make_pose_stamped(f, t, sim.cfg.base_frame, cmd.target_position, quat))
+            bag.write("/expert/gripper", t, M.make_float64(f, float(cmd.gripper)))
             if sim.done or (hold_steps is not None and first is not None and sim.steps - first >= hold_steps):
                 break
-            executed = target + rng.normal(0.0, action_noise_m, 3) if action_noise_m > 0 else target
-            frame = sim.step(sim.action_from_target(executed, grip))
+            if action_noise_m > 0:
+                cmd = replace(cmd, target_position=cmd.target_position + rng.normal(0.0, action_noise_m, 3))
+            frame = sim.step(cmd)
             if frame.success and first is None:
                 first = sim.steps
     return EpisodeInfo(path.name, seed, sim.steps, bool(frame.success), first, start_ns)
@@ -207,7 +210,7 @@ def expert_success_rate(cfg: SimConfig, episodes: int, seed: int = 0) -> tuple[i
             frame = sim.reset(seed=seed + i, render=False)
             first = None
             while not sim.done:
-                frame = sim.step(sim.action_from_target(*expert.act(frame)), render=False)
+                frame = sim.step(expert_command(expert, frame), render=False)
                 if frame.success and first is None:
                     first = sim.steps
             wins += int(frame.success)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import pytest
 
+from sim_tests.closed_loop import load_task_config
 from sim_tests.experts import make_expert
 from sim_tests.record import expert_success_rate
 from vit_policy.config import SimConfig
 
 
-@pytest.mark.parametrize("task", ["FetchReach-v4", "FetchPush-v4", "FetchPickAndPlace-v4"])
+@pytest.mark.parametrize("task", ["FetchReach-v4", "FetchPush-v4", "FetchPickAndPlace-v4", "FetchReachOrient"])
 def test_expert_succeeds_in_9_of_10(task: str) -> None:
-    wins, firsts = expert_success_rate(SimConfig(task=task), episodes=10, seed=100)
+    cfg = load_task_config(task, None) if task == "FetchReachOrient" else SimConfig(task=task)  # type: ignore[arg-type]
+    wins, firsts = expert_success_rate(cfg, episodes=10, seed=100)
     assert wins >= 9, f"{task}: expert succeeded in {wins}/10 episodes (first-success steps {firsts})"
     assert all(f <= 45 for f in firsts if f is not None)  # well inside the 50-step episode
 

@@ -208,3 +208,56 @@ def test_visibility_measures_what_the_arm_hides() -> None:
         assert np.array_equal(sim.render()["external"], before)  # the robot is back in the camera frames
     finally:
         sim.close()
+
+
+def _orient_config(**kw: object) -> SimConfig:
+    return SimConfig(task="FetchReach-v4", image_size=48, target_marker_radius=0.05, goal_yaw_range_deg=60.0, **kw)  # type: ignore[arg-type]
+
+
+def test_orientation_goal_is_drawn_per_seed_and_shown_by_the_marker() -> None:
+    sim = FetchSim(_orient_config())
+    try:
+        yaws = []
+        for seed in range(12):
+            frame = sim.reset(seed=seed)
+            goal = Rotation.from_quat(frame.goal_quaternion)
+            yaw = (goal * Rotation.from_quat(sim.home_quaternion).inv()).as_rotvec()
+            assert abs(yaw[0]) < 1e-9 and abs(yaw[1]) < 1e-9  # a turn about the vertical only
+            yaws.append(np.degrees(yaw[2]))
+            # the bar's long axis (site x) lies along the goal yaw, in the world
+            bar = sim.data.site_xmat[sim.model.site("target0").id].reshape(3, 3)[:, 0]
+            np.testing.assert_allclose(bar, [np.cos(yaw[2]), np.sin(yaw[2]), 0.0], atol=1e-6)
+            assert frame.orientation_error_deg == pytest.approx(abs(yaws[-1]), abs=1.0)  # starts at home
+        assert max(np.abs(yaws)) <= 60.0 and np.ptp(yaws) > 60.0  # spread over the range, fixed by the seed
+        again = sim.reset(seed=3)
+        assert np.degrees((Rotation.from_quat(again.goal_quaternion) * Rotation.from_quat(sim.home_quaternion).inv()).magnitude()) \
+            == pytest.approx(abs(yaws[3]), abs=1e-6)
+        frames = [sim.reset(seed=s).images["external"] for s in (0, 1)]
+        assert not np.array_equal(*frames)
+    finally:
+        sim.close()
+
+
+def test_orientation_goal_needs_the_gripper_turned() -> None:
+    sim = FetchSim(_orient_config())
+    try:
+        seed = next(s for s in range(50) if sim.reset(seed=s, render=False).orientation_error_deg > 40.0)
+        frame = sim.reset(seed=seed, render=False)
+        for _ in range(20):  # position only: the env keeps the gripper pointing down
+            frame = sim.step(ArmCommand(target_position=frame.goal, gripper=0.0), render=False)
+        assert np.linalg.norm(frame.position - frame.goal) < 0.05 and frame.orientation_error_deg > 40.0  # at the goal, in the env's terms
+        assert not frame.success
+        for _ in range(20):  # the same position, turned to the goal orientation
+            frame = sim.step(ArmCommand(target_position=frame.goal, target_quaternion=frame.goal_quaternion, gripper=0.0), render=False)
+        assert frame.orientation_error_deg < 10.0 and frame.success  # (the weld lags its mocap by a few degrees)
+    finally:
+        sim.close()
+
+
+def test_orientation_goal_config_is_checked() -> None:
+    with pytest.raises(ConfigError, match="sim.goal_yaw_range_deg"):
+        SimConfig(goal_yaw_range_deg=90.0)
+    with pytest.raises(ConfigError, match="sim.goal_yaw_range_deg: orientation goals are built for FetchReach-v4"):
+        SimConfig(task="FetchPush-v4", goal_yaw_range_deg=30.0)
+    with pytest.raises(ConfigError, match="sim.yaw_tolerance_deg"):
+        SimConfig(yaw_tolerance_deg=0.0)

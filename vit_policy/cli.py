@@ -159,7 +159,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
 # sim-record / sim-eval: MuJoCo Fetch demonstrations and closed-loop evaluation (sim_tests/)
 # --------------------------------------------------------------------------------------------------
 
-SIM_TASKS = ["FetchReach-v4", "FetchPush-v4", "FetchPickAndPlace-v4"]
+SIM_TASKS = ["FetchReach-v4", "FetchPush-v4", "FetchPickAndPlace-v4", "FetchReachOrient"]  # keys of sim_tests.closed_loop.TASK_CONFIGS
 
 
 def cmd_sim_record(args: argparse.Namespace) -> int:

@@ -309,6 +309,12 @@ class SimConfig:
     image_size: int = 96  # rendered frames are image_size x image_size RGB
     episode_steps: int = 50  # env steps per episode (one step = 20 x 2 ms = 40 ms of sim time)
     target_marker_radius: float = 0.03  # radius of the red goal marker in rendered frames (model default 0.02)
+    # > 0: the goal is a pose: each episode also draws a gripper yaw (about the base z axis, from the
+    # home orientation) in [-range, range]; the marker becomes a bar along that yaw, and success needs
+    # the EE orientation within yaw_tolerance_deg of it as well. A bar looks the same turned 180 deg,
+    # so the range stays under 90.
+    goal_yaw_range_deg: float = 0.0
+    yaw_tolerance_deg: float = 15.0
     base_frame: str = "base_link"
     ee_frame: str = "ee_link"
     # closed loop: the runner ticks once per 40 ms env step, inference inline (sim time waits for it)
@@ -329,6 +335,12 @@ class SimConfig:
             raise ConfigError("sim.episode_steps: must be at least 1")
         if not 0.0 < self.target_marker_radius <= 0.1:
             raise ConfigError(f"sim.target_marker_radius: {self.target_marker_radius} must be in (0, 0.1] metres")
+        if not 0.0 <= self.goal_yaw_range_deg < 90.0:
+            raise ConfigError(f"sim.goal_yaw_range_deg: {self.goal_yaw_range_deg} must be in [0, 90) degrees (0: position goals only)")
+        if self.goal_yaw_range_deg > 0 and self.task != "FetchReach-v4":
+            raise ConfigError(f"sim.goal_yaw_range_deg: orientation goals are built for FetchReach-v4, not {self.task}; set it to 0")
+        if not 0.0 < self.yaw_tolerance_deg < 90.0:
+            raise ConfigError(f"sim.yaw_tolerance_deg: {self.yaw_tolerance_deg} must be in (0, 90) degrees")
 
 
 def load_sim_config(path: str | Path, overrides: list[str] | None = None) -> SimConfig:
