@@ -76,7 +76,8 @@ def main() -> None:
                     help="only the share of --episodes start states in which each camera sees under half of the goal / object")
     ap.add_argument("--goal-error", metavar="CHECKPOINT",
                     help="only, for a FetchReach policy: how far its first chunk ends from the goal on the seeds of "
-                         "its training episodes, its validation episodes and --episodes unseen seeds")
+                         "its training episodes, its validation episodes and --episodes unseen seeds "
+                         "(with --tasks FetchReachOrient: the orientation too)")
     ap.add_argument("--render-only", action="store_true", help="only the render-rate table (all cameras of each task, 64-128 px)")
     ap.add_argument("--step-times", nargs="*", metavar="ENCODER", default=None,
                     help="only time one training step of the sim policy with each timm encoder on each task's cameras "
@@ -104,7 +105,8 @@ def main() -> None:
             print_visibility(load_task_config(task, None, args.overrides), args.episodes)
         return
     if args.goal_error:
-        print_goal_error(load_task_config("FetchReach-v4", None, args.overrides), Path(args.goal_error), args.episodes)
+        task = args.tasks[0] if args.tasks[0].startswith("FetchReach") else "FetchReach-v4"  # FetchReachOrient adds orientation
+        print_goal_error(load_task_config(task, None, args.overrides), Path(args.goal_error), args.episodes)
         return
     if args.render_only:
         print(f"{'task':<22} {'cameras':<16} " + " ".join(f"{s:>7}px" for s in (64, 96, 128)) + "   (frames/s, all cameras)")
@@ -197,19 +199,32 @@ def print_goal_error(cfg: SimConfig, checkpoint: Path, episodes: int) -> None:
     groups = {split: [seed_of[Path(b)] for b in meta[f"{split}_episodes"]] for split in ("train", "val")}
     groups["train"] = groups["train"][:episodes]
     groups["unseen"] = list(range(EVAL_SEED, EVAL_SEED + episodes))
+    from scipy.spatial.transform import Rotation
+
     sim = FetchSim(cfg)
-    print(f"{checkpoint}: end of the first chunk to the goal (cm), {cfg.task} @ {cfg.image_size} px")
-    print(f"  {'seeds':<8} {'n':>4} {'median':>7} {'p90':>6} {'over 5 cm':>10}")
+    orient = cfg.goal_yaw_range_deg > 0  # also the orientation: chunk end vs goal, and the start's (home) error
+    print(f"{checkpoint}: end of the first chunk to the goal (cm), {cfg.task} @ {cfg.image_size} px"
+          + (f"; orientation (deg; tolerance {cfg.yaw_tolerance_deg:g}, 'start' = not turning)" if orient else ""))
+    print(f"  {'seeds':<8} {'n':>4} {'median':>7} {'p90':>6} {'over 5 cm':>10}"
+          + (f" {'deg median':>11} {'over tol':>9} {'start median':>13}" if orient else ""))
     for split, seeds in groups.items():
-        err = []
+        err, deg, start = [], [], []
         for seed in seeds:
             f = sim.reset(seed=seed)
             obs = Observation(stamp_ns=f.stamp_ns, images={c: f.images[c] for c in policy.cfg.cameras},
                               position=f.position, quaternion=f.quaternion, gripper=f.gripper)
             with torch.no_grad():
-                err.append(float(np.linalg.norm(policy.predict(obs).target_positions[-1] - f.goal)))
+                chunk = policy.predict(obs)
+            err.append(float(np.linalg.norm(chunk.target_positions[-1] - f.goal)))
+            if orient:
+                goal = Rotation.from_quat(f.goal_quaternion)
+                deg.append(float(np.degrees((Rotation.from_quat(chunk.target_quaternions[-1]) * goal.inv()).magnitude())))
+                start.append(float(f.orientation_error_deg))
         e = 100 * np.array(err)
-        print(f"  {split:<8} {len(e):>4} {np.median(e):>7.1f} {np.percentile(e, 90):>6.1f} {np.mean(e > 5):>10.0%}")
+        line = f"  {split:<8} {len(e):>4} {np.median(e):>7.1f} {np.percentile(e, 90):>6.1f} {np.mean(e > 5):>10.0%}"
+        if orient:
+            line += f" {np.median(deg):>11.1f} {np.mean(np.array(deg) > cfg.yaw_tolerance_deg):>9.0%} {np.median(start):>13.1f}"
+        print(line)
     sim.close()
 
 
