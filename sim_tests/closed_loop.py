@@ -182,9 +182,8 @@ class RandomController:
 class ExpertController:
     """The task's scripted expert (reference success rate)."""
 
-    def __init__(self, task: str, sim: FetchSim) -> None:
+    def __init__(self, task: str) -> None:
         self.expert = make_expert(task)
-        self.sim = sim
 
     def reset(self) -> None:
         self.expert.reset()
@@ -301,7 +300,7 @@ def evaluate_random(cfg: SimConfig, episodes: int, seed: int = 0) -> EvalReport:
 
 
 def evaluate_expert(cfg: SimConfig, episodes: int, seed: int = 0) -> EvalReport:
-    return evaluate(cfg, lambda sim: ExpertController(cfg.task, sim), episodes, seed, name="expert")
+    return evaluate(cfg, lambda sim: ExpertController(cfg.task), episodes, seed, name="expert")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -340,12 +339,12 @@ def cli_sim_eval(args: Any) -> int:
         torch.set_num_threads(args.threads)
     if args.baseline and args.checkpoint:
         raise ConfigError("give either --checkpoint or --baseline, not both")
-    out = Path(args.out or f"outputs/sim_eval/{cfg.task}")
+    out = Path(args.out or f"outputs/sim_eval/{args.task or cfg.task}")
     gifs = args.episodes if args.gifs is None else args.gifs
     if args.baseline == "random":
         report = evaluate(cfg, lambda sim: RandomController(args.seed), args.episodes, args.seed, out, gifs, "random", True)
     elif args.baseline == "expert":
-        report = evaluate(cfg, lambda sim: ExpertController(cfg.task, sim), args.episodes, args.seed, out, gifs, "expert", True)
+        report = evaluate(cfg, lambda sim: ExpertController(cfg.task), args.episodes, args.seed, out, gifs, "expert", True)
     else:
         if not args.checkpoint:
             raise ConfigError("--checkpoint: give a trained checkpoint directory (or --baseline expert|random)")
