@@ -188,6 +188,7 @@ def print_goal_error(cfg: SimConfig, checkpoint: Path, episodes: int) -> None:
     import torch
     import yaml
 
+    from vit_policy.geometry import geodesic_deg
     from vit_policy.model.policy import VisuomotorPolicy
     from vit_policy.observation import Observation
 
@@ -199,8 +200,6 @@ def print_goal_error(cfg: SimConfig, checkpoint: Path, episodes: int) -> None:
     groups = {split: [seed_of[Path(b)] for b in meta[f"{split}_episodes"]] for split in ("train", "val")}
     groups["train"] = groups["train"][:episodes]
     groups["unseen"] = list(range(EVAL_SEED, EVAL_SEED + episodes))
-    from scipy.spatial.transform import Rotation
-
     sim = FetchSim(cfg)
     orient = cfg.goal_yaw_range_deg > 0  # also the orientation: chunk end vs goal, and the start's (home) error
     print(f"{checkpoint}: end of the first chunk to the goal (cm), {cfg.task} @ {cfg.image_size} px"
@@ -217,8 +216,7 @@ def print_goal_error(cfg: SimConfig, checkpoint: Path, episodes: int) -> None:
                 chunk = policy.predict(obs)
             err.append(float(np.linalg.norm(chunk.target_positions[-1] - f.goal)))
             if orient:
-                goal = Rotation.from_quat(f.goal_quaternion)
-                deg.append(float(np.degrees((Rotation.from_quat(chunk.target_quaternions[-1]) * goal.inv()).magnitude())))
+                deg.append(float(geodesic_deg(chunk.target_quaternions[-1], f.goal_quaternion)))
                 start.append(float(f.orientation_error_deg))
         e = 100 * np.array(err)
         line = f"  {split:<8} {len(e):>4} {np.median(e):>7.1f} {np.percentile(e, 90):>6.1f} {np.mean(e > 5):>10.0%}"

@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 from scipy.spatial.transform import Rotation  # noqa: E402
 
 from vit_policy.config import ConfigError, FreeCameraConfig, SimConfig  # noqa: E402
+from vit_policy.geometry import geodesic_deg  # noqa: E402
 
 gym.register_envs(gymnasium_robotics)
 
@@ -274,7 +275,7 @@ class FetchSim:
         goal_q, err = None, None
         if self.goal_rotation is not None:
             goal_q = self.goal_rotation.as_quat()
-            err = float(np.degrees((self.goal_rotation.inv() * Rotation.from_quat(quat)).magnitude()))
+            err = float(geodesic_deg(goal_q, quat))
             success = success and err <= self.cfg.yaw_tolerance_deg
         return SimFrame(
             stamp_ns=self.stamp_ns,
