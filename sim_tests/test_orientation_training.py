@@ -51,4 +51,4 @@ def test_policy_turns_the_gripper_to_its_demonstrated_goals(tmp_path: Path) -> N
     assert len(need_turn) >= DEMOS // 2  # goals the arm fails unless it turns (test_fetch_env shows it)
     won = {e.seed for e in report.episodes if e.success}
     assert len(won & need_turn) >= 2 / 3 * len(need_turn), f"reached {sorted(won & need_turn)} of the goals that need a turn {sorted(need_turn)}"
-    assert len(won) >= 8, f"{len(won)}/{DEMOS} demonstrated goal poses reached"  # measured: 10/12
+    assert len(won) >= 8, f"{len(won)}/{DEMOS} demonstrated goal poses reached"  # measured: 11/12 (10/12 with the 16 cm bar)
