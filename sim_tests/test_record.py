@@ -84,11 +84,14 @@ def test_orientation_goal_is_recorded_as_the_expert_command(tmp_path: Path) -> N
 
     cfg = load_task_config("FetchReachOrient", None, ["image_size=32", "episode_steps=20"])
     sim = FetchSim(cfg)
-    starts = {s: sim.reset(seed=s, render=False) for s in range(50)}
+    for seed in range(50):  # the first goal that needs a turn
+        start = sim.reset(seed=seed, render=False)
+        if start.orientation_error_deg > 30:
+            break
     sim.close()
-    seed = next(s for s, f in starts.items() if f.orientation_error_deg > 30)  # a goal that needs a turn
     (info,) = record_demonstrations(cfg, tmp_path, episodes=1, seed=seed)
-    goal = Rotation.from_quat(starts[info.seed].goal_quaternion)
+    assert info.seed == seed
+    goal = Rotation.from_quat(start.goal_quaternion)
     (ep,) = extract_episodes(tmp_path / "episode_000", data_config_for(cfg, labels="command"), chunk_size=K)
     # label rotation = R_command R_observed^T: applied to the observed orientation it gives the goal's
     for i in (0, 5):
