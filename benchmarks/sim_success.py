@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/sim_success.py [--tasks FetchReach-v4 FetchPush-v4 FetchPickAndPlace-v4]
         [--demos 200] [--hold-steps N] [--train-minutes 60] [--episodes 50] [--out outputs/bench_sim]
-        [--policy KEY=VALUE ...] [--train KEY=VALUE ...] [--visibility] [--goal-error CHECKPOINT]
-        [sim KEY=VALUE ...]
+        [--policy KEY=VALUE ...] [--train KEY=VALUE ...] [--pretrain RESETS [--pretrain-steps N]]
+        [--visibility] [--goal-error CHECKPOINT] [sim KEY=VALUE ...]
 
 For each task, in one run: record ``--demos`` expert demonstrations (rosbag2, the task's
 configs/sim/ cameras, whole episodes or each cut ``--hold-steps`` after its first success), train the sim policy
@@ -11,9 +11,12 @@ configs/sim/ cameras, whole episodes or each cut ``--hold-steps`` after its firs
 ``--train-minutes`` (or ``--train-steps``; the validation after each epoch comes on top, and the
 table shows the minutes it took), then evaluate it closed loop through
 PolicyRunner over ``--episodes`` seeds that no demonstration used, with the expert and random actions
-on the same seeds. Also measures the render rate of the task's cameras. Prints one table:
+on the same seeds. Also measures the render rate of the task's cameras. ``--pretrain RESETS`` first
+pretrains the encoder on RESETS x 8 rendered frames labelled with the goal / object / EE positions
+(``sim_tests.pretrain``; no demonstrations) and trains the policy from it; ``--policy points=N
+encoder.freeze=all`` keeps its point head as tokens and freezes both. Prints one table:
 
-  task | cameras | demos | train steps | train min | policy success [Wilson 95%] | expert | random | render fps
+  task | cameras | demos | pretrain min | train steps | train min | policy success [Wilson 95%] | expert | random | render fps
 
 ``--visibility`` prints only, per task and camera, how much of the goal (and object) the robot hides
 at the start of each evaluation episode (``FetchSim.visibility``): where one camera loses the goal,
@@ -86,6 +89,10 @@ def main() -> None:
                     help="configs/sim/policy.yaml overrides, e.g. action_frame=delta")
     ap.add_argument("--train", nargs="+", default=[], metavar="KEY=VALUE",
                     help="training config overrides, e.g. augment.pose_noise_m=0.02")
+    ap.add_argument("--pretrain", type=int, default=0, metavar="RESETS",
+                    help="first pretrain the encoder on RESETS x 8 rendered frames labelled with the goal / object / EE "
+                         "positions (sim_tests.pretrain; no demonstrations), then train the policy from it")
+    ap.add_argument("--pretrain-steps", type=int, default=8000, help="optimiser steps of the encoder pretraining (batch 64)")
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="sim config overrides for every task, e.g. image_size=64")
     args = ap.parse_args()
     if args.step_times is not None:
@@ -133,10 +140,20 @@ def main() -> None:
         from vit_policy.train import train
 
         bags = [str(root / "demos" / "episode_*")]
+        policy_overrides, pretrain_min = list(args.policy), 0.0
+        if args.pretrain:
+            from sim_tests.pretrain import pretrain_for_task
+
+            t0 = time.perf_counter()
+            pre = pretrain_for_task(cfg, root / "pretrain" / "encoder.safetensors", args.pretrain, args.pretrain_steps, args.policy)
+            pretrain_min = (time.perf_counter() - t0) / 60
+            print(pre.table())
+            policy_overrides.append(f"encoder.weights={pre.path}")
         steps = args.train_steps or _steps_in_budget(
-            train_config_for(cfg, bags, root / "probe", steps=20, policy_overrides=args.policy, overrides=args.train), args.train_minutes)
+            train_config_for(cfg, bags, root / "probe", steps=20, policy_overrides=policy_overrides, overrides=args.train),
+            args.train_minutes - pretrain_min)
         t0 = time.perf_counter()
-        result = train(train_config_for(cfg, bags, root, steps=steps, policy_overrides=args.policy, overrides=args.train))
+        result = train(train_config_for(cfg, bags, root, steps=steps, policy_overrides=policy_overrides, overrides=args.train))
         train_min = (time.perf_counter() - t0) / 60
         from vit_policy.model.policy import VisuomotorPolicy
 
@@ -145,12 +162,12 @@ def main() -> None:
         exp = evaluate_expert(cfg, args.episodes, EVAL_SEED)
         rnd = evaluate_random(cfg, args.episodes, EVAL_SEED)
         lo, hi = pol.wilson95
-        rows.append((task, "+".join(cfg.cameras), f"{cfg.image_size}px", demos, result.step, f"{train_min:.1f}",
+        rows.append((task, "+".join(cfg.cameras), f"{cfg.image_size}px", demos, f"{pretrain_min:.1f}", result.step, f"{train_min:.1f}",
                      f"{pol.success_rate:.0%} [{lo:.0%}, {hi:.0%}]", f"{exp.success_rate:.0%}", f"{rnd.success_rate:.0%}",
                      f"{render_fps(cfg):.0f}", f"{record_s:.0f}"))
         print(pol.table())
 
-    head = ("task", "cameras", "size", "demos", "steps", "train min", "policy [Wilson 95%]", "expert", "random", "render fps", "record s")
+    head = ("task", "cameras", "size", "demos", "pretrain min", "steps", "train min", "policy [Wilson 95%]", "expert", "random", "render fps", "record s")
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     print()
     for r in [head, *rows]:

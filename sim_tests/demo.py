@@ -41,6 +41,9 @@ class TaskPlan:
     sim_overrides: list[str] = field(default_factory=list)
     gifs: int = 3
     action_noise_m: float = 0.0  # DART execution noise while recording (sim_tests.record.record_episode)
+    pretrain_resets: int = 0  # > 0: first pretrain the encoder on that many x 8 labelled frames (sim_tests.pretrain)
+    pretrain_steps: int = 0
+    policy_overrides: list[str] = field(default_factory=list)  # this task's; the plan's (the command line's) come after
 
 
 @dataclass
@@ -61,7 +64,9 @@ class DemoPlan:
 def quick_plan() -> DemoPlan:
     """A minutes-long version for the test suite: every stage runs, nothing is expected to learn."""
     return DemoPlan(tasks=[TaskPlan("FetchReach-v4", "fetch_reach.yaml", demos=3, held_out=1, max_steps=4, eval_episodes=1,
-                                    demo_steps=10, sim_overrides=["image_size=64", "episode_steps=15"], gifs=1)], batch_size=8)
+                                    demo_steps=10, sim_overrides=["image_size=64", "episode_steps=15"], gifs=1,
+                                    pretrain_resets=3, pretrain_steps=2, policy_overrides=["points=2", "encoder.freeze=all"])],
+                    batch_size=8)
 
 
 def run_task(tp: TaskPlan, plan: DemoPlan, out: Path) -> dict[str, Any]:
@@ -89,8 +94,20 @@ def run_task(tp: TaskPlan, plan: DemoPlan, out: Path) -> dict[str, Any]:
     train_bags, test_bags = bags[: len(bags) - tp.held_out], bags[len(bags) - tp.held_out :]
     row.update(demos=len(bags), train_bags=len(train_bags), held_out=len(test_bags), record_s=time.perf_counter() - t0)
 
+    policy_overrides = [*tp.policy_overrides, *plan.policy_overrides]
+    row["pretrain"] = None
+    if tp.pretrain_resets > 0:
+        from sim_tests.pretrain import pretrain_for_task
+
+        print(f"== {tp.task}: pretraining the encoder on {tp.pretrain_resets * 8} labelled frames ({tp.pretrain_steps} steps)")
+        t0 = time.perf_counter()
+        pre = pretrain_for_task(sim, out / "train" / tp.task / "pretrained_encoder.safetensors", tp.pretrain_resets, tp.pretrain_steps,
+                                policy_overrides=policy_overrides)
+        print(pre.table())
+        row["pretrain"] = {"frames": tp.pretrain_resets * 8, "steps": pre.steps, "s": time.perf_counter() - t0, "val_error_m": pre.val_error_m}
+        policy_overrides.append(f"encoder.weights={pre.path}")
     cfg = train_config_for(sim, [str(p) for p in train_bags], out / "train" / tp.task, tp.max_steps, plan.batch_size,
-                           policy_overrides=plan.policy_overrides)
+                           policy_overrides=policy_overrides)
     cfg.progress, cfg.tensorboard, cfg.seed = True, True, plan.seed
     print(f"== {tp.task}: training {cfg.policy.encoder.name} ({cfg.policy.encoder.token_mode} tokens) for {tp.max_steps} steps "
           f"on {len(train_bags)} demonstrations")
@@ -166,10 +183,13 @@ def write_report(out: Path, rows: list[dict[str, Any]], wall_s: float) -> Path:
     for r in rows:
         cl, rnd = r["closed_loop"], r["random"]
         faithful = next((m for k, m in _modes(r["replay"]) if k == "faithful"), {})
+        pre = r.get("pretrain")
+        pre_cell = ("-" if not pre else f"{pre['frames']} frames, {pre['steps']} steps, {pre['s'] / 60:.1f} min; new goals placed to "
+                    f"{100 * pre['val_error_m']['goal']:.1f} cm")
         mae = faithful.get("translation_mae_mm", {})
         trs.append(
             "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
-                r["task"], ", ".join(r["cameras"]) + f" @ {r['image_size']} px, {r['encoder']}", f"{r['train_bags']} + {r['held_out']} held out",
+                r["task"], ", ".join(r["cameras"]) + f" @ {r['image_size']} px, {r['encoder']}", f"{r['train_bags']} + {r['held_out']} held out", pre_cell,
                 f"{r['train_steps']} steps, {r['train_s'] / 60:.1f} min",
                 f"{_fmt(r['val_loss'], '.3f')} vs {_fmt(r['val_baseline'], '.3f')}",
                 " / ".join(_fmt(mae.get(a)) for a in ("x", "y", "z")),
@@ -187,13 +207,15 @@ def write_report(out: Path, rows: list[dict[str, Any]], wall_s: float) -> Path:
         data = base64.b64encode(loss_png.read_bytes()).decode()
         loss_img = f"<h2>Training</h2><a href='{loss_png.name}'><img src='data:image/png;base64,{data}'></a>"
     encoders = ", ".join(sorted({r["encoder"] for r in rows}))
+    how = ("pretrained on labelled simulator frames (goal, object and EE positions; no actions), then trained on the demonstrations"
+           if any(r.get("pretrain") for r in rows) else "trained from scratch")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>vit_policy demo</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}} figure{{display:inline-block;margin:4px}}</style></head><body>
 <h1>vit_policy end-to-end demo</h1>
-<p>Scripted-expert demonstrations recorded as rosbag2 &rarr; {html.escape(encoders)} trained from scratch on the CPU &rarr; offline replay on held-out bags
+<p>Scripted-expert demonstrations recorded as rosbag2 &rarr; {html.escape(encoders)} {how} on the CPU &rarr; offline replay on held-out bags
 (the node's PolicyRunner on bag time) &rarr; closed loop in MuJoCo through the same runner and safety filter. Total {wall_s / 60:.1f} min.</p>
-<table><tr><th>task</th><th>cameras, encoder</th><th>demonstrations</th><th>training</th><th>val loss vs mean predictor</th>
+<table><tr><th>task</th><th>cameras, encoder</th><th>demonstrations</th><th>encoder pretraining (labelled frames, no actions)</th><th>training</th><th>val loss vs mean predictor</th>
 <th>replay MAE x/y/z mm (faithful)</th><th>closed-loop success [Wilson 95%]</th><th>random actions</th><th>time to success s</th><th></th></tr>
 {''.join(trs)}</table>
 {loss_img}

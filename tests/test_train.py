@@ -149,6 +149,16 @@ def test_example_configs_load(name: str) -> None:
         load_train_config(REPO / "configs/train" / name, ["data.gripper.joint=[a]"])
 
 
+def test_exponent_overrides_are_numbers() -> None:
+    """PyYAML (YAML 1.1) reads `1e-4` as a string; a float field takes it as the number a user meant."""
+    cfg = load_train_config(REPO / "configs/train/sim_fetch.yaml", ["lr_encoder=1e-4", "lr_head=2.5E-3", "weight_decay=1e-2"])
+    assert (cfg.lr_encoder, cfg.lr_head, cfg.weight_decay) == (1e-4, 2.5e-3, 1e-2)
+    with pytest.raises(ConfigError, match="lr_encoder: expected a number, got 'fast'"):
+        load_train_config(REPO / "configs/train/sim_fetch.yaml", ["lr_encoder=fast"])
+    with pytest.raises(ConfigError, match="epochs: expected an integer"):
+        load_train_config(REPO / "configs/train/sim_fetch.yaml", ["epochs=1e3"])  # an integer field stays strict
+
+
 def test_sim_fetch_config_reads_what_the_simulator_records() -> None:
     """configs/train/sim_fetch.yaml's topic map is the one sim_tests.record uses for FetchReach bags."""
     from sim_tests.closed_loop import load_task_config

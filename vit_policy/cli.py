@@ -1,4 +1,4 @@
-"""The ``vit-policy`` command: demo, train, replay, serve, sim-eval.
+"""The ``vit-policy`` command: demo, train, replay, serve, sim-record, sim-pretrain, sim-eval.
 
 Each subcommand imports its module lazily, so ``vit-policy --help`` stays fast and the core never
 imports ROS, the simulator or the CLI.
@@ -205,6 +205,25 @@ def add_sim_eval(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_sim_eval)
 
 
+def cmd_sim_pretrain(args: argparse.Namespace) -> int:
+    from sim_tests.pretrain import cli_sim_pretrain
+
+    return cli_sim_pretrain(args)
+
+
+def add_sim_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sim-pretrain", help="pretrain the sim policy's encoder on rendered frames labelled with goal / object / EE positions")
+    p.add_argument("--task", choices=SIM_TASKS)
+    p.add_argument("--config", help="sim YAML (default: configs/sim/ of the task)")
+    p.add_argument("--resets", type=int, default=2000, help="episodes of random reaching, each a new goal (and object)")
+    p.add_argument("--frames-per-reset", type=int, default=8)
+    p.add_argument("--steps", type=int, default=8000, help="optimiser steps (batch 64)")
+    p.add_argument("--out", required=True, metavar="FILE", help="the backbone's weights (.safetensors), for encoder.weights")
+    p.add_argument("--policy", nargs="+", default=[], metavar="KEY=VALUE", help="configs/sim/policy.yaml overrides (the encoder to pretrain)")
+    p.add_argument("overrides", nargs="*", help="sim config overrides, e.g. image_size=64")
+    p.set_defaults(func=cmd_sim_pretrain)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from sim_tests.demo import cli_demo
 
@@ -225,7 +244,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
 # Subcommands of the other modules register here: one add_<name>(sub) function each.
 # --------------------------------------------------------------------------------------------------
 
-REGISTER = [add_demo, add_policy_demo, add_train, add_replay, add_serve, add_sim_record, add_sim_eval]
+REGISTER = [add_demo, add_policy_demo, add_train, add_replay, add_serve, add_sim_record, add_sim_pretrain, add_sim_eval]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ class ConfigError(ValueError):
 def _check_choice(where: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ConfigError(f"{where}: {value!r} is not one of {list(choices)}")
+
+
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -81,6 +85,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 (PyYAML) reads 1e-4 as a string; YAML 1.2 and users read a number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -248,6 +254,10 @@ class PolicyConfig:
     action_frame: ActionFrame = "delta"
     gripper_loss_weight: float = 0.5
     rotation_loss_weight: float = 1.0
+    # > 0: a point head reads every camera's patch tokens and predicts this many 3-D points (goal,
+    # object, EE: vit_policy.pretrain), which join the context as tokens. Its weights come with
+    # encoder.weights from a pretraining file, and it is frozen with the encoder (encoder.freeze: all).
+    points: int = 0
 
     def __post_init__(self) -> None:
         if not self.cameras:
@@ -264,6 +274,10 @@ class PolicyConfig:
             raise ConfigError("dropout: must be in [0, 1)")
         if self.n_encoder_layers < 0 or self.n_decoder_layers < 1:
             raise ConfigError("n_encoder_layers must be >= 0 and n_decoder_layers >= 1")
+        if self.points < 0:
+            raise ConfigError(f"points: {self.points} must be >= 0 (0: no point head)")
+        if self.points and self.encoder.token_mode != "patches":
+            raise ConfigError(f"points: the point head reads patch tokens; set encoder.token_mode: patches (is {self.encoder.token_mode!r})")
 
     @property
     def control_dt_ns(self) -> int:

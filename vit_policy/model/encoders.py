@@ -22,6 +22,9 @@ from vit_policy.config import ConfigError, EncoderConfig, LanguageConfig
 log = logging.getLogger(__name__)
 
 
+POINT_HEAD = "point_head."  # key prefix of a pretraining file's point head (beside the backbone's own keys)
+
+
 class WeightsError(RuntimeError):
     """A weights file is missing, unreadable or does not match the model; names the path and keys."""
 
@@ -91,6 +94,22 @@ class AttentionPool(nn.Module):
         return out + self.mlp(out), attn
 
 
+class PointHead(nn.Module):
+    """Every camera's patch tokens -> (B, T, 3) normalised 3-D points; grid positions are in the flattening.
+
+    Trained by ``vit_policy.pretrain`` on frames labelled with point positions; in the policy its
+    points become context tokens (``PolicyConfig.points``).
+    """
+
+    def __init__(self, tokens: int, dim: int, num_points: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(tokens * dim, hidden), nn.GELU(), nn.Linear(hidden, 3 * num_points))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.norm(tokens).flatten(1)).view(tokens.shape[0], -1, 3)
+
+
 class ImageEncoder(nn.Module):
     """A ViT-family backbone and its token read-out; knows its own resolution and mean/std."""
 
@@ -127,7 +146,7 @@ class ImageEncoder(nn.Module):
             from timm.models.vision_transformer import checkpoint_filter_fn
 
             state = checkpoint_filter_fn(read_state_dict(cfg.weights), self.backbone)  # resamples pos_embed
-            load_matching(self.backbone, state, cfg.weights, ignore=("head.",))  # classifier head unused
+            load_matching(self.backbone, state, cfg.weights, ignore=("head.", POINT_HEAD))  # classifier head unused
         pc = self.backbone.pretrained_cfg
         self.embed_dim = self.backbone.embed_dim
         self.num_prefix_tokens = self.backbone.num_prefix_tokens

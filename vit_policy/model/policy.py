@@ -25,10 +25,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vit_policy.config import ActionFrame, PolicyConfig, from_dict, read_yaml, save_config
+from vit_policy.config import ActionFrame, ConfigError, PolicyConfig, from_dict, read_yaml, save_config
 from vit_policy.geometry import NormStats, matrix_from_rot6d_t, matrix_to_rot6d_t, quat_to_matrix_t, rot6d_to_rotvec
 from vit_policy.images import to_model_input
-from vit_policy.model.encoders import ImageEncoder, InstructionEncoder, WeightsError, read_state_dict
+from vit_policy.model.encoders import POINT_HEAD, ImageEncoder, InstructionEncoder, PointHead, WeightsError, load_matching, read_state_dict
 from vit_policy.model.pose_tokens import PoseTokenizer, pose_features
 from vit_policy.observation import ActionChunk, Observation, ObservationError
 
@@ -136,6 +136,9 @@ class VisuomotorPolicy(nn.Module):
         self.camera_embed = nn.Parameter(torch.randn(len(cams), 1, d) * 0.02)
         self.token_embed = nn.Parameter(torch.randn(1, enc.num_tokens, d) * 0.02)  # slot within a camera
         self.pose_tokens = PoseTokenizer(cfg.pose, d)
+        self.point_head = self._build_point_head(cfg, enc) if cfg.points else None
+        self.point_proj = nn.Linear(3, d) if cfg.points else None
+        self.point_embed = nn.Parameter(torch.randn(1, cfg.points, d) * 0.02) if cfg.points else None
         self.language = InstructionEncoder(cfg.language) if cfg.language.enabled else None
         self.lang_proj = nn.Linear(self.language.embed_dim, d) if self.language is not None else None
         self.blocks = nn.ModuleList(EncoderBlock(d, cfg.n_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.n_encoder_layers))
@@ -147,6 +150,25 @@ class VisuomotorPolicy(nn.Module):
         self.stats: dict[str, NormStats] | None = None
         for name in ("state_center", "state_scale", "action_center", "action_scale"):
             self.register_buffer(name, torch.empty(0), persistent=False)  # filled by set_stats
+
+    @staticmethod
+    def _build_point_head(cfg: PolicyConfig, enc: ImageEncoder) -> PointHead:
+        """The pretrained point head of ``encoder.weights`` (random when there is no file: a checkpoint fills it)."""
+        head = PointHead(len(cfg.cameras) * enc.num_patches, enc.embed_dim, cfg.points)
+        path = cfg.encoder.weights
+        if path:
+            state = {k.removeprefix(POINT_HEAD): v for k, v in read_state_dict(path).items() if k.startswith(POINT_HEAD)}
+            if not state:
+                raise WeightsError(f"points: {cfg.points}, but {path!r} has no point head ({POINT_HEAD}* keys); "
+                                   "pretrain one with vit_policy.pretrain (vit-policy sim-pretrain) or set points: 0")
+            meta = _safetensors_metadata(path)
+            if "cameras" in meta and json.loads(meta["cameras"]) != list(cfg.cameras):
+                raise ConfigError(f"cameras: {cfg.cameras}, but the point head of {path!r} was pretrained on "
+                                  f"{json.loads(meta['cameras'])} in that order; list the cameras so")
+            load_matching(head, state, f"{path} ({POINT_HEAD}*)")
+        if cfg.encoder.freeze == "all":
+            head.requires_grad_(False)  # pretrained perception stays as it was, with the backbone
+        return head
 
     @classmethod
     def from_config(cls, cfg: PolicyConfig | dict[str, Any] | str | Path) -> "VisuomotorPolicy":
@@ -268,11 +290,15 @@ class VisuomotorPolicy(nn.Module):
             tokens.insert(0, self.lang_proj(self.language(list(instr)))[:, None])
         layout: dict[str, Any] = {"cameras": {}, "pool_attention": {}}
         offset = sum(t.shape[1] for t in tokens)
+        patches: list[torch.Tensor] = []
         for i, (cam, (feats, pool_attn)) in enumerate(zip(self.cfg.cameras, self._encode_images(batch["images"], return_attention))):
             tokens.append(self.image_proj(feats) + self.camera_embed[i] + self.token_embed)
             layout["cameras"][cam] = (offset, offset + feats.shape[1])
             layout["pool_attention"][cam] = pool_attn
             offset += feats.shape[1]
+            patches.append(feats)
+        if self.point_head is not None:  # the pretrained points (goal, object, EE) as tokens of their own
+            tokens.append(self.point_proj(self.point_head(torch.cat(patches, dim=1))) + self.point_embed)
         x = torch.cat(tokens, dim=1)
         for block in self.blocks:
             x = block(x)
@@ -441,6 +467,16 @@ class VisuomotorPolicy(nn.Module):
         src = str(directory / STATS_FILE)
         model.set_stats({k: NormStats.from_tensors(raw, k, src) for k in ("state", "action")})
         return model.to(map_location).eval()
+
+
+def _safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a .safetensors file ({} for other formats)."""
+    if Path(path).suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return dict(f.metadata() or {})
 
 
 def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

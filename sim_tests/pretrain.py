@@ -1,0 +1,109 @@
+"""Simulator frames labelled with the goal, object and EE positions, for ``vit_policy.pretrain``.
+
+No demonstration is involved: each reset draws a new goal (and object), and the arm reaches for
+random waypoints (around the goal, the object, or anywhere near its start) so that the frames show it
+near, in front of and away from what it will have to find. The labels are the simulator's privileged
+state in the base frame: what a motion-capture system would give on a robot.
+
+    vit-policy sim-pretrain --task FetchReach-v4 --resets 2000 --steps 3000 --out outputs/pretrain/reach.safetensors
+    vit-policy train ... policy.encoder.weights=outputs/pretrain/reach.safetensors
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from sim_tests.fetch_env import ArmCommand, FetchSim, SimFrame
+from vit_policy.config import SimConfig
+from vit_policy.pretrain import PretrainResult, pretrain_encoder
+
+PRETRAIN_SEED = 1_000_000  # resets draw goals from seeds no demonstration (from 0) or evaluation (from 100000) uses
+
+
+def point_names(cfg: SimConfig, sim: FetchSim | None = None) -> list[str]:
+    """The labelled points of a task: goal, EE, and the object where there is one."""
+    has_object = sim.has_object if sim is not None else cfg.task != "FetchReach-v4"
+    return ["goal", "ee", "object"] if has_object else ["goal", "ee"]
+
+
+def _points(frame: SimFrame, names: list[str]) -> np.ndarray:
+    at = {"goal": frame.goal, "ee": frame.position, "object": frame.object_position}
+    return np.stack([np.asarray(at[n], np.float64) for n in names])
+
+
+def localization_frames(
+    cfg: SimConfig, resets: int, frames_per_reset: int = 8, stride: int = 2, seed: int = PRETRAIN_SEED,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
+    """``resets`` episodes of random reaching, a frame every ``stride`` steps: (images {camera: (N, H, W, 3)},
+    points (N, T, 3) in the base frame, point names)."""
+    if resets < 1 or frames_per_reset < 1 or stride < 1:
+        raise ValueError(f"resets {resets}, frames_per_reset {frames_per_reset}, stride {stride}: each must be at least 1")
+    sim = FetchSim(cfg)
+    names = point_names(cfg, sim)
+    rng = np.random.default_rng(seed)
+    images: dict[str, list[np.ndarray]] = {c: [] for c in cfg.cameras}
+    points = []
+    try:
+        for r in range(resets):
+            frame = sim.reset(seed=seed + r, render=False)
+            home = frame.position.copy()
+            gripper = float(rng.integers(0, 2))
+            target = home
+            for i in range(frames_per_reset * stride):
+                if i % 6 == 0:  # a new waypoint: near the goal, near the object, or anywhere around the start
+                    kind = rng.integers(0, 3)
+                    if kind == 0:
+                        target = frame.goal + rng.normal(0.0, 0.04, 3)
+                    elif kind == 1 and frame.object_position is not None:
+                        target = frame.object_position + np.array([*rng.normal(0.0, 0.04, 2), rng.uniform(0.0, 0.1)])
+                    else:
+                        target = home + rng.uniform([-0.2, -0.2, -0.2], [0.2, 0.2, 0.1])
+                frame = sim.step(ArmCommand(target_position=target, gripper=gripper), render=(i + 1) % stride == 0)
+                if (i + 1) % stride == 0:
+                    for c in cfg.cameras:
+                        images[c].append(frame.images[c])
+                    points.append(_points(frame, names))
+            if progress is not None:
+                progress(r + 1)
+    finally:
+        sim.close()
+    return {c: np.stack(v) for c, v in images.items()}, np.stack(points), names
+
+
+def pretrain_for_task(cfg: SimConfig, out: Path, resets: int, steps: int, policy_overrides: list[str] | None = None,
+                      frames_per_reset: int = 8, batch_size: int = 64, seed: int = PRETRAIN_SEED) -> PretrainResult:
+    """Render ``resets`` x ``frames_per_reset`` labelled frames and pretrain the task's sim-policy encoder on them."""
+    from tqdm.auto import tqdm
+
+    from sim_tests.record import policy_config_for
+
+    enc = policy_config_for(cfg, overrides=policy_overrides).encoder
+    bar = tqdm(total=resets, desc=f"render {cfg.task}", unit="reset", dynamic_ncols=True)
+    images, points, names = localization_frames(cfg, resets, frames_per_reset, seed=seed, progress=lambda n: bar.update(1))
+    bar.close()
+    bar = tqdm(total=steps, desc="pretrain encoder", unit="step", dynamic_ncols=True)
+
+    def tick(step: int, loss: float) -> None:
+        bar.update(1)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss:.4f}")
+
+    result = pretrain_encoder(enc, images, points, names, out, steps, batch_size=batch_size, progress=tick)
+    bar.close()
+    return result
+
+
+def cli_sim_pretrain(args: object) -> int:
+    """``vit-policy sim-pretrain``: render labelled frames of a task and pretrain the sim policy's encoder on them."""
+    from sim_tests.closed_loop import load_task_config
+
+    cfg = load_task_config(args.task, args.config, args.overrides)  # type: ignore[attr-defined]
+    result = pretrain_for_task(cfg, Path(args.out), args.resets, args.steps, policy_overrides=args.policy,  # type: ignore[attr-defined]
+                               frames_per_reset=args.frames_per_reset)  # type: ignore[attr-defined]
+    print(result.table())
+    print(f"train on it with the policy override encoder.weights={result.path}")
+    return 0

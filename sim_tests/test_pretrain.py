@@ -1,0 +1,72 @@
+"""Labelled simulator frames for encoder pretraining, and the encoder they pretrain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sim_tests.conftest import reach_sim_config
+from sim_tests.fetch_env import FetchSim
+from sim_tests.pretrain import PRETRAIN_SEED, localization_frames, pretrain_for_task
+from vit_policy.config import SimConfig
+
+
+def test_labels_are_the_simulator_state_of_each_frame() -> None:
+    cfg = SimConfig(task="FetchPush-v4", image_size=48)
+    images, points, names = localization_frames(cfg, resets=3, frames_per_reset=4)
+    assert names == ["goal", "ee", "object"]
+    assert images["external"].shape == (12, 48, 48, 3) and points.shape == (12, 3, 3)
+    sim = FetchSim(cfg)
+    for r in range(3):  # each reset's goal and (unmoved) start object are those of its seed
+        start = sim.reset(seed=PRETRAIN_SEED + r, render=False)
+        np.testing.assert_allclose(points[4 * r:4 * r + 4, 0], np.repeat(start.goal[None], 4, 0), atol=1e-6)  # the base sways by nanometres
+    sim.close()
+    assert len({tuple(np.round(points[4 * r, 0], 6)) for r in range(3)}) == 3  # a new goal every reset
+    ee = points[:4, 1]
+    assert np.linalg.norm(ee[-1] - ee[0]) > 0.02, "the arm should move between frames of a reset"
+    assert all(not np.array_equal(images["external"][i], images["external"][i + 1]) for i in range(3))
+
+
+def test_bad_counts_are_rejected() -> None:
+    with pytest.raises(ValueError, match="resets 0"):
+        localization_frames(SimConfig(task="FetchReach-v4"), resets=0)
+
+
+@pytest.mark.slow
+def test_pretrained_encoder_places_new_goals_and_the_policy_starts_from_it(tmp_path: Path) -> None:
+    """2400 Reach frames, 600 steps: goals of resets it never saw are placed far better than their spread,
+    and a policy built with encoder.weights starts from exactly that backbone."""
+    import torch
+    from safetensors.torch import load_file
+
+    from sim_tests.record import policy_config_for
+    from vit_policy.model.policy import VisuomotorPolicy
+
+    cfg = reach_sim_config()
+    torch.manual_seed(0)
+    res = pretrain_for_task(cfg, tmp_path / "reach.safetensors", resets=300, steps=600)
+    print(res.table())
+    _, points, _ = localization_frames(cfg, resets=40, frames_per_reset=1, seed=PRETRAIN_SEED)
+    spread = float(np.median(np.linalg.norm(points[:, 0] - points[:, 0].mean(0), axis=-1)))  # ~13 cm: ignore the pixels
+    assert res.val_error_m["goal"] < 0.5 * spread, (res.val_error_m, spread)
+    assert res.val_error_m["ee"] < 0.5 * spread, (res.val_error_m, spread)
+    policy = VisuomotorPolicy(policy_config_for(cfg, overrides=[f"encoder.weights={res.path}"]))
+    saved = load_file(str(res.path))
+    own = policy.encoder_for("side").backbone.state_dict()
+    assert all(torch.equal(saved[k], own[k]) for k in own)
+
+
+def test_sim_pretrain_command_writes_the_weights_and_rejects_bad_counts(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "enc.safetensors"
+    cmd = [sys.executable, "-m", "vit_policy.cli", "sim-pretrain", "--task", "FetchReach-v4", "--out", str(out), "image_size=48"]
+    res = subprocess.run([*cmd, "--resets", "3", "--steps", "2"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert out.is_file() and "goal" in res.stdout and f"encoder.weights={out}" in res.stdout
+    res = subprocess.run([*cmd, "--resets", "0"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "resets 0" in res.stderr

@@ -1,0 +1,128 @@
+"""Encoder pretraining on labelled frames: it learns to place a point, and its file is what encoder.weights reads."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from vit_policy.config import EncoderConfig
+from vit_policy.model.encoders import ImageEncoder
+from vit_policy.pretrain import pretrain_encoder
+
+SIZE = 32
+ENC = EncoderConfig(family="timm", name="test_vit", img_size=SIZE, patch_size=8, token_mode="patches")
+
+
+def two_views(n: int, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A 3-D point in [0, 1]^3 drawn as a bright square: camera 'top' shows (x, y), camera 'side' (x, z)."""
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(0.0, 1.0, (n, 3))
+    views = {c: np.zeros((n, SIZE, SIZE, 3), np.uint8) for c in ("top", "side")}
+    for i, (x, y, z) in enumerate(p):
+        for cam, (u, v) in (("top", (x, y)), ("side", (x, z))):
+            r, c = int(v * (SIZE - 6)), int(u * (SIZE - 6))
+            views[cam][i, r:r + 6, c:c + 6] = 255
+    return views, p[:, None, :]
+
+
+def test_pretraining_places_the_point_better_than_the_mean(tmp_path):
+    views, points = two_views(600)
+    res = pretrain_encoder(ENC, views, points, ["dot"], tmp_path / "enc.safetensors", steps=300, batch_size=32, lr=2e-3)
+    val = points[-60:, 0]
+    mean_error = float(np.median(np.linalg.norm(val - points[:-60, 0].mean(0), axis=-1)))  # what ignoring the pixels gives
+    assert res.val_error_m["dot"] < 0.5 * mean_error, (res.val_error_m, mean_error)
+    assert res.steps == 300 and res.target_names == ["dot"]
+    assert "dot" in res.table()
+
+
+def test_saved_backbone_loads_as_encoder_weights(tmp_path):
+    views, points = two_views(40)
+    res = pretrain_encoder(ENC, views, points, ["dot"], tmp_path / "enc.safetensors", steps=3, batch_size=8)
+    with safe_open(str(res.path), "pt") as f:
+        saved = {k: f.get_tensor(k) for k in f.keys()}
+        assert f.metadata()["encoder"] == "test_vit"
+    fresh = ImageEncoder(ENC)
+    loaded = ImageEncoder(EncoderConfig(**{**ENC.__dict__, "weights": str(res.path)}))
+    state = loaded.backbone.state_dict()
+    assert {k for k in saved if not k.startswith("point_head.")} == set(state)  # the backbone, plus the point head beside it
+    assert any(k.startswith("point_head.") for k in saved)
+    assert all(torch.equal(saved[k], state[k]) for k in state)
+    assert not all(torch.equal(fresh.backbone.state_dict()[k], state[k]) for k in state)  # not the random init
+
+
+@pytest.mark.parametrize("bad,match", [
+    ("nan", "NaN"), ("shape", r"expected shape \(N, 1, 3\)"), ("dtype", r"images\['top'\]: expected uint8"), ("few", "at least 20"),
+])
+def test_bad_inputs_are_named(tmp_path, bad, match):
+    views, points = two_views(40)
+    if bad == "nan":
+        points[3, 0, 1] = np.nan
+    elif bad == "shape":
+        points = points[:, 0]
+    elif bad == "dtype":
+        views["top"] = views["top"].astype(np.float32)
+    else:
+        views, points = two_views(10)
+    with pytest.raises(ValueError, match=match):
+        pretrain_encoder(ENC, views, points, ["dot"], tmp_path / "enc.safetensors", steps=1)
+
+
+def _points_policy(path, cameras=("top", "side"), points=1, freeze="all"):
+    import dataclasses
+
+    from vit_policy.config import PolicyConfig
+    from vit_policy.model.policy import VisuomotorPolicy, identity_stats
+
+    cfg = PolicyConfig(cameras=list(cameras), encoder=dataclasses.replace(ENC, weights=str(path), freeze=freeze), points=points,
+                       d_model=32, n_heads=4, n_encoder_layers=1, n_decoder_layers=1, chunk_size=3)
+    policy = VisuomotorPolicy(cfg)
+    policy.set_stats(identity_stats(cfg))
+    return policy
+
+
+def _batch(views, n=2):
+    return {"images": {c: torch.from_numpy(v[:n]) for c, v in views.items()}, "position": torch.rand(n, 3),
+            "quaternion": torch.tensor([[0.0, 0.0, 0.0, 1.0]] * n), "gripper": torch.ones(n)}
+
+
+def test_policy_reads_the_pretrained_points_as_tokens_and_keeps_them_through_a_checkpoint(tmp_path):
+    from safetensors.torch import load_file
+
+    from vit_policy.model.policy import VisuomotorPolicy
+
+    views, points = two_views(40)
+    res = pretrain_encoder(ENC, views, points, ["dot"], tmp_path / "enc.safetensors", steps=3, batch_size=8)
+    policy = _points_policy(res.path).eval()
+    saved = load_file(str(res.path))
+    head = policy.point_head.state_dict()
+    assert all(torch.equal(saved["point_head." + k], v) for k, v in head.items())
+    assert not any(p.requires_grad for p in policy.point_head.parameters())  # frozen with the backbone
+    batch = _batch(views)
+    with torch.no_grad():
+        memory, _ = policy.forward_features(batch)
+        no_points = _points_policy(res.path, points=0).eval()
+        assert memory.shape[1] == no_points.forward_features(batch)[0].shape[1] + 1  # one token per point
+        out = policy(batch)["action"]
+        policy.save_pretrained(tmp_path / "ckpt")
+        again = VisuomotorPolicy.from_pretrained(tmp_path / "ckpt")
+        assert torch.allclose(again(batch)["action"], out, atol=1e-6)
+    trainable = _points_policy(res.path, freeze="none")
+    assert all(p.requires_grad for p in trainable.point_head.parameters())
+
+
+def test_point_head_errors_name_the_file_and_the_fix(tmp_path):
+    from safetensors.torch import save_file
+
+    from vit_policy.config import ConfigError, PolicyConfig
+    from vit_policy.model.encoders import WeightsError
+
+    views, points = two_views(40)
+    res = pretrain_encoder(ENC, views, points, ["dot"], tmp_path / "enc.safetensors", steps=1, batch_size=8)
+    with pytest.raises(ConfigError, match=r"pretrained on \['top', 'side'\] in that order"):
+        _points_policy(res.path, cameras=("side", "top"))
+    backbone_only = tmp_path / "backbone.safetensors"
+    save_file({k: v for k, v in ImageEncoder(ENC).backbone.state_dict().items()}, str(backbone_only))
+    with pytest.raises(WeightsError, match="has no point head.*set points: 0"):
+        _points_policy(backbone_only)
+    with pytest.raises(ConfigError, match="points: the point head reads patch tokens"):
+        PolicyConfig(encoder=EncoderConfig(token_mode="pooled"), points=2)
