@@ -52,7 +52,8 @@ class DemoPlan:
     # sim_tests/conftest.py (measured 17-18/20 closed loop after 5000 steps; the demo trains longer). Push: whole episodes.
     tasks: list[TaskPlan] = field(default_factory=lambda: [
         TaskPlan("FetchReach-v4", "fetch_reach.yaml", demos=300, held_out=5, max_steps=8000, eval_episodes=50, demo_steps=10,
-                 sim_overrides=["image_size=64", "target_marker_radius=0.05"]),
+                 sim_overrides=["image_size=64", "target_marker_radius=0.05"],
+                 pretrain_resets=1000, pretrain_steps=4000, policy_overrides=["points=2", "encoder.freeze=all"]),
         TaskPlan("FetchPush-v4", "fetch_push.yaml", demos=100, held_out=5, max_steps=4000, eval_episodes=20,
                  sim_overrides=["image_size=64"]),
     ])

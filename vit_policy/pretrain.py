@@ -77,7 +77,9 @@ def pretrain_encoder(
     """Train ``encoder_cfg``'s backbone to regress ``targets`` (N, T, 3) from ``images`` {camera: (N, H, W, 3)}.
 
     One backbone sees every camera (the policy's ``encoder.shared``); the last ``val_fraction`` of the
-    frames is held out. Writes the backbone to ``out_path`` (.safetensors, with the errors as metadata).
+    frames is held out. Writes the backbone and the point head to ``out_path`` (.safetensors; the
+    metadata holds the cameras in head order, the point names, their mean / std in metres (the head
+    predicts normalised points) and the held-out errors).
     """
     n = _check(images, targets, target_names)
     if steps < 1:
@@ -134,6 +136,7 @@ def pretrain_encoder(
     state = {k: v.detach().contiguous().cpu() for k, v in encoder.backbone.state_dict().items()}
     state.update({POINT_HEAD + k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()})
     meta = {"encoder": encoder_cfg.name, "img_size": str(encoder.img_size[0]), "cameras": json.dumps(cams), "frames": str(n),
-            "steps": str(steps), "points": json.dumps(target_names), "val_error_m": json.dumps(result.val_error_m)}
+            "steps": str(steps), "points": json.dumps(target_names),
+            "point_mean_m": json.dumps(mean.tolist()), "point_std_m": json.dumps(std.tolist()), "val_error_m": json.dumps(result.val_error_m)}
     save_file(state, str(result.path), metadata=meta)
     return result
