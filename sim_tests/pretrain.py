@@ -5,8 +5,8 @@ random waypoints (around the goal, the object, or anywhere near its start) so th
 near, in front of and away from what it will have to find. The labels are the simulator's privileged
 state in the base frame: what a motion-capture system would give on a robot.
 
-    vit-policy sim-pretrain --task FetchReach-v4 --resets 2000 --steps 3000 --out outputs/pretrain/reach.safetensors
-    vit-policy train ... policy.encoder.weights=outputs/pretrain/reach.safetensors
+    vit-policy sim-pretrain --task FetchReach-v4 --resets 2000 --steps 8000 --out outputs/pretrain/reach.safetensors image_size=64
+    vit-policy train ... policy.encoder.weights=outputs/pretrain/reach.safetensors policy.points=2 policy.encoder.freeze=all
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ from vit_policy.pretrain import PretrainResult, pretrain_encoder
 PRETRAIN_SEED = 1_000_000  # resets draw goals from seeds no demonstration (from 0) or evaluation (from 100000) uses
 
 
-def point_names(cfg: SimConfig, sim: FetchSim | None = None) -> list[str]:
+def point_names(sim: FetchSim) -> list[str]:
     """The labelled points of a task: goal, EE, and the object where there is one."""
-    has_object = sim.has_object if sim is not None else cfg.task != "FetchReach-v4"
-    return ["goal", "ee", "object"] if has_object else ["goal", "ee"]
+    return ["goal", "ee", "object"] if sim.has_object else ["goal", "ee"]
 
 
 def _points(frame: SimFrame, names: list[str]) -> np.ndarray:
@@ -43,7 +42,7 @@ def localization_frames(
     if resets < 1 or frames_per_reset < 1 or stride < 1:
         raise ValueError(f"resets {resets}, frames_per_reset {frames_per_reset}, stride {stride}: each must be at least 1")
     sim = FetchSim(cfg)
-    names = point_names(cfg, sim)
+    names = point_names(sim)
     rng = np.random.default_rng(seed)
     images: dict[str, list[np.ndarray]] = {c: [] for c in cfg.cameras}
     points = []
@@ -62,8 +61,9 @@ def localization_frames(
                         target = frame.object_position + np.array([*rng.normal(0.0, 0.04, 2), rng.uniform(0.0, 0.1)])
                     else:
                         target = home + rng.uniform([-0.2, -0.2, -0.2], [0.2, 0.2, 0.1])
-                frame = sim.step(ArmCommand(target_position=target, gripper=gripper), render=(i + 1) % stride == 0)
-                if (i + 1) % stride == 0:
+                keep = (i + 1) % stride == 0
+                frame = sim.step(ArmCommand(target_position=target, gripper=gripper), render=keep)
+                if keep:
                     for c in cfg.cameras:
                         images[c].append(frame.images[c])
                     points.append(_points(frame, names))
