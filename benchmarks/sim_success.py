@@ -77,6 +77,9 @@ def main() -> None:
                          "(Reach, 200 demos: 44/50 closed loop whole, 37/50 cut at 3)")
     ap.add_argument("--visibility", action="store_true",
                     help="only the share of --episodes start states in which each camera sees under half of the goal / object")
+    ap.add_argument("--point-error", metavar="ENCODER",
+                    help="only: how well a pretrained encoder file (vit-policy sim-pretrain) places its points on frames "
+                         "of the expert's noisy rollouts from unseen seeds, per expert phase")
     ap.add_argument("--goal-error", metavar="CHECKPOINT",
                     help="only, for a FetchReach policy: how far its first chunk ends from the goal on the seeds of "
                          "its training episodes, its validation episodes and --episodes unseen seeds "
@@ -93,6 +96,8 @@ def main() -> None:
                     help="first pretrain the encoder on RESETS x 8 rendered frames labelled with the goal / object / EE "
                          "positions (sim_tests.pretrain; no demonstrations), then train the policy from it")
     ap.add_argument("--pretrain-steps", type=int, default=8000, help="optimiser steps of the encoder pretraining (batch 64)")
+    ap.add_argument("--pretrain-expert", type=float, default=0.0, metavar="F",
+                    help="share of the pretraining resets the scripted expert drives (with execution noise) instead of random reaching")
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="sim config overrides for every task, e.g. image_size=64")
     args = ap.parse_args()
     if args.step_times is not None:
@@ -114,6 +119,9 @@ def main() -> None:
     if args.goal_error:
         task = args.tasks[0] if args.tasks[0].startswith("FetchReach") else "FetchReach-v4"  # FetchReachOrient adds orientation
         print_goal_error(load_task_config(task, None, args.overrides), Path(args.goal_error), args.episodes)
+        return
+    if args.point_error:
+        print_point_error(load_task_config(args.tasks[0], None, args.overrides), Path(args.point_error), args.episodes)
         return
     if args.render_only:
         print(f"{'task':<22} {'cameras':<16} " + " ".join(f"{s:>7}px" for s in (64, 96, 128)) + "   (frames/s, all cameras)")
@@ -145,7 +153,8 @@ def main() -> None:
             from sim_tests.pretrain import pretrain_for_task
 
             t0 = time.perf_counter()
-            pre = pretrain_for_task(cfg, root / "pretrain" / "encoder.safetensors", args.pretrain, args.pretrain_steps, args.policy)
+            pre = pretrain_for_task(cfg, root / "pretrain" / "encoder.safetensors", args.pretrain, args.pretrain_steps, args.policy,
+                                    expert_fraction=args.pretrain_expert)
             pretrain_min = (time.perf_counter() - t0) / 60
             print(pre.table())
             policy_overrides.append(f"encoder.weights={pre.path}")
@@ -241,6 +250,49 @@ def print_goal_error(cfg: SimConfig, checkpoint: Path, episodes: int) -> None:
             line += f" {np.median(deg):>11.1f} {np.mean(np.array(deg) > cfg.yaw_tolerance_deg):>9.0%} {np.median(start):>13.1f}"
         print(line)
     sim.close()
+
+
+def print_point_error(cfg: SimConfig, encoder_file: Path, episodes: int, noise_m: float = 0.01) -> None:
+    """Error of a pretrained point head on what a closed loop shows (the object pushed or carried, the
+    gripper against it), not on its own random-reaching frames: the expert drives ``episodes`` unseen
+    seeds with ``noise_m`` of execution noise; cm per expert phase."""
+    import json
+    from dataclasses import replace
+
+    import numpy as np
+    import torch
+    from safetensors import safe_open
+
+    from sim_tests.experts import expert_command, make_expert
+    from sim_tests.record import policy_config_for
+    from vit_policy.images import to_model_input
+    from vit_policy.model.policy import VisuomotorPolicy
+
+    with safe_open(str(encoder_file), "pt") as f:
+        meta = f.metadata()
+    names = json.loads(meta["points"])
+    mean, std = np.array(json.loads(meta["point_mean_m"])), np.array(json.loads(meta["point_std_m"]))
+    policy = VisuomotorPolicy(policy_config_for(cfg, overrides=[f"encoder.weights={encoder_file}", f"points={len(names)}"])).eval()
+    sim, rng, errors = FetchSim(cfg), np.random.default_rng(0), {}
+    for i in range(episodes):
+        frame, expert = sim.reset(seed=EVAL_SEED + i), make_expert(cfg.task)
+        while not sim.done:
+            feats = []
+            with torch.no_grad():
+                for c in policy.cfg.cameras:
+                    enc = policy.encoder_for(c)
+                    feats.append(enc(to_model_input(torch.from_numpy(frame.images[c][None]), enc.img_size, enc.mean, enc.std))[0])
+                pred = policy.point_head(torch.cat(feats, dim=1))[0].numpy() * std + mean
+            truth = np.stack([{"goal": frame.goal, "ee": frame.position, "object": frame.object_position}[n] for n in names])
+            errors.setdefault(expert.phase, []).append(100 * np.linalg.norm(pred - truth, axis=-1))
+            cmd = expert_command(expert, frame)
+            frame = sim.step(replace(cmd, target_position=cmd.target_position + rng.normal(0.0, noise_m, 3)))
+    sim.close()
+    print(f"{encoder_file}: point error (cm) on {episodes} noisy expert rollouts of {cfg.task}, seeds from {EVAL_SEED}")
+    print(f"  {'phase':<9} {'frames':>6} " + " ".join(f"{n + ' median':>14} {'p90':>5}" for n in names))
+    for phase, errs in sorted(errors.items(), key=lambda kv: -len(kv[1])):
+        e = np.array(errs)
+        print(f"  {phase:<9} {len(e):>6} " + " ".join(f"{np.median(e[:, j]):>14.2f} {np.percentile(e[:, j], 90):>5.2f}" for j in range(len(names))))
 
 
 def train_step_s(cfg: SimConfig, encoder: str, batch: int = 32, steps: int = 10) -> float:

@@ -50,7 +50,9 @@ class PushExpert(Expert):
     """
 
     behind = 0.06  # metres behind the object's centre where a push starts
-    hover = 0.06  # height above the object for the approach
+    hover = 0.10  # height above the object for the approach: a learned policy that lowers early still clears it
+    push_gain = 0.4  # push speed per step = this x the object's distance to the goal ...
+    min_push = 0.004  # ... but at least this (metres per step), so the push always ends
 
     def act(self, frame: SimFrame) -> tuple[np.ndarray, float]:
         p, obj, goal = frame.position, frame.object_position, frame.goal
@@ -79,9 +81,12 @@ class PushExpert(Expert):
         if lateral > 0.035 or along > -0.005:  # lost the object: back off and re-approach
             self.phase = "approach"
             return _toward(p, np.array([p[0], p[1], obj[2] + self.hover]), self.step), 0.0
-        # push toward the point just past the goal; steer onto the object->goal line
+        # push along the object->goal line, steering back onto it; slow down in proportion to the distance
+        # left, so the object stops at the goal instead of sliding past it (and a learned policy sees a
+        # smooth speed-vs-distance law, not a stop switched at one distance)
         line_point = obj[:2] - u * (OBJECT_HALF + 0.01)
-        target_xy = p[:2] + u * min(dist, self.step * 0.6) + (line_point - p[:2]) - u * float((line_point - p[:2]) @ u)
+        speed = min(self.step * 0.6, max(self.min_push, self.push_gain * dist))
+        target_xy = p[:2] + u * speed + (line_point - p[:2]) - u * float((line_point - p[:2]) @ u)
         return _toward(p, np.array([*target_xy, obj[2]]), self.step), 0.0
 
 

@@ -1,9 +1,11 @@
 """Simulator frames labelled with the goal, object and EE positions, for ``vit_policy.pretrain``.
 
-No demonstration is involved: each reset draws a new goal (and object), and the arm reaches for
-random waypoints (around the goal, the object, or anywhere near its start) so that the frames show it
-near, in front of and away from what it will have to find. The labels are the simulator's privileged
-state in the base frame: what a motion-capture system would give on a robot.
+No demonstration is recorded or trained on: each reset draws a new goal (and object). In most resets
+the arm reaches for random waypoints (around the goal, the object, or anywhere near its start) so that
+the frames show it near, in front of and away from what it will have to find; in the rest the task's
+scripted expert drives it with execution noise, so the frames also show what a rollout shows: the
+object pushed or carried, the gripper against it, the goal marker covered. The labels are the
+simulator's privileged state in the base frame: what a motion-capture system would give on a robot.
 
     vit-policy sim-pretrain --task FetchReach-v4 --resets 2000 --steps 8000 --out outputs/pretrain/reach.safetensors image_size=64
     vit-policy train ... policy.encoder.weights=outputs/pretrain/reach.safetensors policy.points=2 policy.encoder.freeze=all
@@ -35,12 +37,18 @@ def _points(frame: SimFrame, names: list[str]) -> np.ndarray:
 
 def localization_frames(
     cfg: SimConfig, resets: int, frames_per_reset: int = 8, stride: int = 2, seed: int = PRETRAIN_SEED,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None, expert_fraction: float = 0.0, expert_noise_m: float = 0.015,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
-    """``resets`` episodes of random reaching, a frame every ``stride`` steps: (images {camera: (N, H, W, 3)},
-    points (N, T, 3) in the base frame, point names)."""
+    """``resets`` episodes, a frame every ``stride`` steps: (images {camera: (N, H, W, 3)}, points (N, T, 3)
+    in the base frame, point names). Random reaching, except in an ``expert_fraction`` share of the resets,
+    which the task's scripted expert drives (plus ``expert_noise_m`` of execution noise), their frames
+    spread over the whole episode."""
     if resets < 1 or frames_per_reset < 1 or stride < 1:
         raise ValueError(f"resets {resets}, frames_per_reset {frames_per_reset}, stride {stride}: each must be at least 1")
+    if not 0.0 <= expert_fraction <= 1.0:
+        raise ValueError(f"expert_fraction: {expert_fraction} must be in [0, 1] (the share of resets the expert drives)")
+    from sim_tests.experts import expert_command, make_expert
+
     sim = FetchSim(cfg)
     names = point_names(sim)
     rng = np.random.default_rng(seed)
@@ -49,6 +57,21 @@ def localization_frames(
     try:
         for r in range(resets):
             frame = sim.reset(seed=seed + r, render=False)
+            if int((r + 1) * expert_fraction) > int(r * expert_fraction):  # evenly spread, the exact share
+                expert = make_expert(cfg.task)
+                every = max(stride, cfg.episode_steps // frames_per_reset)
+                for i in range(frames_per_reset * every):
+                    cmd = expert_command(expert, frame)
+                    cmd.target_position = cmd.target_position + rng.normal(0.0, expert_noise_m, 3)
+                    keep = (i + 1) % every == 0
+                    frame = sim.step(cmd, render=keep)
+                    if keep:
+                        for c in cfg.cameras:
+                            images[c].append(frame.images[c])
+                        points.append(_points(frame, names))
+                if progress is not None:
+                    progress(r + 1)
+                continue
             home = frame.position.copy()
             gripper = float(rng.integers(0, 2))
             target = home
@@ -75,15 +98,18 @@ def localization_frames(
 
 
 def pretrain_for_task(cfg: SimConfig, out: Path, resets: int, steps: int, policy_overrides: list[str] | None = None,
-                      frames_per_reset: int = 8, batch_size: int = 64, seed: int = PRETRAIN_SEED) -> PretrainResult:
-    """Render ``resets`` x ``frames_per_reset`` labelled frames and pretrain the task's sim-policy encoder on them."""
+                      frames_per_reset: int = 8, batch_size: int = 64, seed: int = PRETRAIN_SEED,
+                      expert_fraction: float = 0.0) -> PretrainResult:
+    """Render ``resets`` x ``frames_per_reset`` labelled frames and pretrain the task's sim-policy encoder on them
+    (``expert_fraction``: see :func:`localization_frames`)."""
     from tqdm.auto import tqdm
 
     from sim_tests.record import policy_config_for
 
     enc = policy_config_for(cfg, overrides=policy_overrides).encoder
     bar = tqdm(total=resets, desc=f"render {cfg.task}", unit="reset", dynamic_ncols=True)
-    images, points, names = localization_frames(cfg, resets, frames_per_reset, seed=seed, progress=lambda n: bar.update(1))
+    images, points, names = localization_frames(cfg, resets, frames_per_reset, seed=seed, progress=lambda n: bar.update(1),
+                                                expert_fraction=expert_fraction)
     bar.close()
     bar = tqdm(total=steps, desc="pretrain encoder", unit="step", dynamic_ncols=True)
 
@@ -103,7 +129,7 @@ def cli_sim_pretrain(args: object) -> int:
 
     cfg = load_task_config(args.task, args.config, args.overrides)  # type: ignore[attr-defined]
     result = pretrain_for_task(cfg, Path(args.out), args.resets, args.steps, policy_overrides=args.policy,  # type: ignore[attr-defined]
-                               frames_per_reset=args.frames_per_reset)  # type: ignore[attr-defined]
+                               frames_per_reset=args.frames_per_reset, expert_fraction=args.expert_fraction)  # type: ignore[attr-defined]
     print(result.table())
     print(f"train on it with the policy override encoder.weights={result.path}")
     return 0

@@ -67,13 +67,13 @@ def test_bad_inputs_are_named(tmp_path, bad, match):
         pretrain_encoder(ENC, views, points, ["dot"], tmp_path / "enc.safetensors", steps=1)
 
 
-def _points_policy(path, cameras=("top", "side"), points=1, freeze="all"):
+def _points_policy(path, cameras=("top", "side"), points=1, freeze="all", image_tokens=True):
     import dataclasses
 
     from vit_policy.config import PolicyConfig
     from vit_policy.model.policy import VisuomotorPolicy, identity_stats
 
-    cfg = PolicyConfig(cameras=list(cameras), encoder=dataclasses.replace(ENC, weights=str(path), freeze=freeze), points=points,
+    cfg = PolicyConfig(cameras=list(cameras), encoder=dataclasses.replace(ENC, weights=str(path), freeze=freeze), points=points, image_tokens=image_tokens,
                        d_model=32, n_heads=4, n_encoder_layers=1, n_decoder_layers=1, chunk_size=3)
     policy = VisuomotorPolicy(cfg)
     policy.set_stats(identity_stats(cfg))
@@ -108,6 +108,29 @@ def test_policy_reads_the_pretrained_points_as_tokens_and_keeps_them_through_a_c
         assert torch.allclose(again(batch)["action"], out, atol=1e-6)
     trainable = _points_policy(res.path, freeze="none")
     assert all(p.requires_grad for p in trainable.point_head.parameters())
+
+
+def test_points_only_context_acts_on_the_points_not_the_pixels(tmp_path):
+    """image_tokens: false: the context is the pose tokens and the points; the action still follows the
+    images (through the points) and survives a checkpoint; without points the config is refused."""
+    from vit_policy.config import ConfigError, PolicyConfig
+    from vit_policy.model.policy import VisuomotorPolicy
+
+    views, points = two_views(40)
+    res = pretrain_encoder(ENC, views, points, ["dot"], tmp_path / "enc.safetensors", steps=3, batch_size=8)
+    full, only = _points_policy(res.path).eval(), _points_policy(res.path, image_tokens=False).eval()
+    assert not hasattr(only, "image_proj")  # no unused parameters for the optimiser or DDP
+    batch = _batch(views)
+    with torch.no_grad():
+        memory = only.forward_features(batch)[0]
+        assert memory.shape[1] == full.forward_features(batch)[0].shape[1] - 2 * full.encoder_for("top").num_tokens
+        moved = {**batch, "images": {c: torch.from_numpy(v[2:4]) for c, v in views.items()}}  # other dots
+        assert not torch.allclose(only(batch)["action"], only(moved)["action"])
+        only.save_pretrained(tmp_path / "ckpt")
+        again = VisuomotorPolicy.from_pretrained(tmp_path / "ckpt")
+        assert torch.allclose(again(batch)["action"], only(batch)["action"], atol=1e-6)
+    with pytest.raises(ConfigError, match="image_tokens: false.*set points: N"):
+        PolicyConfig(image_tokens=False)
 
 
 def test_point_head_errors_name_the_file_and_the_fix(tmp_path):

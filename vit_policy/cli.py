@@ -217,6 +217,8 @@ def add_sim_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="sim YAML (default: configs/sim/ of the task)")
     p.add_argument("--resets", type=int, default=2000, help="episodes of random reaching, each a new goal (and object)")
     p.add_argument("--frames-per-reset", type=int, default=8)
+    p.add_argument("--expert-fraction", type=float, default=0.0, metavar="F",
+                   help="share of the resets the task's scripted expert drives (with execution noise) instead of random reaching")
     p.add_argument("--steps", type=int, default=8000, help="optimiser steps (batch 64)")
     p.add_argument("--out", required=True, metavar="FILE", help="the backbone's weights (.safetensors), for encoder.weights")
     p.add_argument("--policy", nargs="+", default=[], metavar="KEY=VALUE", help="configs/sim/policy.yaml overrides (the encoder to pretrain)")

@@ -258,6 +258,9 @@ class PolicyConfig:
     # object, EE: vit_policy.pretrain), which join the context as tokens. Its weights come with
     # encoder.weights from a pretraining file, and it is frozen with the encoder (encoder.freeze: all).
     points: int = 0
+    # False: the context holds no patch tokens, only the points the head reads from them (needs points > 0).
+    # The head then acts on where things are and cannot memorise its demonstrations' pixels.
+    image_tokens: bool = True
 
     def __post_init__(self) -> None:
         if not self.cameras:
@@ -278,6 +281,8 @@ class PolicyConfig:
             raise ConfigError(f"points: {self.points} must be >= 0 (0: no point head)")
         if self.points and self.encoder.token_mode != "patches":
             raise ConfigError(f"points: the point head reads patch tokens; set encoder.token_mode: patches (is {self.encoder.token_mode!r})")
+        if not self.image_tokens and not self.points:
+            raise ConfigError("image_tokens: false leaves the policy blind without point tokens; set points: N (a pretrained point head) or image_tokens: true")
 
     @property
     def control_dt_ns(self) -> int:

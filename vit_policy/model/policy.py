@@ -132,9 +132,10 @@ class VisuomotorPolicy(nn.Module):
         else:
             self.encoders = nn.ModuleDict({c: ImageEncoder(cfg.encoder) for c in cams})
         enc = self.encoder_for(cams[0])
-        self.image_proj = nn.Linear(enc.embed_dim, d)
-        self.camera_embed = nn.Parameter(torch.randn(len(cams), 1, d) * 0.02)
-        self.token_embed = nn.Parameter(torch.randn(1, enc.num_tokens, d) * 0.02)  # slot within a camera
+        if cfg.image_tokens:
+            self.image_proj = nn.Linear(enc.embed_dim, d)
+            self.camera_embed = nn.Parameter(torch.randn(len(cams), 1, d) * 0.02)
+            self.token_embed = nn.Parameter(torch.randn(1, enc.num_tokens, d) * 0.02)  # slot within a camera
         self.pose_tokens = PoseTokenizer(cfg.pose, d)
         self.point_head = self._build_point_head(cfg, enc) if cfg.points else None
         self.point_proj = nn.Linear(3, d) if cfg.points else None
@@ -292,11 +293,12 @@ class VisuomotorPolicy(nn.Module):
         offset = sum(t.shape[1] for t in tokens)
         patches: list[torch.Tensor] = []
         for i, (cam, (feats, pool_attn)) in enumerate(zip(self.cfg.cameras, self._encode_images(batch["images"], return_attention))):
-            tokens.append(self.image_proj(feats) + self.camera_embed[i] + self.token_embed)
-            layout["cameras"][cam] = (offset, offset + feats.shape[1])
-            layout["pool_attention"][cam] = pool_attn
-            offset += feats.shape[1]
             patches.append(feats)
+            if self.cfg.image_tokens:
+                tokens.append(self.image_proj(feats) + self.camera_embed[i] + self.token_embed)
+                layout["cameras"][cam] = (offset, offset + feats.shape[1])
+                layout["pool_attention"][cam] = pool_attn
+                offset += feats.shape[1]
         if self.point_head is not None:  # the pretrained points (goal, object, EE) as tokens of their own
             tokens.append(self.point_proj(self.point_head(torch.cat(patches, dim=1))) + self.point_embed)
         x = torch.cat(tokens, dim=1)
