@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/sim_success.py [--tasks FetchReach-v4 FetchPush-v4 FetchPickAndPlace-v4]
         [--demos 200] [--hold-steps N] [--train-minutes 60] [--episodes 50] [--out outputs/bench_sim]
-        [--policy KEY=VALUE ...] [--train KEY=VALUE ...] [--pretrain RESETS [--pretrain-steps N]]
-        [--visibility] [--goal-error CHECKPOINT] [sim KEY=VALUE ...]
+        [--policy KEY=VALUE ...] [--train KEY=VALUE ...] [--pretrain RESETS [--pretrain-steps N] [--pretrain-expert F]]
+        [--visibility] [--goal-error CHECKPOINT] [--point-error ENCODER] [sim KEY=VALUE ...]
 
 For each task, in one run: record ``--demos`` expert demonstrations (rosbag2, the task's
 configs/sim/ cameras, whole episodes or each cut ``--hold-steps`` after its first success), train the sim policy

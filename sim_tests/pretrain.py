@@ -57,35 +57,28 @@ def localization_frames(
     try:
         for r in range(resets):
             frame = sim.reset(seed=seed + r, render=False)
-            if int((r + 1) * expert_fraction) > int(r * expert_fraction):  # evenly spread, the exact share
-                expert = make_expert(cfg.task)
-                every = max(stride, cfg.episode_steps // frames_per_reset)
-                for i in range(frames_per_reset * every):
+            driven = int((r + 1) * expert_fraction) > int(r * expert_fraction)  # evenly spread, the exact share
+            expert = make_expert(cfg.task) if driven else None
+            every = max(stride, cfg.episode_steps // frames_per_reset) if driven else stride  # the expert's: the whole episode
+            home = frame.position.copy()
+            gripper = 0.0 if driven else float(rng.integers(0, 2))
+            target = home
+            for i in range(frames_per_reset * every):
+                if expert is not None:
                     cmd = expert_command(expert, frame)
                     cmd.target_position = cmd.target_position + rng.normal(0.0, expert_noise_m, 3)
-                    keep = (i + 1) % every == 0
-                    frame = sim.step(cmd, render=keep)
-                    if keep:
-                        for c in cfg.cameras:
-                            images[c].append(frame.images[c])
-                        points.append(_points(frame, names))
-                if progress is not None:
-                    progress(r + 1)
-                continue
-            home = frame.position.copy()
-            gripper = float(rng.integers(0, 2))
-            target = home
-            for i in range(frames_per_reset * stride):
-                if i % 6 == 0:  # a new waypoint: near the goal, near the object, or anywhere around the start
-                    kind = rng.integers(0, 3)
-                    if kind == 0:
-                        target = frame.goal + rng.normal(0.0, 0.04, 3)
-                    elif kind == 1 and frame.object_position is not None:
-                        target = frame.object_position + np.array([*rng.normal(0.0, 0.04, 2), rng.uniform(0.0, 0.1)])
-                    else:
-                        target = home + rng.uniform([-0.2, -0.2, -0.2], [0.2, 0.2, 0.1])
-                keep = (i + 1) % stride == 0
-                frame = sim.step(ArmCommand(target_position=target, gripper=gripper), render=keep)
+                else:
+                    if i % 6 == 0:  # a new waypoint: near the goal, near the object, or anywhere around the start
+                        kind = rng.integers(0, 3)
+                        if kind == 0:
+                            target = frame.goal + rng.normal(0.0, 0.04, 3)
+                        elif kind == 1 and frame.object_position is not None:
+                            target = frame.object_position + np.array([*rng.normal(0.0, 0.04, 2), rng.uniform(0.0, 0.1)])
+                        else:
+                            target = home + rng.uniform([-0.2, -0.2, -0.2], [0.2, 0.2, 0.1])
+                    cmd = ArmCommand(target_position=target, gripper=gripper)
+                keep = (i + 1) % every == 0
+                frame = sim.step(cmd, render=keep)
                 if keep:
                     for c in cfg.cameras:
                         images[c].append(frame.images[c])
