@@ -265,7 +265,6 @@ def print_point_error(cfg: SimConfig, encoder_file: Path, episodes: int, noise_m
 
     from sim_tests.experts import expert_command, make_expert
     from sim_tests.record import policy_config_for
-    from vit_policy.images import to_model_input
     from vit_policy.model.policy import VisuomotorPolicy
 
     with safe_open(str(encoder_file), "pt") as f:
@@ -277,12 +276,8 @@ def print_point_error(cfg: SimConfig, encoder_file: Path, episodes: int, noise_m
     for i in range(episodes):
         frame, expert = sim.reset(seed=EVAL_SEED + i), make_expert(cfg.task)
         while not sim.done:
-            feats = []
             with torch.no_grad():
-                for c in policy.cfg.cameras:
-                    enc = policy.encoder_for(c)
-                    feats.append(enc(to_model_input(torch.from_numpy(frame.images[c][None]), enc.img_size, enc.mean, enc.std))[0])
-                pred = policy.point_head(torch.cat(feats, dim=1))[0].numpy() * std + mean
+                pred = policy.encode_points({c: torch.from_numpy(frame.images[c][None]) for c in policy.cfg.cameras})[0].numpy() * std + mean
             truth = np.stack([{"goal": frame.goal, "ee": frame.position, "object": frame.object_position}[n] for n in names])
             errors.setdefault(expert.phase, []).append(100 * np.linalg.norm(pred - truth, axis=-1))
             cmd = expert_command(expert, frame)

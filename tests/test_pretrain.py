@@ -126,6 +126,7 @@ def test_points_only_context_acts_on_the_points_not_the_pixels(tmp_path):
         assert memory.shape[1] == full.forward_features(batch)[0].shape[1] - 2 * full.encoder_for("top").num_tokens
         moved = {**batch, "images": {c: torch.from_numpy(v[2:4]) for c, v in views.items()}}  # other dots
         assert not torch.allclose(only(batch)["action"], only(moved)["action"])
+        assert only.encode_points(batch["images"]).shape == (2, 1, 3)
         only.save_pretrained(tmp_path / "ckpt")
         again = VisuomotorPolicy.from_pretrained(tmp_path / "ckpt")
         assert torch.allclose(again(batch)["action"], only(batch)["action"], atol=1e-6)

@@ -280,6 +280,12 @@ class VisuomotorPolicy(nn.Module):
         attns = attn.chunk(len(cams)) if attn is not None else [None] * len(cams)
         return list(zip(feats.chunk(len(cams)), attns))
 
+    def encode_points(self, images: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The point head's (B, T, 3) normalised points for raw uint8 frames {camera: (B, H, W, 3)}."""
+        if self.point_head is None:
+            raise ConfigError("encode_points: this policy has no point head (points: 0)")
+        return self.point_head(torch.cat([f for f, _ in self._encode_images(images, False)], dim=1))
+
     def forward_features(self, batch: Batch, return_attention: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
         """Context tokens fused by the encoder blocks: (B, S, d) and the layout needed for attention maps."""
         self._require_stats()
