@@ -48,6 +48,7 @@ class TaskPlan:
     pretrain_steps: int = 0
     pretrain_expert: float = 0.0  # share of the pretraining resets the scripted expert drives (sim_tests.pretrain)
     policy_overrides: list[str] = field(default_factory=list)  # this task's; the plan's (the command line's) come after
+    train_overrides: list[str] = field(default_factory=list)  # TrainConfig KEY=VALUE, e.g. augment.pose_noise_m=0.005
 
 
 @dataclass
@@ -59,11 +60,13 @@ class DemoPlan:
                  sim_overrides=["image_size=64", "target_marker_radius=0.05"],
                  pretrain_resets=1000, pretrain_steps=4000, policy_overrides=["points=2", "encoder.freeze=all"]),
         # Push: the README's FetchPush recipe, scaled down (150 DART demonstrations, 1000 pretraining resets):
-        # measured 12/20 alone (1 thread) and 8/20 in a whole make demo, against 1/20 from scratch on 100 demonstrations
+        # measured 17/20 alone (1 thread; 12/20 before delta actions and EE-frame points), against 1/20
+        # from scratch on 100 demonstrations
         TaskPlan("FetchPush-v4", "fetch_push.yaml", demos=150, held_out=5, max_steps=8000, eval_episodes=20,
                  sim_overrides=["image_size=64", PUSH_CAMERAS], action_noise_m=0.01,
                  pretrain_resets=1000, pretrain_steps=4000, pretrain_expert=0.5,
-                 policy_overrides=["points=3", "encoder.freeze=all", "image_tokens=false"]),
+                 policy_overrides=["points=3", "encoder.freeze=all", "image_tokens=false", "action_frame=delta", "points_frame=ee"],
+                 train_overrides=["augment.pose_noise_m=0.02"]),
     ])
     batch_size: int = 32
     seed: int = 0
@@ -116,7 +119,7 @@ def run_task(tp: TaskPlan, plan: DemoPlan, out: Path) -> dict[str, Any]:
         row["pretrain"] = {"frames": tp.pretrain_resets * 8, "steps": pre.steps, "s": time.perf_counter() - t0, "val_error_m": pre.val_error_m}
         policy_overrides.append(f"encoder.weights={pre.path}")
     cfg = train_config_for(sim, [str(p) for p in train_bags], out / "train" / tp.task, tp.max_steps, plan.batch_size,
-                           policy_overrides=policy_overrides)
+                           policy_overrides=policy_overrides, overrides=tp.train_overrides)
     cfg.progress, cfg.tensorboard, cfg.seed = True, True, plan.seed
     print(f"== {tp.task}: training {cfg.policy.encoder.name} ({cfg.policy.encoder.token_mode} tokens) for {tp.max_steps} steps "
           f"on {len(train_bags)} demonstrations")
@@ -267,15 +270,23 @@ def run_demo(out_dir: str | Path = "outputs/demo", plan: DemoPlan | None = None)
     return report
 
 
+def check_plan(plan: DemoPlan) -> None:
+    """Build every task's sim, policy and training config now, so a bad override fails before any work."""
+    from sim_tests.record import train_config_for
+
+    for tp in plan.tasks:
+        sim = load_sim_config(CONFIGS / "sim" / tp.sim_config, tp.sim_overrides)
+        train_config_for(sim, ["not-read"], "unused", tp.max_steps, plan.batch_size, policy_overrides=[*tp.policy_overrides, *plan.policy_overrides],
+                         overrides=tp.train_overrides)
+
+
 def cli_demo(args: Any) -> int:
     import torch
-
-    from sim_tests.record import policy_config_for
 
     if args.threads:
         torch.set_num_threads(args.threads)
     plan = quick_plan() if args.quick else DemoPlan()
     plan.policy_overrides = list(args.policy_overrides or [])
-    policy_config_for(load_sim_config(CONFIGS / "sim" / plan.tasks[0].sim_config), overrides=plan.policy_overrides)  # bad keys fail now
+    check_plan(plan)
     run_demo(args.out, plan)
     return 0

@@ -53,6 +53,7 @@ class PushExpert(Expert):
     hover = 0.10  # height above the object for the approach: a learned policy that lowers early still clears it
     push_gain = 0.4  # push speed per step = this x the object's distance to the goal ...
     min_push = 0.004  # ... but at least this (metres per step), so the push always ends
+    max_push = 0.024  # ... and at most this
 
     def act(self, frame: SimFrame) -> tuple[np.ndarray, float]:
         p, obj, goal = frame.position, frame.object_position, frame.goal
@@ -85,7 +86,7 @@ class PushExpert(Expert):
         # left, so the object stops at the goal instead of sliding past it (and a learned policy sees a
         # smooth speed-vs-distance law, not a stop switched at one distance)
         line_point = obj[:2] - u * (OBJECT_HALF + 0.01)
-        speed = min(self.step * 0.6, max(self.min_push, self.push_gain * dist))
+        speed = min(self.max_push, max(self.min_push, self.push_gain * dist))
         target_xy = p[:2] + u * speed + (line_point - p[:2]) - u * float((line_point - p[:2]) @ u)
         return _toward(p, np.array([*target_xy, obj[2]]), self.step), 0.0
 

@@ -56,6 +56,18 @@ def test_demo_rejects_a_bad_policy_override_before_any_work(tmp_path):
     assert not (tmp_path / "demo").exists()
 
 
+def test_every_task_of_the_default_plan_builds_its_configs():
+    """The demo's own plan (not run here: it takes 20+ minutes) is checked the way a command line is."""
+    from sim_tests.demo import DemoPlan, check_plan
+    from vit_policy.config import ConfigError
+
+    plan = DemoPlan()
+    check_plan(plan)
+    plan.tasks[-1].train_overrides = ["augment.pose_noise=0.005"]
+    with pytest.raises(ConfigError, match="pose_noise"):
+        check_plan(plan)
+
+
 def test_demo_never_deletes_a_directory_it_did_not_write(tmp_path):
     from sim_tests.demo import run_demo
 

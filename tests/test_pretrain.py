@@ -1,5 +1,7 @@
 """Encoder pretraining on labelled frames: it learns to place a point, and its file is what encoder.weights reads."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -67,14 +69,14 @@ def test_bad_inputs_are_named(tmp_path, bad, match):
         pretrain_encoder(ENC, views, points, ["dot"], tmp_path / "enc.safetensors", steps=1)
 
 
-def _points_policy(path, cameras=("top", "side"), points=1, freeze="all", image_tokens=True):
+def _points_policy(path, cameras=("top", "side"), points=1, freeze="all", image_tokens=True, points_frame="base"):
     import dataclasses
 
     from vit_policy.config import PolicyConfig
     from vit_policy.model.policy import VisuomotorPolicy, identity_stats
 
     cfg = PolicyConfig(cameras=list(cameras), encoder=dataclasses.replace(ENC, weights=str(path), freeze=freeze), points=points, image_tokens=image_tokens,
-                       d_model=32, n_heads=4, n_encoder_layers=1, n_decoder_layers=1, chunk_size=3)
+                       points_frame=points_frame, d_model=32, n_heads=4, n_encoder_layers=1, n_decoder_layers=1, chunk_size=3)
     policy = VisuomotorPolicy(cfg)
     policy.set_stats(identity_stats(cfg))
     return policy
@@ -132,6 +134,45 @@ def test_points_only_context_acts_on_the_points_not_the_pixels(tmp_path):
         assert torch.allclose(again(batch)["action"], only(batch)["action"], atol=1e-6)
     with pytest.raises(ConfigError, match="image_tokens: false.*set points: N"):
         PolicyConfig(image_tokens=False)
+
+
+def test_ee_frame_points_are_offsets_from_the_observed_ee_in_metres(tmp_path):
+    """points_frame: ee: the point tokens are (point in metres - EE position) / 0.1 from the pretraining
+    file's statistics, so moving the EE by d moves them by -d / 0.1; the statistics survive a checkpoint
+    without the pretraining file, and a file without them is refused."""
+    from safetensors.torch import save_file
+
+    from vit_policy.config import ConfigError, PolicyConfig
+    from vit_policy.model.encoders import WeightsError
+    from vit_policy.model.policy import EE_POINT_SCALE_M, VisuomotorPolicy
+
+    views, points = two_views(40)
+    res = pretrain_encoder(ENC, views, points, ["dot"], tmp_path / "enc.safetensors", steps=3, batch_size=8)
+    policy = _points_policy(res.path, image_tokens=False, points_frame="ee").eval()
+    with safe_open(str(res.path), "pt") as f:
+        meta = f.metadata()
+    mean, std = (torch.tensor(json.loads(meta[k]), dtype=torch.float32) for k in ("point_mean_m", "point_std_m"))
+    seen = []
+    policy.point_proj.register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+    batch = _batch(views)
+    moved = {**batch, "position": batch["position"] + torch.tensor([0.05, -0.02, 0.01])}
+    with torch.no_grad():
+        policy(batch), policy(moved)
+        metres = policy.encode_points(batch["images"]) * std + mean
+    assert torch.allclose(seen[0], (metres - batch["position"][:, None]) / EE_POINT_SCALE_M, atol=1e-5)
+    assert torch.allclose(seen[1] - seen[0], torch.tensor([-0.5, 0.2, -0.1]).expand_as(seen[0]), atol=1e-5)
+    with torch.no_grad():
+        out = policy(batch)["action"]
+        policy.save_pretrained(tmp_path / "ckpt")
+        again = VisuomotorPolicy.from_pretrained(tmp_path / "ckpt")  # reads no pretraining file
+        assert torch.allclose(again.point_mean, mean) and torch.allclose(again(batch)["action"], out, atol=1e-6)
+    no_stats = tmp_path / "no_stats.safetensors"
+    with safe_open(str(res.path), "pt") as f:
+        save_file({k: f.get_tensor(k) for k in f.keys()}, str(no_stats), metadata={"cameras": meta["cameras"]})
+    with pytest.raises(WeightsError, match="point_mean_m.*pretrain it again or set points_frame: base"):
+        _points_policy(no_stats, points_frame="ee")
+    with pytest.raises(ConfigError, match="points_frame: ee.*points is 0"):
+        PolicyConfig(points_frame="ee")
 
 
 def test_point_head_errors_name_the_file_and_the_fix(tmp_path):

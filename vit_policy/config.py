@@ -173,6 +173,7 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
 TokenMode = Literal["cls", "mean", "patches", "pooled"]
 ActionFrame = Literal["delta", "absolute"]  # what the policy head regresses (PolicyConfig.action_frame)
+PointsFrame = Literal["base", "ee"]  # where the point tokens are measured from (PolicyConfig.points_frame)
 
 
 @dataclass
@@ -261,6 +262,10 @@ class PolicyConfig:
     # False: the context holds no patch tokens, only the points the head reads from them (needs points > 0).
     # The head then acts on where things are and cannot memorise its demonstrations' pixels.
     image_tokens: bool = True
+    # "ee": each point enters the context as its offset from the observed EE position (metres / 0.1), so
+    # the context is the same wherever on the table the task happens; with action_frame: delta the whole
+    # mapping is then translation-invariant. Needs the pretraining file's point statistics.
+    points_frame: PointsFrame = "base"
 
     def __post_init__(self) -> None:
         if not self.cameras:
@@ -283,6 +288,8 @@ class PolicyConfig:
             raise ConfigError(f"points: the point head reads patch tokens; set encoder.token_mode: patches (is {self.encoder.token_mode!r})")
         if not self.image_tokens and not self.points:
             raise ConfigError("image_tokens: false leaves the policy blind without point tokens; set points: N (a pretrained point head) or image_tokens: true")
+        if self.points_frame == "ee" and not self.points:
+            raise ConfigError("points_frame: ee measures the point tokens from the EE, but points is 0; set points: N or points_frame: base")
 
     @property
     def control_dt_ns(self) -> int:

@@ -35,6 +35,7 @@ from vit_policy.observation import ActionChunk, Observation, ObservationError
 log = logging.getLogger(__name__)
 
 ACTION_DIM = 10  # dp (3) + rot6d (6) + gripper (1)
+EE_POINT_SCALE_M = 0.1  # points_frame: ee offsets in units of 10 cm, about the spread of a tabletop task
 CONFIG_FILE, WEIGHTS_FILE, STATS_FILE = "config.yaml", "model.safetensors", "stats.safetensors"
 
 Batch = dict[str, Any]
@@ -138,6 +139,10 @@ class VisuomotorPolicy(nn.Module):
             self.token_embed = nn.Parameter(torch.randn(1, enc.num_tokens, d) * 0.02)  # slot within a camera
         self.pose_tokens = PoseTokenizer(cfg.pose, d)
         self.point_head = self._build_point_head(cfg, enc) if cfg.points else None
+        if cfg.points and cfg.points_frame == "ee":  # metres = normalised * std + mean: saved with the weights
+            mean, std = self._point_stats(cfg)
+            self.register_buffer("point_mean", mean)
+            self.register_buffer("point_std", std)
         self.point_proj = nn.Linear(3, d) if cfg.points else None
         self.point_embed = nn.Parameter(torch.randn(1, cfg.points, d) * 0.02) if cfg.points else None
         self.language = InstructionEncoder(cfg.language) if cfg.language.enabled else None
@@ -170,6 +175,20 @@ class VisuomotorPolicy(nn.Module):
         if cfg.encoder.freeze == "all":
             head.requires_grad_(False)  # pretrained perception stays as it was, with the backbone
         return head
+
+    @staticmethod
+    def _point_stats(cfg: PolicyConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pretraining file's (points, 3) mean and std in metres (placeholders without a file: a checkpoint fills them)."""
+        mean, std = torch.zeros(cfg.points, 3), torch.ones(cfg.points, 3)
+        path = cfg.encoder.weights
+        if path:
+            meta = _safetensors_metadata(path)
+            if "point_mean_m" not in meta or "point_std_m" not in meta:
+                raise WeightsError(f"points_frame: ee needs the point statistics (point_mean_m, point_std_m) that "
+                                   f"vit_policy.pretrain stores, and {path!r} has none; pretrain it again or set points_frame: base")
+            mean = torch.tensor(json.loads(meta["point_mean_m"]), dtype=torch.float32).reshape(-1, 3).expand(cfg.points, 3).clone()
+            std = torch.tensor(json.loads(meta["point_std_m"]), dtype=torch.float32).reshape(-1, 3).expand(cfg.points, 3).clone()
+        return mean, std
 
     @classmethod
     def from_config(cls, cfg: PolicyConfig | dict[str, Any] | str | Path) -> "VisuomotorPolicy":
@@ -306,7 +325,11 @@ class VisuomotorPolicy(nn.Module):
                 layout["pool_attention"][cam] = pool_attn
                 offset += feats.shape[1]
         if self.point_head is not None:  # the pretrained points (goal, object, EE) as tokens of their own
-            tokens.append(self.point_proj(self.point_head(torch.cat(patches, dim=1))) + self.point_embed)
+            points = self.point_head(torch.cat(patches, dim=1))
+            if self.cfg.points_frame == "ee":  # offsets from the observed (not the augmented) EE position
+                ee = batch["position"].to(points.device, torch.float32)[:, None]
+                points = (points * self.point_std + self.point_mean - ee) / EE_POINT_SCALE_M
+            tokens.append(self.point_proj(points) + self.point_embed)
         x = torch.cat(tokens, dim=1)
         for block in self.blocks:
             x = block(x)
