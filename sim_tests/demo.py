@@ -5,7 +5,7 @@ encoder is pretrained on labelled frames (`sim_tests.pretrain`), a policy is tra
 demonstrations with `vit_policy.train`, checked offline on held-out bags with
 `vit_policy.replay` (faithful + batch), and run closed loop in MuJoCo through `PolicyRunner` with the
 node's safety and chunk execution. One HTML page links everything. Sized for 2 CPU cores in 30 minutes
-(22.6 measured): the policy is `configs/sim/policy.yaml` (timm's `test_vit`, every patch token kept),
+(21.7 measured): the policy is `configs/sim/policy.yaml` (timm's `test_vit`, every patch token kept),
 because no pretrained weights can be downloaded here and a vit_tiny training step costs 4-5x as much
 on a CPU (`benchmarks/sim_success.py --step-times`); `vit-policy demo encoder.name=...` overrides it.
 """
@@ -60,8 +60,8 @@ class DemoPlan:
                  sim_overrides=["image_size=64", "target_marker_radius=0.05"],
                  pretrain_resets=1000, pretrain_steps=4000, policy_overrides=["points=2", "encoder.freeze=all"]),
         # Push: the README's FetchPush recipe, scaled down (150 DART demonstrations, 1000 pretraining resets):
-        # measured 17/20 alone (1 thread; 12/20 before delta actions and EE-frame points), against 1/20
-        # from scratch on 100 demonstrations
+        # measured 17/20 alone (1 thread) and in a whole make demo (12/20 and 8/20 before delta actions and
+        # EE-frame points), against 1/20 from scratch on 100 demonstrations
         TaskPlan("FetchPush-v4", "fetch_push.yaml", demos=150, held_out=5, max_steps=8000, eval_episodes=20,
                  sim_overrides=["image_size=64", PUSH_CAMERAS], action_noise_m=0.01,
                  pretrain_resets=1000, pretrain_steps=4000, pretrain_expert=0.5,
