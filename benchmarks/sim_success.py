@@ -256,21 +256,15 @@ def print_point_error(cfg: SimConfig, encoder_file: Path, episodes: int, noise_m
     """Error of a pretrained point head on what a closed loop shows (the object pushed or carried, the
     gripper against it), not on its own random-reaching frames: the expert drives ``episodes`` unseen
     seeds with ``noise_m`` of execution noise; cm per expert phase."""
-    import json
-    from dataclasses import replace
-
     import numpy as np
     import torch
-    from safetensors import safe_open
 
-    from sim_tests.experts import expert_command, make_expert
+    from sim_tests.experts import expert_command, make_expert, with_execution_noise
     from sim_tests.record import policy_config_for
-    from vit_policy.model.policy import VisuomotorPolicy
+    from vit_policy.model.policy import VisuomotorPolicy, read_point_stats
 
-    with safe_open(str(encoder_file), "pt") as f:
-        meta = f.metadata()
-    names = json.loads(meta["points"])
-    mean, std = np.array(json.loads(meta["point_mean_m"])), np.array(json.loads(meta["point_std_m"]))
+    names, mean_t, std_t = read_point_stats(encoder_file, "--point-error")
+    mean, std = mean_t.numpy(), std_t.numpy()
     policy = VisuomotorPolicy(policy_config_for(cfg, overrides=[f"encoder.weights={encoder_file}", f"points={len(names)}"])).eval()
     sim, rng, errors = FetchSim(cfg), np.random.default_rng(0), {}
     for i in range(episodes):
@@ -280,8 +274,7 @@ def print_point_error(cfg: SimConfig, encoder_file: Path, episodes: int, noise_m
                 pred = policy.encode_points({c: torch.from_numpy(frame.images[c][None]) for c in policy.cfg.cameras})[0].numpy() * std + mean
             truth = np.stack([{"goal": frame.goal, "ee": frame.position, "object": frame.object_position}[n] for n in names])
             errors.setdefault(expert.phase, []).append(100 * np.linalg.norm(pred - truth, axis=-1))
-            cmd = expert_command(expert, frame)
-            frame = sim.step(replace(cmd, target_position=cmd.target_position + rng.normal(0.0, noise_m, 3)))
+            frame = sim.step(with_execution_noise(expert_command(expert, frame), rng, noise_m))
     sim.close()
     print(f"{encoder_file}: point error (cm) on {episodes} noisy expert rollouts of {cfg.task}, seeds from {EVAL_SEED}")
     print(f"  {'phase':<9} {'frames':>6} " + " ".join(f"{n + ' median':>14} {'p90':>5}" for n in names))

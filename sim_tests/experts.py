@@ -8,6 +8,8 @@ publishes on ``/expert/target_pose`` and ``/expert/gripper``. The target is a sh
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from sim_tests.fetch_env import ArmCommand, SimFrame
@@ -148,6 +150,14 @@ def expert_command(expert: Expert, frame: SimFrame) -> ArmCommand:
     orientation when the task has one (else the env keeps the gripper pointing down)."""
     target, grip = expert.act(frame)
     return ArmCommand(target_position=target, target_quaternion=frame.goal_quaternion, gripper=grip)
+
+
+def with_execution_noise(cmd: ArmCommand, rng: np.random.Generator, noise_m: float) -> ArmCommand:
+    """``cmd`` with Gaussian noise (``noise_m`` metres per axis) on its target position: what the arm
+    executes in DART-style recording and noisy rollouts, while the label stays ``cmd``."""
+    if noise_m <= 0:
+        return cmd
+    return replace(cmd, target_position=cmd.target_position + rng.normal(0.0, noise_m, 3))
 
 
 def make_expert(task: str) -> Expert:

@@ -47,7 +47,7 @@ def localization_frames(
         raise ValueError(f"resets {resets}, frames_per_reset {frames_per_reset}, stride {stride}: each must be at least 1")
     if not 0.0 <= expert_fraction <= 1.0:
         raise ValueError(f"expert_fraction: {expert_fraction} must be in [0, 1] (the share of resets the expert drives)")
-    from sim_tests.experts import expert_command, make_expert
+    from sim_tests.experts import expert_command, make_expert, with_execution_noise
 
     sim = FetchSim(cfg)
     names = point_names(sim)
@@ -65,8 +65,7 @@ def localization_frames(
             target = home
             for i in range(frames_per_reset * every):
                 if expert is not None:
-                    cmd = expert_command(expert, frame)
-                    cmd.target_position = cmd.target_position + rng.normal(0.0, expert_noise_m, 3)
+                    cmd = with_execution_noise(expert_command(expert, frame), rng, expert_noise_m)
                 else:
                     if i % 6 == 0:  # a new waypoint: near the goal, near the object, or anywhere around the start
                         kind = rng.integers(0, 3)

@@ -17,14 +17,14 @@ are written at that bag time. ``<out>/demos.yaml`` lists each episode's seed, le
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
 import yaml
 
-from sim_tests.experts import expert_command, make_expert
+from sim_tests.experts import expert_command, make_expert, with_execution_noise
 from sim_tests.fetch_env import FINGER_JOINTS, FINGER_SUM_OPEN, FetchSim, SimFrame
 from vit_policy import messages as M
 from vit_policy.config import (DataConfig, GripperConfig, PolicyConfig, SimConfig, TrainConfig, apply_overrides, from_dict,
@@ -132,9 +132,7 @@ def record_episode(
             bag.write("/expert/gripper", t, M.make_float64(f, float(cmd.gripper)))
             if sim.done or (hold_steps is not None and first is not None and sim.steps - first >= hold_steps):
                 break
-            if action_noise_m > 0:
-                cmd = replace(cmd, target_position=cmd.target_position + rng.normal(0.0, action_noise_m, 3))
-            frame = sim.step(cmd)
+            frame = sim.step(with_execution_noise(cmd, rng, action_noise_m))
             if frame.success and first is None:
                 first = sim.steps
     return EpisodeInfo(path.name, seed, sim.steps, bool(frame.success), first, start_ns)

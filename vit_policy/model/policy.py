@@ -179,15 +179,9 @@ class VisuomotorPolicy(nn.Module):
     @staticmethod
     def _point_stats(cfg: PolicyConfig) -> tuple[torch.Tensor, torch.Tensor]:
         """The pretraining file's (points, 3) mean and std in metres (placeholders without a file: a checkpoint fills them)."""
-        mean, std = torch.zeros(cfg.points, 3), torch.ones(cfg.points, 3)
-        path = cfg.encoder.weights
-        if path:
-            meta = _safetensors_metadata(path)
-            if "point_mean_m" not in meta or "point_std_m" not in meta:
-                raise WeightsError(f"points_frame: ee needs the point statistics (point_mean_m, point_std_m) that "
-                                   f"vit_policy.pretrain stores, and {path!r} has none; pretrain it again or set points_frame: base")
-            mean = torch.tensor(json.loads(meta["point_mean_m"]), dtype=torch.float32).reshape(-1, 3).expand(cfg.points, 3).clone()
-            std = torch.tensor(json.loads(meta["point_std_m"]), dtype=torch.float32).reshape(-1, 3).expand(cfg.points, 3).clone()
+        if not cfg.encoder.weights:
+            return torch.zeros(cfg.points, 3), torch.ones(cfg.points, 3)
+        _, mean, std = read_point_stats(cfg.encoder.weights, "points_frame: ee", "or set points_frame: base")
         return mean, std
 
     @classmethod
@@ -498,6 +492,21 @@ class VisuomotorPolicy(nn.Module):
         src = str(directory / STATS_FILE)
         model.set_stats({k: NormStats.from_tensors(raw, k, src) for k in ("state", "action")})
         return model.to(map_location).eval()
+
+
+def read_point_stats(path: str | Path, needed_by: str, fix: str = "") -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """A pretraining file's point names and their (points, 3) mean and std in metres (vit_policy.pretrain
+    stores them as metadata: the point head's outputs are normalised by them)."""
+    meta = _safetensors_metadata(path)
+    if not {"points", "point_mean_m", "point_std_m"} <= set(meta):
+        raise WeightsError(f"{needed_by} needs the point statistics (point_mean_m, point_std_m) that vit_policy.pretrain "
+                           f"stores, and {str(path)!r} has none; pretrain it again {fix}".rstrip())
+    names = json.loads(meta["points"])
+    mean, std = (torch.tensor(json.loads(meta[k]), dtype=torch.float32) for k in ("point_mean_m", "point_std_m"))
+    if mean.shape != (len(names), 3) or std.shape != (len(names), 3):
+        raise WeightsError(f"{str(path)!r}: point_mean_m / point_std_m should be {len(names)} x 3 (one per point), got "
+                           f"{tuple(mean.shape)} / {tuple(std.shape)}; pretrain it again")
+    return names, mean, std
 
 
 def _safetensors_metadata(path: str | Path) -> dict[str, str]:
