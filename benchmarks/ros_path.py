@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/ros_path.py                 # everything, 60 s soak
     .venv/bin/python benchmarks/ros_path.py --soak 20 --skip-transport
+    .venv/bin/python benchmarks/ros_path.py --resolutions            # the node at 640x480 .. 1920x1080, 1 and 2 cameras
 
 Prints one table. Targets (issue 3): conversion <= 2 ms, transport overhead p99 <= 5 ms, no growth
 of resident memory or latency over the soak.
@@ -129,74 +130,103 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def bench_soak(rows: list[tuple[str, str, str, str]], seconds: float, img_size: int) -> None:
-    import torch
-    import yaml
+class FedNode:
+    """``vit-policy serve --transport dds`` (tiny random-init checkpoint, enabled) fed by cameras and a pose.
 
-    from ros_nodes.transport.dds_backend import DDSTransport
-    from vit_policy.config import EncoderConfig, PolicyConfig
-    from vit_policy.geometry import NormStats
-    from vit_policy.model.policy import VisuomotorPolicy, identity_stats
+    Cameras publish at ``camera_hz`` with frames stamped ``lead_s`` before publication (exposure plus
+    driver latency), each message built once per camera (a driver's cost is not the node's); the pose
+    publishes at ``pose_hz`` stamped at publication.
+    """
 
-    tmp = Path(tempfile.mkdtemp(prefix="ros_path_"))
-    torch.manual_seed(0)
-    cfg = PolicyConfig(cameras=["left", "right"], encoder=EncoderConfig(name="vit_tiny_patch16_224", img_size=img_size),
-                       d_model=128, n_heads=4, n_encoder_layers=1, n_decoder_layers=1, chunk_size=10)
-    policy = VisuomotorPolicy.from_config(cfg)
-    policy.set_stats({k: NormStats(*(np.array(a) for a in (s.mean, s.std, s.min, s.max))) for k, s in identity_stats(cfg).items()})
-    ckpt = policy.save_pretrained(tmp / "ckpt")
-    (tmp / "node.yaml").write_text(yaml.safe_dump({"policy_node": {"ros__parameters": {
-        "checkpoint": str(ckpt), "threads": 1, "diagnostics_rate_hz": 2.0, "runtime": {"control_rate_hz": 10.0}}}}))
-    domain = 100 + os.getpid() % 50
-    env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "vit_policy.cli", "serve", "--transport", "dds", "--config", str(tmp / "node.yaml")],
-                            env=env, cwd=ROOT)
-    t = DDSTransport("soak", domain_id=domain)
-    f = t.factory
-    diags: list[tuple[float, dict[str, str]]] = []
-    cmds: list[float] = []
-    t.create_subscription("diagnostic_msgs/msg/DiagnosticArray", "/diagnostics", lambda m: diags.append((time.monotonic(), M.diagnostic_values(m))))
-    t.create_subscription("trajectory_msgs/msg/MultiDOFJointTrajectory", "/policy/chunk", lambda m: cmds.append(time.monotonic()))
-    pubs = {c: t.create_publisher("sensor_msgs/msg/Image", f"/camera/{c}/image_raw", "sensor_data") for c in ("left", "right")}
-    pose = t.create_publisher("geometry_msgs/msg/PoseStamped", "/ee_pose")
-    enable = t.create_publisher("std_msgs/msg/Bool", "/policy/enable")
-    stop = threading.Event()
-    rgb = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    def __init__(self, cameras: list[str], size_wh: tuple[int, int], img_size: int, camera_hz: float = 30.0,
+                 pose_hz: float = 100.0, lead_s: float = 0.0) -> None:
+        import torch
+        import yaml
 
-    def loop(period, fn):
-        nxt = time.monotonic()
-        while not stop.is_set():
-            fn()
-            nxt += period
-            stop.wait(max(0.0, nxt - time.monotonic()))
+        from ros_nodes.transport.dds_backend import DDSTransport
+        from vit_policy.config import EncoderConfig, PolicyConfig
+        from vit_policy.model.policy import VisuomotorPolicy, identity_stats
 
-    threads = [threading.Thread(target=loop, args=(1 / 30, lambda c=c: pubs[c].publish(M.rgb_to_image(f, rgb, time.time_ns(), c, "bgr8"))), daemon=True)
-               for c in pubs]
-    threads.append(threading.Thread(target=loop, args=(0.01, lambda: pose.publish(
-        M.make_pose_stamped(f, time.time_ns(), "base_link", [0.4, 0, 0.3], [1.0, 0, 0, 0]))), daemon=True))
-    for th in threads:
-        th.start()
-    try:
+        tmp = Path(tempfile.mkdtemp(prefix="ros_path_"))
+        torch.manual_seed(0)
+        cfg = PolicyConfig(cameras=cameras, encoder=EncoderConfig(name="vit_tiny_patch16_224", img_size=img_size),
+                           d_model=128, n_heads=4, n_encoder_layers=1, n_decoder_layers=1, chunk_size=10)
+        policy = VisuomotorPolicy.from_config(cfg)
+        policy.set_stats(identity_stats(cfg))
+        ckpt = policy.save_pretrained(tmp / "ckpt")
+        (tmp / "node.yaml").write_text(yaml.safe_dump({"policy_node": {"ros__parameters": {
+            "checkpoint": str(ckpt), "threads": 1, "diagnostics_rate_hz": 2.0, "runtime": {"control_rate_hz": 10.0}}}}))
+        domain = 100 + (os.getpid() + len(cameras) * 7 + size_wh[0]) % 100
+        env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "vit_policy.cli", "serve", "--transport", "dds", "--config",
+                                      str(tmp / "node.yaml")], env=env, cwd=ROOT)
+        self.t = DDSTransport("feeder", domain_id=domain)
+        f = self.t.factory
+        self.diags: list[tuple[float, dict[str, str]]] = []
+        self.cmds: list[float] = []
+        self.t.create_subscription("diagnostic_msgs/msg/DiagnosticArray", "/diagnostics",
+                                   lambda m: self.diags.append((time.monotonic(), M.diagnostic_values(m))))
+        self.t.create_subscription("trajectory_msgs/msg/MultiDOFJointTrajectory", "/policy/chunk", lambda m: self.cmds.append(time.monotonic()))
+        pubs = {c: self.t.create_publisher("sensor_msgs/msg/Image", f"/camera/{c}/image_raw", "sensor_data") for c in cameras}
+        pose = self.t.create_publisher("geometry_msgs/msg/PoseStamped", "/ee_pose")
+        self.enable = self.t.create_publisher("std_msgs/msg/Bool", "/policy/enable")
+        self.stop = threading.Event()
+        rgb = np.random.default_rng(0).integers(0, 256, (size_wh[1], size_wh[0], 3), dtype=np.uint8)
+        msgs = {c: M.rgb_to_image(f, rgb, 0, c, "bgr8") for c in cameras}
+        lead = int(lead_s * 1e9)
+
+        def frame(c: str) -> None:
+            msgs[c].header.stamp = M.ns_to_stamp(f, time.time_ns() - lead)
+            pubs[c].publish(msgs[c])
+
+        def loop(period: float, fn) -> None:
+            nxt = time.monotonic()
+            while not self.stop.is_set():
+                fn()
+                nxt += period
+                self.stop.wait(max(0.0, nxt - time.monotonic()))
+
+        self.threads = [threading.Thread(target=loop, args=(1 / camera_hz, lambda c=c: frame(c)), daemon=True) for c in cameras]
+        self.threads.append(threading.Thread(target=loop, args=(1 / pose_hz, lambda: pose.publish(
+            M.make_pose_stamped(f, time.time_ns(), "base_link", [0.4, 0, 0.3], [1.0, 0, 0, 0]))), daemon=True))
+        for th in self.threads:
+            th.start()
+
+    def start(self, warmup_s: float = 3.0) -> None:
+        """Wait for the node, enable it, wait for its first command and a warm-up."""
         end = time.monotonic() + 120
-        while not diags and time.monotonic() < end:
+        while not self.diags and time.monotonic() < end:
             time.sleep(0.2)
         for _ in range(3):
-            enable.publish(f("std_msgs/msg/Bool")(data=True))
+            self.enable.publish(self.t.factory("std_msgs/msg/Bool")(data=True))
             time.sleep(0.2)
-        while not cmds and time.monotonic() < end:
+        while not self.cmds and time.monotonic() < end:
             time.sleep(0.2)
-        time.sleep(3.0)  # warm-up
+        time.sleep(warmup_s)
+
+    def latest(self) -> dict[str, str]:
+        return self.diags[-1][1] if self.diags else {}
+
+    def close(self) -> None:
+        self.stop.set()
+        self.proc.terminate()
+        self.proc.wait(timeout=20)
+        self.t.shutdown()
+
+
+def bench_soak(rows: list[tuple[str, str, str, str]], seconds: float, img_size: int) -> None:
+    node = FedNode(["left", "right"], (640, 480), img_size)
+    try:
+        node.start()
         t0 = time.monotonic()
-        rss = [(0.0, rss_mb(proc.pid))]
+        rss = [(0.0, rss_mb(node.proc.pid))]
         while time.monotonic() < t0 + seconds:
             time.sleep(1.0)
-            rss.append((time.monotonic() - t0, rss_mb(proc.pid)))
+            rss.append((time.monotonic() - t0, rss_mb(node.proc.pid)))
         t1 = time.monotonic()
     finally:
-        stop.set()
-        proc.terminate()
-        proc.wait(timeout=20)
-        t.shutdown()
+        node.close()
+    cmds, diags = node.cmds, node.diags
 
     def window(a: float, b: float) -> tuple[float, str, str]:
         n = sum(a <= c < b for c in cmds)
@@ -215,6 +245,29 @@ def bench_soak(rows: list[tuple[str, str, str, str]], seconds: float, img_size: 
     rows.append(("soak: inference ms p99 (first / last)", p99_0, p99_1, ""))
 
 
+RESOLUTIONS = {"640x480": (640, 480), "1280x720": (1280, 720), "1920x1080": (1920, 1080)}
+
+
+def bench_resolutions(seconds: float, img_size: int, sizes: list[str]) -> list[tuple[str, ...]]:
+    """The node at its control rate under 30 Hz cameras stamped 30 ms before publication and a 200 Hz pose."""
+    out = []
+    for name in sizes:
+        for cams in (["front"], ["front", "side"]):
+            node = FedNode(cams, RESOLUTIONS[name], img_size, camera_hz=30.0, pose_hz=200.0, lead_s=0.03)
+            try:
+                node.start(warmup_s=2.0)
+                first = node.latest()
+                time.sleep(seconds)
+                last = node.latest()
+            finally:
+                node.close()
+            ticks = int(last.get("ticks", 0)) - int(first.get("ticks", 0))
+            ok = int(last.get("ticks_ok", 0)) - int(first.get("ticks_ok", 0))
+            out.append((name, str(len(cams)), last.get("input_lag_ms_p50", "n/a"), last.get("input_lag_ms_p99", "n/a"),
+                        f"{ok / ticks:.2f}" if ticks else "n/a", f"{ticks / seconds:.1f}", last.get("dropped_frames", "n/a")))
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=200)
@@ -222,10 +275,22 @@ def main() -> int:
     parser.add_argument("--soak", type=float, default=60.0, help="soak duration in seconds (0: skip)")
     parser.add_argument("--img-size", type=int, default=96, help="encoder resolution of the soak's tiny ViT")
     parser.add_argument("--skip-transport", action="store_true")
+    parser.add_argument("--resolutions", nargs="*", choices=sorted(RESOLUTIONS), metavar="WxH",
+                        help="only the node under 30 Hz cameras at these sizes (default all), 1 and 2 cameras, 200 Hz pose")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per --resolutions row")
     parser.add_argument("--echo", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo is not None:
         echo(args.echo)
+        return 0
+    if args.resolutions is not None:
+        table = bench_resolutions(args.seconds, args.img_size, args.resolutions or list(RESOLUTIONS))
+        head = ("camera", "cams", "lag p50 ms", "lag p99 ms", "ticks moving", "ticks/s", "dropped")
+        print("  ".join(f"{h:>12}" for h in head))
+        for row in table:
+            print("  ".join(f"{v:>12}" for v in row))
+        print(f"(lag: inference start minus the observation's frame stamp, which lies 30 ms before publication; control 10 Hz; "
+              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; {time.strftime('%Y-%m-%d %H:%M:%S')})")
         return 0
     rows: list[tuple[str, str, str, str]] = []
     bench_conversion(rows, args.repeats)

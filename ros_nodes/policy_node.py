@@ -28,7 +28,8 @@ from ros_nodes.transport.base import Transport, check_parameter_names
 from vit_policy import messages as M
 from vit_policy.config import ConfigError, NodeConfig, from_dict, read_yaml
 from vit_policy.observation import ActionChunk
-from vit_policy.runtime import POSE, PolicyRunner, camera_key
+from vit_policy.inputs import InputSpec
+from vit_policy.runtime import PolicyRunner
 from vit_policy.safety import Command
 
 NODE_NAME = "policy_node"
@@ -52,8 +53,11 @@ DESCRIPTIONS = {
     "diagnostics_rate_hz": "rate of /diagnostics (Hz)",
     "instruction": "task instruction for language-conditioned policies",
     "runtime.control_rate_hz": "control ticks per second (Hz)",
-    "runtime.sync_tolerance_s": "cameras must be within this of the pose stamp (s)",
+    "runtime.sync_tolerance_s": "other cameras within this of the reference frame; the EE poses around a frame at most 2x this apart (s)",
     "runtime.max_age_s": "an input older than this at a tick is stale: stop (s)",
+    "runtime.max_extrapolation_s": "the EE pose may be extrapolated this far past the newest one; else the frame waits (s)",
+    "runtime.max_stamp_lead_s": "a stamp further ahead of its arrival is rejected: clocks out of sync (s)",
+    "runtime.position_bound_m": "an EE position further than this from the base on any axis is rejected (m)",
     "runtime.strategy": "receding (execute n steps, replan) or ensemble (ACT temporal ensembling)",
     "runtime.execute_steps": "receding horizon: steps executed before the next chunk takes over",
     "runtime.ensemble_m": "temporal ensembling weight exp(-m i), i = 0 for the oldest chunk",
@@ -154,14 +158,13 @@ class PolicyNode:
         if policy is None:
             policy, untrained = load_policy(cfg, self.log)
         self.policy, self.untrained = policy, untrained
-        self.runner = PolicyRunner(policy, cfg.runtime, cfg.safety, clock=transport.now_ns)
+        self.inputs = InputSpec.from_node(cfg, list(policy.cfg.cameras))
+        self.runner = PolicyRunner(policy, cfg.runtime, cfg.safety, clock=transport.now_ns, inputs=self.inputs)
         self.runner.instruction = cfg.instruction or None
         self.period_ns = cfg.runtime.control_period_ns
         if abs(policy.cfg.control_dt_ns - self.period_ns) > 1000:
             self.log.info("chunk step %.0f ms differs from the control period %.0f ms: targets are interpolated",
                           policy.cfg.control_dt_ns / 1e6, self.period_ns / 1e6)
-        self.gripper: float | None = None if cfg.gripper_joints else 1.0
-        self.tf = M.TFBuffer()
         self.published = 0
         self._timers: list[Any] = []
         self._warned: set[str] = set()
@@ -179,75 +182,18 @@ class PolicyNode:
     # ---- inputs -------------------------------------------------------------------------------------
 
     def _subscribe(self) -> None:
-        cfg, t = self.cfg, self.t
-        for cam in self.runner.cameras:
-            topic = cfg.topics.image.format(camera=cam)
-            if cfg.image_transport == "compressed":
-                t.create_subscription("sensor_msgs/msg/CompressedImage", topic + "/compressed",
-                                      lambda msg, c=cam: self._on_image(c, msg, M.compressed_to_rgb), cfg.image_qos)
-            else:
-                t.create_subscription("sensor_msgs/msg/Image", topic, lambda msg, c=cam: self._on_image(c, msg, M.image_to_rgb), cfg.image_qos)
-        if cfg.pose_source == "tf":
-            t.create_subscription("tf2_msgs/msg/TFMessage", "/tf", lambda msg: self._on_tf(msg, False), "reliable")
-            t.create_subscription("tf2_msgs/msg/TFMessage", "/tf_static", lambda msg: self._on_tf(msg, True), "latched")
-        else:
-            t.create_subscription("geometry_msgs/msg/PoseStamped", cfg.topics.ee_pose, self._on_pose, "reliable")
-        if cfg.gripper_joints:
-            t.create_subscription("sensor_msgs/msg/JointState", cfg.topics.joint_states, self._on_joint_state, "reliable")
+        """One subscription per topic the input router names; every message goes to the router."""
+        assert self.runner.router is not None
+        for topic, typename, qos in self.runner.router.subscriptions():
+            self.t.create_subscription(typename, topic, lambda msg, t=topic: self._on_message(t, msg), qos)
 
-    def _warn_once(self, key: str, text: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            self.log.warning("%s (further rejections are counted in /diagnostics)", text)
-
-    def _on_image(self, camera: str, msg: Any, decode: Any) -> None:
-        try:
-            rgb = decode(msg)
-        except M.MessageError as exc:
-            self.runner.reject(camera_key(camera), str(exc), clear=camera)
-            self._warn_once(camera, f"camera {camera}: {exc}")
-            return
-        self.runner.on_image(camera, M.stamp_to_ns(msg.header.stamp), rgb)
-
-    def _feed_pose(self, stamp_ns: int, position: np.ndarray, quaternion: np.ndarray) -> None:
-        if self.gripper is None:
-            self._warn_once("gripper", f"waiting for gripper joints {self.cfg.gripper_joints} on {self.cfg.topics.joint_states}")
-            return
-        self.runner.on_pose(stamp_ns, position, quaternion, self.gripper)
-
-    def _on_pose(self, msg: Any) -> None:
-        frame = str(msg.header.frame_id).lstrip("/")
-        if frame and frame != self.cfg.base_frame:
-            self.runner.reject(POSE, f"PoseStamped header.frame_id {frame!r} is not base_frame {self.cfg.base_frame!r}", clear=POSE)
-            self._warn_once("pose_frame", f"EE pose in frame {frame!r}, expected {self.cfg.base_frame!r}")
-            return
-        try:
-            stamp, pos, quat = M.pose_from_msg(msg)
-        except M.MessageError as exc:
-            self.runner.reject(POSE, str(exc), clear=POSE)
-            self._warn_once("pose", str(exc))
-            return
-        self._feed_pose(stamp, pos, quat)
-
-    def _on_tf(self, msg: Any, static: bool) -> None:
-        try:
-            self.tf.add(msg, static=static)
-            stamp, pos, quat = self.tf.lookup(self.cfg.base_frame, self.cfg.ee_frame)
-        except M.MessageError as exc:
-            if "no transform chain" not in str(exc):  # not connected yet is normal at start-up
-                self.runner.reject(POSE, str(exc), clear=POSE)
-                self._warn_once("tf", str(exc))
-            return
-        self._feed_pose(stamp, pos, quat)
-
-    def _on_joint_state(self, msg: Any) -> None:
-        if not any(j in msg.name for j in self.cfg.gripper_joints):
-            return  # a JointState of other joints (arm and gripper are often published separately)
-        try:
-            _, self.gripper = M.gripper_from_joint_state(msg, self.cfg.gripper_joints, self.cfg.gripper_closed, self.cfg.gripper_open)
-        except M.MessageError as exc:
-            self.runner.reject("joint_states", str(exc))
-            self._warn_once("joint_states", str(exc))
+    def _on_message(self, topic: str, msg: Any) -> None:
+        why = self.runner.on_message(topic, msg)
+        if why:
+            key = why.split(":", 1)[0]
+            if key not in self._warned:
+                self._warned.add(key)
+                self.log.warning("%s (further rejections are counted in /diagnostics)", why)
 
     # ---- enable / reset -------------------------------------------------------------------------------
 
@@ -278,12 +224,15 @@ class PolicyNode:
         mode = self.cfg.output_mode
         if mode == "twist":
             self.pub_cmd.publish(M.make_twist_stamped(f, stamp, frame, cmd.linear, cmd.angular))
+        elif not cmd.has_target:
+            pass  # no valid pose yet: a pose or trajectory target would be made up, so nothing is published
         elif mode == "pose":
             self.pub_cmd.publish(M.make_pose_stamped(f, stamp, frame, cmd.target_position, cmd.target_quaternion))
         else:
             chunk = cmd.chunk if cmd.chunk is not None and not cmd.is_stop else hold_chunk(cmd, self.period_ns)
             self.pub_cmd.publish(M.make_trajectory(f, chunk, stamp, frame))
-        self.pub_gripper.publish(M.make_float64(f, cmd.gripper))
+        if cmd.gripper is not None:
+            self.pub_gripper.publish(M.make_float64(f, cmd.gripper))
         if cmd.chunk is not None:
             self.pub_chunk.publish(M.make_trajectory(f, cmd.chunk, stamp, frame))
         self.published += 1
@@ -294,13 +243,27 @@ class PolicyNode:
         values: dict[str, Any] = {"status": d["status"], "enabled": d["enabled"], "untrained": self.untrained, "fault": d["fault"],
                                   "output_mode": self.cfg.output_mode, "inferences": d["inferences"], "ticks": d["ticks"],
                                   "overruns": d["overruns"], "rejected_total": d["rejected_total"], "last_rejection": d["last_rejection"],
-                                  "inference_latency_ms_p50": _fmt(d["latency_ms_p50"]), "inference_latency_ms_p99": _fmt(d["latency_ms_p99"])}
+                                  "inference_latency_ms_p50": _fmt(d["latency_ms_p50"]), "inference_latency_ms_p99": _fmt(d["latency_ms_p99"]),
+                                  "dropped_frames": d["dropped_frames"], "last_drop": d["last_drop"], "ticks_ok": d["ticks_ok"],
+                                  "input_lag_ms_p50": _fmt(d["input_lag_ms_p50"]), "input_lag_ms_p99": _fmt(d["input_lag_ms_p99"]),
+                                  "stop_target": self._stop_target()}
         for name, v in d["inputs"].items():
             values.update({f"{name}.age_ms": _fmt(v["age_ms"]), f"{name}.rate_hz": _fmt(v["rate_hz"]),
-                           f"{name}.received": v["received"], f"{name}.rejected": v["rejected"]})
+                           f"{name}.received": v["received"], f"{name}.rejected": v["rejected"],
+                           f"{name}.clock_offset_ms": _fmt(v["clock_offset_ms"])})
         for name in set(self.runner.rejected) - set(d["inputs"]):
             values[f"{name}.rejected"] = self.runner.rejected[name]
         self.pub_diag.publish(M.make_diagnostic_array(self.f, self.t.now_ns(), f"{self.t.name}: policy", level, d["reason"] or d["status"], values))
+
+    def _stop_target(self) -> str:
+        """What a stop publishes on the target, in words for /diagnostics."""
+        if self.cfg.output_mode == "twist":
+            return "zero twist"
+        if self.runner.sync.latest_pose() is None:
+            return "nothing: no valid EE pose yet"
+        if self.cfg.safety.stop_mode == "hold_pose":
+            return "the measured pose latched when the stop began (rejected poses never replace it)"
+        return "the last valid measured pose (rejected poses never replace it)"
 
     # ---- life cycle -----------------------------------------------------------------------------------
 

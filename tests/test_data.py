@@ -39,29 +39,24 @@ def data_config(cameras=("front",), compressed=False, pose_source="pose", **kw) 
     )
 
 
-def expected_samples(gt: SyntheticBag, cameras, tol_ns: int = 50_000_000) -> np.ndarray:
-    """The runtime rule written out for the generator: ticks from the first message every dt, the
-    latest pose / frame that had arrived, accepted when the frame is within tolerance; the last
-    sample whose first chunk step is past the last pose is dropped (nothing to learn)."""
-    first = min([gt.pose_stamps_ns[0]] + [gt.frame_recv_ns[c][0] for c in cameras])
-    last = max([gt.pose_stamps_ns[-1]] + [gt.frame_recv_ns[c][-1] for c in cameras])
-    out = []
-    for tick in range(int(first), int(last) + 1, DT):
-        pose = gt.pose_stamps_ns[gt.pose_stamps_ns <= tick]
-        if not len(pose):
-            continue
-        ok = True
-        for c in cameras:
-            arrived = gt.frame_stamps_ns[c][gt.frame_recv_ns[c] <= tick]
-            ok &= bool(len(arrived)) and abs(int(arrived[-1]) - int(pose[-1])) <= tol_ns
-        if ok and (not out or out[-1] != pose[-1]) and pose[-1] + DT <= gt.pose_stamps_ns[-1]:
-            out.append(int(pose[-1]))
-    return np.array(out, np.int64)
+def expected_samples(gt: SyntheticBag, cameras) -> np.ndarray:
+    """The timing rule written out for the generator: every frame of the reference (first) camera whose
+    stamp lies inside the pose stream, except the last ones whose first chunk step is past the last
+    pose (nothing to learn). The other cameras are 3 ms apart, well within the tolerance."""
+    stamps = gt.frame_stamps_ns[cameras[0]]
+    inside = (stamps >= gt.pose_stamps_ns[0]) & (stamps + DT <= gt.pose_stamps_ns[-1])
+    return stamps[inside]
 
 
 def frame_at(gt: SyntheticBag, cam: str, stamp: int) -> np.ndarray:
-    idx = np.flatnonzero(gt.frame_recv_ns[cam] <= stamp)[-1]
-    return gt.frames[cam][idx]
+    """The frame of ``cam`` whose stamp is nearest ``stamp``."""
+    return gt.frames[cam][int(np.argmin(np.abs(gt.frame_stamps_ns[cam] - stamp)))]
+
+
+def gripper_samples_at(gt: SyntheticBag, t_ns: np.ndarray) -> np.ndarray:
+    """The recorded gripper samples, linearly interpolated at ``t_ns`` (what the timing rule does)."""
+    t = gt.joint_stamps_ns
+    return np.interp(np.asarray(t_ns, np.float64), t.astype(np.float64), gt.gripper_at(t))
 
 
 @pytest.mark.parametrize(
@@ -75,12 +70,12 @@ def test_extraction_matches_ground_truth(tmp_path: Path, storage: str, compresse
     (ep,) = extract_episodes(tmp_path / "bag", data_config(cams, compressed, pose_source), K, None)
 
     np.testing.assert_array_equal(ep.stamps_ns, expected_samples(gt, cams))
-    assert len(ep) >= 15
-    pos, quat = gt.pose_at(ep.stamps_ns)
-    np.testing.assert_allclose(ep.position, pos, atol=1e-9)
-    assert np.max(geodesic_deg(ep.quaternion, quat)) < 1e-6
-    np.testing.assert_array_equal(ep.gripper, gt.gripper_at(ep.stamps_ns))
-    for cam in cams:  # rgb8 / bgr8 raw and png are lossless: the exact frame that had arrived
+    assert len(ep) >= 30
+    pos, quat = gt.pose_at(ep.stamps_ns)  # the pose at the frame's stamp, interpolated between 50 Hz poses
+    np.testing.assert_allclose(ep.position, pos, atol=5e-4)
+    assert np.max(geodesic_deg(ep.quaternion, quat)) < 0.1
+    np.testing.assert_allclose(ep.gripper, gripper_samples_at(gt, ep.stamps_ns), atol=1e-5)  # float32
+    for cam in cams:  # rgb8 / bgr8 raw and png are lossless: the frame nearest the observation's stamp
         for t, img in zip(ep.stamps_ns, ep.images[cam]):
             np.testing.assert_array_equal(img, frame_at(gt, cam, int(t)))
 
@@ -88,11 +83,11 @@ def test_extraction_matches_ground_truth(tmp_path: Path, storage: str, compresse
     steps = ep.stamps_ns[:, None] + DT * np.arange(1, K + 1)
     mask = steps <= gt.pose_stamps_ns[-1]
     np.testing.assert_array_equal(ep.action_mask, mask)
-    assert (~mask[-1]).sum() == K - 1 and mask[:-K].all()  # the episode end really is padded
+    assert (~mask[-1]).sum() >= K - 2 and mask[: -2 * K].all()  # the episode end really is padded (20 Hz frames)
     p1, q1 = gt.pose_at(steps.ravel())
-    dp, dr = pose_delta(np.repeat(pos, K, 0), np.repeat(quat, K, 0), p1, q1)
-    want = np.concatenate([dp, rotvec_to_rot6d(dr), gt.gripper_at(steps.ravel())[:, None]], -1).reshape(-1, K, 10)
-    np.testing.assert_allclose(ep.action[mask], want[mask], atol=1e-6)
+    dp, dr = pose_delta(np.repeat(ep.position, K, 0), np.repeat(ep.quaternion, K, 0), p1, q1)
+    want = np.concatenate([dp, rotvec_to_rot6d(dr), gripper_samples_at(gt, steps.ravel())[:, None]], -1).reshape(-1, K, 10)
+    np.testing.assert_allclose(ep.action[mask], want[mask], atol=5e-4)
     last_real = ep.action[-1, 0]
     np.testing.assert_array_equal(ep.action[-1, 1:], np.repeat(last_real[None], K - 1, 0))  # padding holds the last step
 
@@ -111,9 +106,9 @@ def test_command_labels(tmp_path: Path) -> None:
     data = data_config(labels="command", command_topic="/expert/target_pose", command_gripper_topic="/expert/gripper")
     (ep,) = extract_episodes(tmp_path / "bag", data, K, None)
     steps = ep.stamps_ns[:, None] + DT * np.arange(1, K + 1)
-    cp, cq, cg = gt.command_at(steps.ravel())  # commands are stamped every 20 ms: one lands on each step
-    pos, quat = gt.pose_at(ep.stamps_ns)
-    dp, dr = pose_delta(np.repeat(pos, K, 0), np.repeat(quat, K, 0), cp, cq)
+    sent = gt.pose_stamps_ns  # a command every 20 ms: the label is the latest one sent by each step
+    cp, cq, cg = gt.command_at(sent[np.searchsorted(sent, steps.ravel(), side="right") - 1])
+    dp, dr = pose_delta(np.repeat(ep.position, K, 0), np.repeat(ep.quaternion, K, 0), cp, cq)
     want = np.concatenate([dp, rotvec_to_rot6d(dr), cg[:, None]], -1).reshape(-1, K, 10)
     m = ep.action_mask
     np.testing.assert_allclose(ep.action[m], want[m], atol=1e-6)
@@ -137,7 +132,8 @@ def test_float64_gripper(tmp_path: Path) -> None:
     data = data_config()
     data.gripper = GripperConfig(topic="/expert/gripper", kind="float64")
     (ep,) = extract_episodes(tmp_path / "bag", data, K, None)
-    np.testing.assert_array_equal(ep.gripper, gt.command_at(ep.stamps_ns)[2])
+    sent = gt.pose_stamps_ns  # Float64 has no header: stamped at arrival (= its send time here), interpolated
+    np.testing.assert_allclose(ep.gripper, np.interp(ep.stamps_ns, sent, gt.command_at(sent)[2]), atol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -190,17 +186,27 @@ def test_empty_bag_and_missing_path(tmp_path: Path) -> None:
                            ("/joint_states", "sensor_msgs/msg/JointState")]:
             w.add_connection(topic, typ, typestore=store)
     assert bag_topics(tmp_path / "empty")["/ee_pose"] == "geometry_msgs/msg/PoseStamped"
-    with pytest.raises(BagError, match=r"empty'.*no usable"):
+    with pytest.raises(BagError, match=r"empty'.*no EE pose"):
         extract_episodes(tmp_path / "empty", data_config(), K, None)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         extract_episodes(tmp_path / "nowhere", data_config(), K, None)
 
 
-def test_camera_never_in_sync(tmp_path: Path) -> None:
-    """Frames stamped 300 ms before their arrival never pass the runtime's tolerance: a clear error."""
-    write_synthetic_bag(tmp_path / "bag", duration_s=1.0, image_size=(16, 16), latency_ms=300)
-    with pytest.raises(BagError, match="out of sync with pose: front"):
-        extract_episodes(tmp_path / "bag", data_config(), K, None)
+def test_frames_stamped_long_before_arrival_get_the_pose_at_their_stamp(tmp_path: Path) -> None:
+    """A camera stamped 300 ms before its frames arrive: each frame still gets the pose at its own stamp."""
+    gt = write_synthetic_bag(tmp_path / "bag", duration_s=1.5, image_size=(16, 16), latency_ms=300)
+    (ep,) = extract_episodes(tmp_path / "bag", data_config(), K, None)
+    np.testing.assert_array_equal(ep.stamps_ns, expected_samples(gt, ("front",)))
+    np.testing.assert_allclose(ep.position, gt.pose_at(ep.stamps_ns)[0], atol=5e-4)
+
+
+def test_no_pose_names_the_setting(tmp_path: Path) -> None:
+    """A TF chain that never reaches the configured EE frame: the error names the frames and the settings."""
+    write_synthetic_bag(tmp_path / "bag", duration_s=0.5, image_size=(16, 16), pose_source="tf")
+    data = data_config(pose_source="tf")
+    data.tf_ee_frame = "tool0"
+    with pytest.raises(BagError, match=r"no EE pose.*tool0.*data.tf_ee_frame"):
+        extract_episodes(tmp_path / "bag", data, K, None)
 
 
 def test_iter_bag_messages_in_time_order(tmp_path: Path) -> None:

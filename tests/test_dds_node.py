@@ -325,9 +325,10 @@ def test_node_with_tf_compressed_images_gripper_and_trajectory_output(tmp_path: 
             pub_js.publish(M.make_joint_state(f, now, ["arm_joint", "finger_l", "finger_r"], [1.0, 0.01, 0.01]))
 
         wait_for(lambda: publish_inputs() or node.runner.received["pose"] > 0 and node.runner.received["camera/front"] > 0, 15, "inputs")
-        pose = node.runner._pose
-        np.testing.assert_allclose(pose.position, [0.1, 0.3, 0.2], atol=1e-9)  # arm_base rotated 90 deg about z
-        assert pose.gripper == pytest.approx(0.25)
+        _, measured = node.runner.sync.latest_pose()
+        position = measured[:3]
+        np.testing.assert_allclose(position, [0.1, 0.3, 0.2], atol=1e-9)  # arm_base rotated 90 deg about z
+        assert node.runner.sync.latest_gripper() == pytest.approx(0.25)
         with caplog.at_level("WARNING"):
             assert node.handle_enable(True)[0]
         assert "UNTRAINED" in caplog.text
@@ -339,7 +340,7 @@ def test_node_with_tf_compressed_images_gripper_and_trajectory_output(tmp_path: 
         t_ns, pos, quat = M.trajectory_to_arrays(trajectories[-1])
         assert len(t_ns) >= 1 and np.all(t_ns > 0) and np.all(np.diff(t_ns) > 0)
         assert trajectories[-1].header.frame_id == "base_link"
-        steps = np.linalg.norm(np.diff(np.vstack([pose.position, pos]), axis=0), axis=1)
+        steps = np.linalg.norm(np.diff(np.vstack([position, pos]), axis=0), axis=1)
         dt = np.diff(np.concatenate([[0], t_ns])) / 1e9
         assert np.all(steps <= cfg.safety.max_linear_speed * dt + 1e-6)  # the trajectory respects the speed limit
         node.handle_enable(False)
@@ -347,7 +348,7 @@ def test_node_with_tf_compressed_images_gripper_and_trajectory_output(tmp_path: 
         assert stop.is_stop and stop.status == "disabled"
         wait_for(lambda: len(trajectories) >= 2, 5, "the stop trajectory")
         t_ns, pos, _ = M.trajectory_to_arrays(trajectories[-1])
-        assert len(t_ns) == 1 and np.allclose(pos[0], pose.position)  # hold where the arm is
+        assert len(t_ns) == 1 and np.allclose(pos[0], position)  # hold where the arm is
     finally:
         node.shutdown()
         peer.shutdown()
@@ -355,7 +356,7 @@ def test_node_with_tf_compressed_images_gripper_and_trajectory_output(tmp_path: 
 
 
 def test_sim_time_clock_and_timers_pause(tmp_path: Path):
-    """use_sim_time: commands carry /clock time; pause (lifecycle deactivate) sends a stop and stops the timers."""
+    """use_sim_time: commands carry /clock time; no pose target before a valid pose; pause sends a stop and stops the timers."""
     from ros_nodes.policy_node import PolicyNode, config_from_parameters, parameter_defaults
     from vit_policy.config import save_config
 
@@ -376,8 +377,14 @@ def test_sim_time_clock_and_timers_pause(tmp_path: Path):
         wait_for(lambda: clock.publish(peer.factory("rosgraph_msgs/msg/Clock")(clock=M.ns_to_stamp(peer.factory, sim_ns)))
                  or node_t.now_ns() == sim_ns, 10, "/clock")
         node.start()
-        wait_for(lambda: len(poses) >= 3, 10, "commands on the sim clock")
+        time.sleep(0.5)  # ten control periods without any EE pose: a pose target would be made up
+        assert poses == [], "a pose target was published before any valid EE pose"
+        ee = peer.create_publisher("geometry_msgs/msg/PoseStamped", "/ee_pose", "reliable")
+        wait_for(lambda: ee.publish(M.make_pose_stamped(peer.factory, sim_ns, "base_link", [0.4, 0.1, 0.3], [1.0, 0, 0, 0]))
+                 or len(poses) >= 3, 10, "commands on the sim clock")
         assert M.stamp_to_ns(poses[-1].header.stamp) == sim_ns and poses[-1].header.frame_id == "base_link"
+        p = poses[-1].pose.position
+        assert (p.x, p.y, p.z) == pytest.approx((0.4, 0.1, 0.3))  # the stop holds the measured pose
         node.pause()
         time.sleep(0.3)
         n = len(poses)

@@ -107,8 +107,9 @@ def bags(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SyntheticBag]:
     """Two short recordings of the scripted expert, one with the pose as PoseStamped, one on TF."""
     root = tmp_path_factory.mktemp("bags")
     return {
-        "pose": write_synthetic_bag(root / "pose", image_size=(IMG, IMG), duration_s=2.5, seed=3),
-        "tf": write_synthetic_bag(root / "tf", image_size=(IMG, IMG), duration_s=2.5, seed=4, pose_source="tf"),
+        # a 10 Hz camera, as the control rate: the runner infers on every frame, so faithful and batch see the same frames
+        "pose": write_synthetic_bag(root / "pose", image_size=(IMG, IMG), duration_s=2.5, seed=3, camera_hz=10.0),
+        "tf": write_synthetic_bag(root / "tf", image_size=(IMG, IMG), duration_s=2.5, seed=4, pose_source="tf", camera_hz=10.0),
     }
 
 
@@ -182,13 +183,13 @@ def test_oracle_scores_zero_error_in_both_modes(bags: dict[str, SyntheticBag], t
     for mode in ("faithful", "batch"):
         m = res.metrics[mode]
         assert m["frames"] >= 20, mode
-        for axis in "xyz":
-            assert m["translation_mae_mm"][axis] < 1e-3, (mode, axis, m["translation_mae_mm"])
-        assert m["rotation_error_deg"]["max"] < 1e-3
+        for axis in "xyz":  # labels interpolate 50 Hz poses at steps between them: a few micrometres off the analytic curve
+            assert m["translation_mae_mm"][axis] < 1e-2, (mode, axis, m["translation_mae_mm"])
+        assert m["rotation_error_deg"]["max"] < 1e-2
         assert m["gripper_accuracy"] == 1.0 and m["within_tolerance"] == 1.0
     ex = res.metrics["faithful"]["executed"]
     assert ex["ticks_scored"] >= 15
-    assert ex["translation_error_mm"]["max"] < 1e-3 and ex["rotation_error_deg"]["max"] < 1e-3
+    assert ex["translation_error_mm"]["max"] < 2e-2 and ex["rotation_error_deg"]["max"] < 2e-2
     # the executed stream is the recording (error 0 above); its jerk also covers the last ticks, which have no label
     assert ex["jerk_rms_recorded"] > 0 and ex["jerk_rms"] == pytest.approx(ex["jerk_rms_recorded"], rel=0.1)
     lost = res.metrics["faithful"]["frames_lost"]
@@ -201,7 +202,7 @@ def test_latency_delays_chunks_by_whole_ticks(bags: dict[str, SyntheticBag], tmp
     for latency in (0.0, 0.3):
         (res,) = evaluate({"oracle": OraclePolicy(gt)}, [gt.path], tmp_path, replay_config(latency_s=latency, modes=["faithful"]), report=False)
         lost[latency] = res.metrics["faithful"]["frames_lost"]
-        assert res.metrics["faithful"]["executed"]["translation_error_mm"]["max"] < 1e-3  # late chunks still on target
+        assert res.metrics["faithful"]["executed"]["translation_error_mm"]["max"] < 2e-2  # late chunks still on target
     assert lost[0.3]["waiting"] == lost[0.0]["waiting"] + 3  # 300 ms = 3 control periods before the first command
 
 

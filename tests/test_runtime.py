@@ -81,13 +81,56 @@ def test_waiting_then_stale_input_stops_and_names_the_camera(tiny_policy):
     assert np.all(cmd.linear == 0)
 
 
-def test_out_of_sync_camera_stops(tiny_policy):
+def test_frame_waits_for_the_pose_at_its_stamp_and_gets_it_interpolated():
+    """A frame newer than every pose waits (a stop naming why); the next pose brackets it: interpolated."""
+    policy = ScriptedPolicy()
+    runner = PolicyRunner(policy, RuntimeConfig(synchronous=True, max_extrapolation_s=0.02), LOOSE)
+    runner.set_enabled(True)
+    runner.on_pose(S0 + 150 * MS, P0, Q0, 1.0)
+    runner.on_image("front", S0 + 200 * MS, np.zeros((64, 64, 3), np.uint8))
+    cmd = runner.tick(S0 + 205 * MS)
+    assert cmd.is_stop and cmd.status == "waiting" and "50 ms older than the frame" in cmd.reason
+    assert runner.inferences == 0
+    runner.on_pose(S0 + 210 * MS, P0 + [0.012, 0, 0], Q0, 0.0)  # the arm moved 12 mm in 60 ms
+    assert runner.tick(S0 + 215 * MS).status == "ok"
+    obs = policy.calls[0]
+    assert obs.stamp_ns == S0 + 200 * MS
+    np.testing.assert_allclose(obs.position, P0 + [0.010, 0, 0], atol=1e-9)  # at the frame's stamp, not the newest pose
+    assert obs.gripper == pytest.approx(1.0 - 50 / 60)
+
+
+def test_frame_before_any_pose_is_dropped_and_counted(tiny_policy):
     runner = PolicyRunner(tiny_policy, RuntimeConfig(synchronous=True, sync_tolerance_s=0.05), SafetyConfig())
     runner.set_enabled(True)
     runner.on_pose(S0 + 200 * MS, P0, Q0, 1.0)
     runner.on_image("front", S0 + 100 * MS, np.zeros((64, 64, 3), np.uint8))
     cmd = runner.tick(S0 + 210 * MS)
-    assert cmd.status == "stale" and "out of sync" in cmd.reason and "camera/front -100 ms" in cmd.reason
+    assert cmd.is_stop and cmd.status == "waiting" and "100 ms before the first EE pose" in cmd.reason
+    diag = runner.diagnostics(S0 + 210 * MS)
+    assert diag["dropped_frames"] == 1 and "before the first EE pose" in diag["last_drop"]
+
+
+def test_bad_stamps_are_rejected_and_counted(tiny_policy):
+    runner = PolicyRunner(tiny_policy, RuntimeConfig(synchronous=True, max_stamp_lead_s=0.2), SafetyConfig(),
+                          clock=lambda: S0 + 100 * MS)
+    runner.on_pose(S0 + 100 * MS + 10_000 * MS, P0, Q0, 1.0)  # 10 s in the future of its arrival
+    assert runner.rejected["pose"] == 1 and "10.000 s in the future" in runner.last_rejection
+    runner.on_image("front", S0 + 90 * MS, np.zeros((64, 64, 3), np.uint8))
+    runner.on_image("front", S0 + 50 * MS, np.zeros((64, 64, 3), np.uint8))  # older than the previous frame
+    assert runner.rejected["camera/front"] == 1 and "backwards by 40.0 ms" in runner.last_rejection
+    runner.on_pose(S0 + 95 * MS, P0 + [1e300, 0, 0], Q0, 1.0)  # finite but absurd
+    assert runner.rejected["pose"] == 2 and "position_bound_m" in runner.last_rejection
+    offsets = runner.diagnostics()["inputs"]["camera/front"]["clock_offset_ms"]
+    assert offsets == pytest.approx(10.0)  # arrival - stamp of the accepted frame
+
+
+def test_stop_before_any_valid_pose_has_no_target(tiny_policy):
+    runner = PolicyRunner(tiny_policy, RuntimeConfig(synchronous=True), SafetyConfig(stop_mode="hold_pose"))
+    runner.set_enabled(True)
+    runner.on_pose(S0, np.array([np.nan, 0, 0.3]), Q0, 1.0)
+    cmd = runner.tick(S0)
+    assert cmd.is_stop and not cmd.has_target and cmd.target_position is None and cmd.gripper is None
+    assert cmd.is_finite() and np.all(cmd.linear == 0)
 
 
 def test_latency_compensation_skips_steps_already_past():
@@ -198,13 +241,14 @@ def test_rejected_inputs_are_counted_and_stop(tiny_policy):
     runner.on_pose(S0 + 100 * MS, np.array([np.nan, 0, 0.3]), Q0, 1.0)
     cmd = runner.tick(S0 + 100 * MS)
     assert cmd.is_stop and cmd.is_finite() and runner.rejected["pose"] == 1
+    np.testing.assert_allclose(cmd.target_position, P0)  # the stop holds the last valid measured pose
     feed(runner, S0 + 200 * MS)
     assert runner.tick(S0 + 200 * MS).status == "ok"
     runner.on_image("front", S0 + 300 * MS, np.zeros((64, 64), np.uint8))  # no colour channels
     runner.on_image("front", S0 + 300 * MS, np.zeros((64, 64, 3), np.float32))  # wrong dtype
     runner.on_image("side", S0 + 300 * MS, np.zeros((64, 64, 3), np.uint8))  # camera the policy does not use
     cmd = runner.tick(S0 + 300 * MS)
-    assert cmd.is_stop and cmd.status == "waiting" and runner.rejected["camera/front"] == 2
+    assert cmd.is_stop and cmd.status == "stale" and "rejected input" in cmd.reason and runner.rejected["camera/front"] == 2
     assert runner.rejected["camera/side"] == 1 and "unknown camera" in runner.last_rejection
     diag = runner.diagnostics(S0 + 300 * MS)
     assert diag["rejected_total"] == 4 and diag["inputs"]["camera/front"]["rejected"] == 2

@@ -1,4 +1,4 @@
-"""The ``vit-policy`` command: demo, train, replay, serve, sim-record, sim-pretrain, sim-eval.
+"""The ``vit-policy`` command: demo, train, replay, inspect, serve, sim-record, sim-pretrain, sim-eval.
 
 Each subcommand imports its module lazily, so ``vit-policy --help`` stays fast and the core never
 imports ROS, the simulator or the CLI.
@@ -127,6 +127,29 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
+# inspect: what a bag holds and whether it would extract (vit_policy/data/inspect.py)
+# --------------------------------------------------------------------------------------------------
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from vit_policy.data.inspect import cli_inspect
+
+    return cli_inspect(args)
+
+
+def add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="per bag: topics, counts, rates, gaps, stamp lag, pose coverage and whether it would extract "
+                       "(exit 0 if every bag would, else 2)")
+    p.add_argument("bags", nargs="+", metavar="BAG", help="rosbag2 recordings (directories or .db3/.mcap files)")
+    p.add_argument("--json", action="store_true", help="one JSON document instead of the tables")
+    p.add_argument("--data-config", metavar="YAML", help="train config (its data: section) or data YAML with the bag's topics "
+                   "(default: the DataConfig defaults)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="data config override, e.g. data.pose_topic=/ee_pose or sync_tolerance_s=0.1 (repeatable)")
+    p.set_defaults(func=cmd_inspect)
+
+
+# --------------------------------------------------------------------------------------------------
 # serve: the ROS 2 policy node over rclpy or CycloneDDS (ros_nodes/policy_node.py)
 # --------------------------------------------------------------------------------------------------
 
@@ -246,27 +269,63 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
 # Subcommands of the other modules register here: one add_<name>(sub) function each.
 # --------------------------------------------------------------------------------------------------
 
-REGISTER = [add_demo, add_policy_demo, add_train, add_replay, add_serve, add_sim_record, add_sim_pretrain, add_sim_eval]
+REGISTER = [add_demo, add_policy_demo, add_train, add_replay, add_inspect, add_serve, add_sim_record, add_sim_pretrain, add_sim_eval]
+
+
+DEBUG_HELP = "on an error, show the Python traceback instead of the one-line message (before or after the subcommand)"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vit-policy", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="vit-policy", description=__doc__.splitlines()[0],
+        epilog="An error in the input (a config, a checkpoint or weights file, a bag) prints one line, "
+               "'error: <path>: <cause>; <fix>', and exits with 2; --debug shows the traceback instead.")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     for register in REGISTER:
         register(sub)
+    for p in sub.choices.values():  # also accepted after the subcommand; SUPPRESS keeps a --debug given before it
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
+
+
+# The project's errors about its input: each message names the path or key, the cause and the fix.
+USER_ERRORS = {
+    "vit_policy.config.ConfigError", "vit_policy.data.bags.BagError", "vit_policy.model.encoders.WeightsError",
+    "vit_policy.messages.MessageError", "vit_policy.images.ImageEncodingError", "vit_policy.geometry.PoseError",
+    "vit_policy.observation.ObservationError",
+}
+# Paths given on the command line (a missing bag or checkpoint, an output that exists, a file where a directory belongs)
+USER_OS_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+PROJECT_DIRS = tuple(Path(__file__).resolve().parent.parent / d for d in ("vit_policy", "ros_nodes", "sim_tests"))
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """An error in what the user gave (one line, exit 2), not a bug (traceback, exit 1).
+
+    A plain ValueError counts when the project's own code raised it (its argument and data checks);
+    one raised inside numpy, torch or another library is a bug.
+    """
+    if any(f"{c.__module__}.{c.__qualname__}" in USER_ERRORS for c in type(exc).__mro__) or isinstance(exc, USER_OS_ERRORS):
+        return True
+    if type(exc) is not ValueError or exc.__traceback__ is None:
+        return False
+    tb = exc.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return any(d in Path(tb.tb_frame.f_code.co_filename).resolve().parents for d in PROJECT_DIRS)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from vit_policy.config import ConfigError
-
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        if args.debug or not is_user_error(exc):
+            raise
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever a library wrote
         return 2
 
 

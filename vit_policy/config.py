@@ -395,21 +395,34 @@ class GripperConfig:
             raise ConfigError(f"gripper.closed and gripper.open are both {self.open}: give the joint range (closed, open)")
 
 
+def _check_timing(section: str, cfg: Any) -> None:
+    """The timing-rule fields shared by data: and runtime: (vit_policy/inputs.py)."""
+    if not 0 <= cfg.max_extrapolation_s <= cfg.max_age_s:
+        raise ConfigError(f"{section}.max_extrapolation_s: {cfg.max_extrapolation_s} must be in [0, max_age_s] seconds (e.g. 0.02)")
+    if not cfg.max_stamp_lead_s >= 0:
+        raise ConfigError(f"{section}.max_stamp_lead_s: {cfg.max_stamp_lead_s} must be >= 0 seconds (e.g. 0.2)")
+    if not cfg.position_bound_m > 0:
+        raise ConfigError(f"{section}.position_bound_m: {cfg.position_bound_m} must be > 0 metres (e.g. 10)")
+
+
 @dataclass
 class DataConfig:
     """Topic map and sampling rules that turn a rosbag2 recording into episodes (one per bag, split at gaps)."""
 
-    cameras: dict[str, str] = field(default_factory=lambda: {"front": "/camera/front/image_raw"})
+    cameras: dict[str, str] = field(default_factory=lambda: {"front": "/camera/front/image_raw"})  # first: reference camera
     pose_topic: str | None = "/ee_pose"  # PoseStamped; null: TF chain tf_base_frame -> tf_ee_frame
-    tf_base_frame: str = "base_link"
+    tf_base_frame: str = "base_link"  # the base frame: TF parent, and the frame_id a PoseStamped must carry (or empty)
     tf_ee_frame: str = "ee_link"
     gripper: GripperConfig = field(default_factory=lambda: GripperConfig(joints=["gripper_joint"]))
     command_topic: str | None = None  # recorded target PoseStamped (/expert/target_pose)
     command_gripper_topic: str | None = None  # recorded gripper command Float64 (/expert/gripper)
     labels: Literal["command", "future_pose"] = "future_pose"
     control_rate_hz: float = 10.0
-    sync_tolerance_s: float = 0.05
+    sync_tolerance_s: float = 0.05  # other cameras within this of the reference frame; poses around it at most 2x this apart
     max_age_s: float = 0.5
+    max_extrapolation_s: float = 0.02  # the pose may be extrapolated this far past the newest one (vit_policy/inputs.py)
+    max_stamp_lead_s: float = 0.2  # a stamp further ahead of its arrival (record time) is rejected
+    position_bound_m: float = 10.0  # an EE position further than this from the base on any axis is rejected
     gap_split_s: float = 1.0
 
     def __post_init__(self) -> None:
@@ -421,6 +434,7 @@ class DataConfig:
             raise ConfigError("data.control_rate_hz: must be > 0")
         if not 0 <= self.sync_tolerance_s < self.max_age_s:
             raise ConfigError("data.sync_tolerance_s must be >= 0 and below data.max_age_s")
+        _check_timing("data", self)
         if not self.gap_split_s > 1.0 / self.control_rate_hz:
             raise ConfigError("data.gap_split_s: must be longer than one control period")
 
@@ -519,8 +533,11 @@ class RuntimeConfig:
     """How the runner turns streamed inputs into a command each control tick."""
 
     control_rate_hz: float = 10.0  # control ticks per second
-    sync_tolerance_s: float = 0.05  # cameras must lie within this of the pose stamp
+    sync_tolerance_s: float = 0.05  # other cameras within this of the reference frame; poses around it at most 2x this apart
     max_age_s: float = 0.5  # an input older than this at tick time is stale -> stop
+    max_extrapolation_s: float = 0.02  # the pose may be extrapolated this far past the newest one; else the frame waits
+    max_stamp_lead_s: float = 0.2  # a stamp further ahead of its arrival is rejected (clocks out of sync)
+    position_bound_m: float = 10.0  # an EE position further than this from the base on any axis is rejected
     strategy: Literal["receding", "ensemble"] = "ensemble"
     execute_steps: int = 4  # receding horizon: steps executed before the next chunk takes over
     ensemble_m: float = 0.1  # temporal ensembling weight exp(-m * i), i = 0 for the oldest chunk (ACT)
@@ -532,6 +549,7 @@ class RuntimeConfig:
             raise ConfigError(f"runtime.control_rate_hz: {self.control_rate_hz} must be > 0 Hz")
         if self.sync_tolerance_s < 0 or not self.max_age_s > 0:
             raise ConfigError("runtime.sync_tolerance_s must be >= 0 and runtime.max_age_s > 0 seconds")
+        _check_timing("runtime", self)
         if self.execute_steps < 1:
             raise ConfigError(f"runtime.execute_steps: {self.execute_steps} must be >= 1")
         if self.ensemble_m < 0:

@@ -80,12 +80,8 @@ def as_uint8_buffer(data: object) -> np.ndarray:
         return np.asarray(data, dtype=np.uint8).reshape(-1)  # a plain list of ints
 
 
-def decode_ros_image(height: int, width: int, encoding: str, step: int, is_bigendian: int | bool, data: object) -> np.ndarray:
-    """Raw sensor_msgs/Image fields -> RGB uint8 (H, W, 3), honouring row padding (``step``) and byte order.
-
-    mono16 is scaled to 8 bits (v >> 8, as cv_bridge does); depth encodings are rejected because a
-    depth map is not a colour image the encoder was trained on.
-    """
+def check_ros_image(height: int, width: int, encoding: str, step: int, data: object) -> tuple[int, int, int, np.ndarray]:
+    """Validate raw sensor_msgs/Image fields without touching pixels: (channels, bytes per channel, row bytes, buffer)."""
     if encoding in DEPTH_ENCODINGS:
         raise ImageEncodingError(
             f"encoding: {encoding!r} is a depth image; subscribe the policy to a colour topic "
@@ -107,6 +103,17 @@ def decode_ros_image(height: int, width: int, encoding: str, step: int, is_bigen
         raise ImageEncodingError(
             f"data: {buf.size} bytes, expected step*height = {step}*{height} = {step * height} for a {width}x{height} {encoding} image"
         )
+    return channels, depth, row, buf
+
+
+def decode_ros_image(height: int, width: int, encoding: str, step: int, is_bigendian: int | bool, data: object) -> np.ndarray:
+    """Raw sensor_msgs/Image fields -> RGB uint8 (H, W, 3), honouring row padding (``step``) and byte order.
+
+    mono16 is scaled to 8 bits (v >> 8, as cv_bridge does); depth encodings are rejected because a
+    depth map is not a colour image the encoder was trained on.
+    """
+    channels, depth, row, buf = check_ros_image(height, width, encoding, step, data)
+    height, width, step = int(height), int(width), int(step)
     rows = buf.reshape(height, step)[:, :row]  # drop row padding (a view)
     if depth == 2:
         dt = np.dtype(">u2" if is_bigendian else "<u2")

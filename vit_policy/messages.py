@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from vit_policy.images import ImageEncodingError, as_uint8_buffer, decode_ros_image, encode_ros_image
+from vit_policy.images import ImageEncodingError, as_uint8_buffer, check_ros_image, decode_ros_image, encode_ros_image
 from vit_policy.observation import ActionChunk
 
 Factory = Callable[[str], Any]
@@ -117,6 +117,14 @@ def image_to_rgb(msg: Any) -> np.ndarray:
     """sensor_msgs/Image -> RGB uint8 (H, W, 3). Raises MessageError naming the bad field."""
     try:
         return decode_ros_image(msg.height, msg.width, msg.encoding, msg.step, msg.is_bigendian, msg.data)
+    except ImageEncodingError as exc:
+        raise MessageError(f"sensor_msgs/Image {exc}") from None
+
+
+def check_image_fields(msg: Any) -> None:
+    """Validate a sensor_msgs/Image's size, encoding and step without decoding its pixels."""
+    try:
+        check_ros_image(msg.height, msg.width, msg.encoding, msg.step, msg.data)
     except ImageEncodingError as exc:
         raise MessageError(f"sensor_msgs/Image {exc}") from None
 

@@ -1,5 +1,7 @@
 """Observation and ActionChunk: the types every source (ROS, rosbag2, MuJoCo) and sink share.
 
+How messages become observations (routing and timing) is vit_policy/inputs.py.
+
 Time is integer nanoseconds. Images are RGB uint8 H x W x 3. Poses are in the robot base frame with
 quaternions in (x, y, z, w) order. Step k of a chunk is the target for time ``stamp_ns + (k+1)*dt_ns``.
 """
@@ -118,36 +120,3 @@ class ActionChunk:
             and np.all(np.isfinite(self.delta_rotation))
             and np.all(np.isfinite(self.gripper))
         )
-
-
-@dataclass
-class SyncResult:
-    """Whether inputs form an observation now; if not, which input is stale or out of sync."""
-
-    ok: bool
-    reason: str = ""
-    stale: list[str] = field(default_factory=list)
-    stamp_ns: int | None = None  # the observation stamp (the pose's) when ok
-
-
-def check_sync(
-    stamps_ns: dict[str, int | None], now_ns: int, tolerance_ns: int, max_age_ns: int, reference: str = "pose"
-) -> SyncResult:
-    """The synchronisation rule shared by the live runtime and bag extraction.
-
-    Inputs form an observation when every one is present, younger than ``max_age_ns`` at ``now_ns``
-    and within ``tolerance_ns`` of the reference input (the EE pose).
-    """
-    missing = [k for k, v in stamps_ns.items() if v is None]
-    if missing:
-        return SyncResult(False, f"no message yet on {', '.join(missing)}", missing)
-    stale = [k for k, v in stamps_ns.items() if now_ns - int(v) > max_age_ns]
-    if stale:
-        ages = ", ".join(f"{k} {(now_ns - int(stamps_ns[k])) / 1e6:.0f} ms" for k in stale)
-        return SyncResult(False, f"stale input: {ages} old (max {max_age_ns / 1e6:.0f} ms)", stale)
-    ref = int(stamps_ns[reference])  # type: ignore[arg-type]
-    off = [k for k, v in stamps_ns.items() if abs(int(v) - ref) > tolerance_ns]
-    if off:
-        skew = ", ".join(f"{k} {(int(stamps_ns[k]) - ref) / 1e6:+.0f} ms" for k in off)
-        return SyncResult(False, f"out of sync with {reference}: {skew} (tolerance {tolerance_ns / 1e6:.0f} ms)", off)
-    return SyncResult(True, "ok", [], ref)

@@ -33,6 +33,7 @@ from scipy.spatial.transform import Rotation
 from vit_policy import messages as M
 from vit_policy.config import ConfigError, DataConfig, ReplayConfig
 from vit_policy.geometry import apply_delta, geodesic_deg, rot6d_to_rotvec
+from vit_policy.inputs import TIMING_FIELDS, InputSpec
 from vit_policy.observation import ActionChunk
 
 if TYPE_CHECKING:
@@ -121,9 +122,9 @@ class CommandStream:
         m = len(commands)
         return cls(
             stamps_ns=np.array([c.stamp_ns for c in commands], np.int64),
-            target_position=np.array([c.target_position for c in commands], np.float64).reshape(m, 3),
-            target_quaternion=np.array([c.target_quaternion for c in commands], np.float64).reshape(m, 4),
-            gripper=np.array([c.gripper for c in commands], np.float64),
+            target_position=np.array([c.target_position if c.has_target else [np.nan] * 3 for c in commands], np.float64).reshape(m, 3),
+            target_quaternion=np.array([c.target_quaternion if c.has_target else [np.nan] * 4 for c in commands], np.float64).reshape(m, 4),
+            gripper=np.array([np.nan if c.gripper is None else c.gripper for c in commands], np.float64),
             is_stop=np.array([bool(c.is_stop) for c in commands], bool),
             chunk_id=np.asarray(chunk_id, np.int64),
             status=[str(c.status) for c in commands],
@@ -250,7 +251,7 @@ def _rms(x: np.ndarray) -> float | None:
     return float(np.sqrt(np.mean(np.square(x)))) if np.size(x) else None
 
 
-def recorded_target_at(episodes: list["Episode"], times_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def recorded_target_at(episodes: list["Episode"], times_ns: np.ndarray, dt_ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The recorded target pose at arbitrary times: (positions, quaternions, valid).
 
     The label of frame t, step 1 is the recorded target for ``stamp_t + dt`` (the definition chunks are
@@ -267,14 +268,14 @@ def recorded_target_at(episodes: list["Episode"], times_ns: np.ndarray) -> tuple
             continue
         a = ep.action[:, 0]
         p, q = apply_delta(ep.position, ep.quaternion, a[:, :3], rot6d_to_rotvec(a[:, 3:9]))
-        t = np.asarray(ep.stamps_ns, np.int64) + _episode_dt(ep)
+        t = np.asarray(ep.stamps_ns, np.int64) + dt_ns  # step 1 of each frame's label
         ok = np.asarray(ep.action_mask, bool)[:, 0]
         inside = (times_ns >= t[0]) & (times_ns <= t[-1]) & ~valid
         if not inside.any():
             continue
         q_times = times_ns[inside]
         j = np.clip(np.searchsorted(t, q_times, side="left"), 1, len(t) - 1)
-        good = ok[j] & ok[j - 1] & (t[j] - t[j - 1] <= 2 * _episode_dt(ep))
+        good = ok[j] & ok[j - 1] & (t[j] - t[j - 1] <= max(2 * _frame_spacing(ep), dt_ns))
         frac = (q_times - t[j - 1]) / np.maximum(t[j] - t[j - 1], 1)
         pos[inside] = p[j - 1] + frac[:, None] * (p[j] - p[j - 1])
         quat[inside] = Slerp(t.astype(np.float64), Rotation.from_quat(q))(q_times.astype(np.float64)).as_quat()
@@ -282,7 +283,7 @@ def recorded_target_at(episodes: list["Episode"], times_ns: np.ndarray) -> tuple
     return pos, quat, valid
 
 
-def _episode_dt(ep: "Episode") -> int:
+def _frame_spacing(ep: "Episode") -> int:
     s = np.asarray(ep.stamps_ns, np.int64)
     return int(np.median(np.diff(s))) if len(s) > 1 else 0
 
@@ -301,7 +302,7 @@ def stream_metrics(streams: list[tuple[CommandStream, list["Episode"]]], period_
     for commands, episodes in streams:
         active = ~commands.is_stop
         ticks += int(active.sum())
-        tpos, tquat, tvalid = recorded_target_at(episodes, commands.stamps_ns + period_ns)
+        tpos, tquat, tvalid = recorded_target_at(episodes, commands.stamps_ns + period_ns, period_ns)
         hit = active & tvalid
         err.append(np.linalg.norm(commands.target_position[hit] - tpos[hit], axis=-1) * 1e3)
         rot.append(geodesic_deg(commands.target_quaternion[hit], tquat[hit]))
@@ -465,73 +466,6 @@ class _RecordingPolicy:
         return chunk
 
 
-class BagInputs:
-    """Routes a bag's messages to PolicyRunner inputs through ``vit_policy.messages``, as the node does.
-
-    The EE pose comes from the PoseStamped topic or the TF chain; the gripper from JointState or
-    Float64. A pose is passed on with the latest gripper value (and passed again when the gripper
-    changes), so each tick sees the latest of both, like the extraction's observation. A message that
-    fails to decode is counted by the runner (``reject``), as on the robot.
-    """
-
-    def __init__(self, data: DataConfig) -> None:
-        self.data = data
-        self.cam_of = {t: c for c, t in data.cameras.items()}
-        self.tf_topics = {"/tf", "/tf_static"} if not data.pose_topic else set()
-        self.tf = None if data.pose_topic else M.TFBuffer()
-        self.pose: tuple[int, np.ndarray, np.ndarray] | None = None
-        self.gripper: float | None = None
-
-    @property
-    def topics(self) -> set[str]:
-        d = self.data
-        topics = set(self.cam_of) | self.tf_topics | {d.gripper.topic}
-        if d.pose_topic:
-            topics.add(d.pose_topic)
-        # the extraction's clock starts at the first message of every topic it reads: read the same ones
-        topics |= {t for t in (d.command_topic, d.command_gripper_topic) if t}
-        return topics
-
-    def feed(self, runner: Any, topic: str, t_bag: int, msg: Any) -> None:
-        from vit_policy.runtime import camera_key
-
-        d = self.data
-        try:
-            if topic in self.cam_of:
-                cam = self.cam_of[topic]
-                rgb = M.compressed_to_rgb(msg) if hasattr(msg, "format") else M.image_to_rgb(msg)
-                runner.on_image(cam, M.stamp_to_ns(msg.header.stamp), rgb)
-            elif topic == d.pose_topic:
-                self.pose = M.pose_from_msg(msg)
-                self._send(runner)
-            elif topic in self.tf_topics:
-                assert self.tf is not None
-                self.tf.add(msg, static=topic == "/tf_static")
-                try:
-                    self.pose = self.tf.lookup(d.tf_base_frame, d.tf_ee_frame)
-                except M.MessageError:
-                    return  # the chain is not complete yet
-                self._send(runner)
-            elif topic == d.gripper.topic:
-                g = d.gripper
-                if g.kind == "joint_state":
-                    self.gripper = M.gripper_from_joint_state(msg, g.joints, g.closed, g.open)[1]
-                else:
-                    self.gripper = float(np.clip(msg.data, 0.0, 1.0))
-                self._send(runner)
-        except M.MessageError as exc:  # counted and the input cleared, as the node does; never a crash
-            if topic in self.cam_of:
-                runner.reject(camera_key(self.cam_of[topic]), str(exc), clear=self.cam_of[topic])
-            elif topic == d.gripper.topic:
-                runner.reject("gripper", str(exc))
-            else:
-                runner.reject("pose", str(exc), clear="pose")
-
-    def _send(self, runner: Any) -> None:
-        if self.pose is not None and self.gripper is not None:
-            runner.on_pose(self.pose[0], self.pose[1], self.pose[2], self.gripper)
-
-
 def measure_latency(policy: "VisuomotorPolicy", episodes: list["Episode"], repeats: int = 5) -> float:
     """Median wall time (s) of one single-observation ``predict`` on this machine, after a warm-up."""
     ep = next(e for e in episodes if len(e.stamps_ns))
@@ -564,9 +498,11 @@ def run_faithful(policy: "VisuomotorPolicy", bag: str | Path, episodes: list["Ep
     period = runtime.control_period_ns
     clock = [0]
     recorder = _RecordingPolicy(policy, clock)
-    runner = PolicyRunner(recorder, runtime, cfg.safety, clock=lambda: clock[0])
+    runner = PolicyRunner(recorder, runtime, cfg.safety, clock=lambda: clock[0], inputs=InputSpec.from_data(cfg.data))
     runner.set_enabled(True)
-    inputs = BagInputs(cfg.data)
+    assert runner.router is not None
+    # the node's inputs, plus the command topics: the extraction reads them too, so the clock starts alike
+    topics = runner.router.topics | {t for t in (cfg.data.command_topic, cfg.data.command_gripper_topic) if t}
     commands, chunk_ids = [], []
     release: list[int] = []  # simulated time each chunk becomes available
     first: int | None = None
@@ -581,13 +517,14 @@ def run_faithful(policy: "VisuomotorPolicy", bag: str | Path, episodes: list["Ep
         chunk_ids.append(bisect.bisect_right(release, now))  # chunks released by now (release times increase)
 
     t_wall = time.perf_counter()
-    for t_bag, item in with_control_ticks(iter_bag_messages(bag, inputs.topics), period):  # the extraction's clock
+    for t_bag, item in with_control_ticks(iter_bag_messages(bag, topics), period):
         if item is None:
             tick(t_bag)
             continue
         first = t_bag if first is None else first
         clock[0] = last = t_bag
-        inputs.feed(runner, item[0], t_bag, item[1])
+        if item[0] in runner.router.topics:
+            runner.on_message(item[0], item[1], arrival_ns=t_bag)
     seconds = time.perf_counter() - t_wall
 
     stream = CommandStream.from_commands(commands, chunk_ids)
@@ -763,13 +700,14 @@ def load_data_config(path: str | Path | None, checkpoints: list[str | Path], ove
         if not raw:
             raise ConfigError("data: found no data config in the checkpoints' metadata.json or ../train_config.yaml; "
                               "pass --data-config <train or data YAML> naming the bag's camera, pose and gripper topics")
-    # unless set, the replayed node samples and synchronises like the extraction (same control grid)
+    raw = apply_overrides(raw, overrides)
+    # unless runtime.* is set (in the file or by an override), the replayed node samples and synchronises like
+    # the extraction (same control grid); after the overrides, so that --set data.sync_tolerance_s=... reaches both
     runtime = raw.setdefault("runtime", {})
-    if isinstance(runtime, dict) and isinstance(raw["data"], dict):
-        for key in ("control_rate_hz", "sync_tolerance_s", "max_age_s"):
+    if isinstance(runtime, dict) and isinstance(raw.get("data"), dict):
+        for key in ("control_rate_hz", *TIMING_FIELDS):
             if key in raw["data"]:
                 runtime.setdefault(key, raw["data"][key])
-    raw = apply_overrides(raw, overrides)
     try:
         return from_dict(ReplayConfig, raw)
     except ConfigError as exc:
@@ -804,6 +742,9 @@ def cli_replay(args: Any) -> int:
         torch.set_num_threads(args.threads)
     check_checkpoints(args.checkpoint)
     cfg = load_data_config(args.data_config, args.checkpoint, overrides)
+    from vit_policy.data.inspect import check_bags
+
+    check_bags(args.bags, cfg.data)  # every bag would extract, before any checkpoint is loaded; else its reason and fix
     results = replay_checkpoints(args.checkpoint, args.bags, args.out, cfg)
     print(format_table(results))
     print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'report.html'}")

@@ -2,11 +2,14 @@
 
 No ROS here: the ROS node, offline replay and the simulator all drive the same runner.
 
-* Inputs: ``on_image`` / ``on_pose`` keep only the latest value of each (never a queue). A malformed
-  input is counted and clears that input, so the next tick stops rather than using old data.
-* Synchronisation is :func:`vit_policy.observation.check_sync` (the rule bag extraction uses too),
-  and frames are resized to the encoder's input with :func:`vit_policy.images.resize_uint8`, as the
-  training cache does, so the model sees the same pixels live as in training.
+* Inputs: ROS messages through ``on_message`` (the router of :mod:`vit_policy.inputs`, as the node and
+  replay use it) or typed values through ``on_image`` / ``on_pose`` / ``on_gripper`` (the in-process
+  simulator). They go into the :class:`vit_policy.inputs.Synchronizer`'s short buffers: a rejected
+  input is counted and never replaces the last valid one.
+* Timing: an observation is stamped at a reference camera frame, with the pose and gripper
+  interpolated at that stamp (the rule bag extraction uses). Pixels are decoded only for the frame an
+  inference uses, and resized to the encoder's input with :func:`vit_policy.images.resize_uint8`, as
+  the training cache does, so the model sees the same pixels live as in training.
 * Inference runs on a worker thread (``start``); ``tick`` never waits for the model. With
   ``runtime.synchronous`` the inference runs inline in ``tick`` instead (deterministic replay /
   simulation); ``runtime.inference_latency_s`` then delays the chunk's release by that much.
@@ -32,20 +35,17 @@ from typing import Any, Callable
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from vit_policy import messages as M
 from vit_policy.config import RuntimeConfig, SafetyConfig
 from vit_policy.images import resize_uint8
-from vit_policy.observation import ActionChunk, EEPose, Observation, ObservationError, SyncResult, check_image, check_sync
+from vit_policy.inputs import GRIPPER, POSE, Frame, InputRouter, InputSpec, Resolved, Synchronizer, SyncRule, camera_key
+from vit_policy.observation import ActionChunk, Observation, ObservationError, check_image
 from vit_policy.safety import Command, SafetyFilter
 
 log = logging.getLogger(__name__)
 
-POSE = "pose"
 LATENCY_WINDOW = 500  # latency samples kept for the percentiles
-
-
-def camera_key(camera: str) -> str:
-    """The name of a camera input in statistics and sync reasons."""
-    return f"camera/{camera}"
+__all__ = ["POSE", "GRIPPER", "PolicyRunner", "camera_key"]
 
 
 @dataclass
@@ -103,7 +103,8 @@ class _Plan:
 class PolicyRunner:
     """Streams of images and EE poses in, one safe :class:`Command` per control tick out."""
 
-    def __init__(self, policy: Any, runtime: RuntimeConfig, safety: SafetyConfig, clock: Callable[[], int] | None = None) -> None:
+    def __init__(self, policy: Any, runtime: RuntimeConfig, safety: SafetyConfig, clock: Callable[[], int] | None = None,
+                 inputs: InputSpec | None = None) -> None:
         self.policy = policy
         self.cfg = runtime
         self.cameras: list[str] = list(policy.cfg.cameras)
@@ -111,17 +112,20 @@ class PolicyRunner:
         self.history_len: int = int(policy.cfg.pose.history)
         self.image_size: tuple[int, int] | None = getattr(policy, "image_size", None)  # encoder input (H, W)
         self.period_ns = runtime.control_period_ns
-        self.tolerance_ns = int(round(runtime.sync_tolerance_s * 1e9))
-        self.max_age_ns = int(round(runtime.max_age_s * 1e9))
         self.safety = SafetyFilter(safety, self.period_ns)
         self.clock: Callable[[], int] = clock or time.time_ns
         self.instruction: str | None = None  # passed to language-conditioned policies
+        self.router: InputRouter | None = None
+        if inputs is not None:
+            missing = [c for c in self.cameras if c not in inputs.cameras]
+            if missing:
+                raise ValueError(f"cameras: the policy needs {missing}; the inputs map {sorted(inputs.cameras)}")
+            inputs = InputSpec(**{**inputs.__dict__, "cameras": {c: inputs.cameras[c] for c in self.cameras}})
+            self.router = InputRouter(inputs)
+        self.sync = Synchronizer(self.cameras, SyncRule.of(runtime), gripper=inputs is None or inputs.gripper_topic is not None)
 
         self._lock = threading.Condition()
         self._infer_lock = threading.Lock()  # one inference at a time (worker or inline)
-        self._images: dict[str, tuple[int, np.ndarray] | None] = {c: None for c in self.cameras}
-        self._pose: EEPose | None = None
-        self._poses: deque[tuple[int, np.ndarray]] = deque(maxlen=4096)  # (stamp, [x y z qx qy qz qw]) for history
         self._plans: deque[_Plan] = deque(maxlen=max(2, policy.cfg.chunk_size + 1))
         self._pending: list[tuple[int, _Plan]] = []  # synchronous mode: (release time, plan)
         self._enabled = False
@@ -129,69 +133,97 @@ class PolicyRunner:
         self._fault: str | None = None
         self._last_obs_ns: int | None = None  # stamp of the observation last inferred on
         self._last_infer_ns: int | None = None  # clock time the last inference started
+        self._obs_reason = ""  # why no new observation formed at the last attempt
         self._last_gripper: float | None = None
         self._last_tick_ns: int | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
         self.received: Counter[str] = Counter()
-        self.rejected: Counter[str] = Counter()
-        self.last_rejection = ""
         self.latencies_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.inferences = 0
         self.ticks = 0
         self.overruns = 0  # control ticks later than 1.5 periods after the previous one
         self.last_status = ("disabled", "")
+        self.statuses: Counter[str] = Counter()  # ticks per command status
+        self.input_lag_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)  # inference start minus observation stamp
         self._arrivals: dict[str, deque[int]] = {}
+        self._bad: dict[str, str] = {}  # input -> why its latest message was rejected
+
+    @property
+    def rejected(self) -> Counter[str]:
+        return self.sync.rejected
+
+    @property
+    def last_rejection(self) -> str:
+        return self.sync.last_rejection
 
     # ---- inputs (any thread) --------------------------------------------------------------------------
 
-    def on_image(self, camera: str, stamp_ns: int, rgb: np.ndarray) -> None:
-        """Keep the latest frame of ``camera``. A malformed frame is counted and clears the camera."""
-        key = camera_key(camera)
-        if camera not in self._images:
-            self.reject(key, f"image from unknown camera {camera!r}; the policy uses {self.cameras}")
-            return
+    def on_message(self, topic: str, msg: Any, arrival_ns: int | None = None) -> str:
+        """Route one ROS message (a node subscription or a bag record); returns the rejection reason or ''."""
+        assert self.router is not None, "on_message needs PolicyRunner(..., inputs=InputSpec)"
+        arrival = self.clock() if arrival_ns is None else int(arrival_ns)
+        with self._lock:
+            item = self.router.route(topic, msg, arrival)
+            why = self.sync.add(item, arrival)
+            if item.kind != "ignore":
+                self._mark(camera_key(item.name) if item.kind == "image" else item.name, why)
+            self._lock.notify_all()
+        return why
+
+    def on_image(self, camera: str, stamp_ns: int, rgb: np.ndarray, arrival_ns: int | None = None) -> str:
+        """A decoded RGB frame of ``camera`` stamped at exposure. Returns the rejection reason or ''."""
         try:
             check_image(rgb, f"image[{camera!r}]")
         except ObservationError as exc:
-            self.reject(key, str(exc), clear=camera)
-            return
+            return self.reject(camera_key(camera), str(exc))
+        arrival = self.clock() if arrival_ns is None else int(arrival_ns)
         with self._lock:
-            self._images[camera] = (int(stamp_ns), rgb)
-            self._arrived(key)
+            why = self.sync.add_frame(camera, Frame(int(stamp_ns), rgb=rgb), arrival)
+            self._mark(camera_key(camera), why)
             self._lock.notify_all()
+        return why
 
-    def on_pose(self, stamp_ns: int, position: np.ndarray, quaternion: np.ndarray, gripper: float) -> None:
-        """Keep the latest EE pose (base frame) and gripper opening. A NaN / invalid pose is counted and cleared."""
-        try:
-            pose = EEPose(int(stamp_ns), position, quaternion, gripper).validate("pose")
-        except (ObservationError, TypeError, ValueError) as exc:
-            self.reject(POSE, str(exc), clear=POSE)
-            return
+    def on_pose(self, stamp_ns: int, position: np.ndarray, quaternion: np.ndarray, gripper: float | None = None,
+                arrival_ns: int | None = None) -> str:
+        """An EE pose (base frame), optionally with the gripper opening measured at the same stamp."""
+        arrival = self.clock() if arrival_ns is None else int(arrival_ns)
         with self._lock:
-            self._pose = pose
-            self._poses.append((pose.stamp_ns, np.concatenate([pose.position, pose.quaternion])))
-            self._arrived(POSE)
+            why = self.sync.add_pose(int(stamp_ns), position, quaternion, arrival)
+            self._mark(POSE, why)
+            if gripper is not None and not why:
+                why = self.sync.add_gripper(int(stamp_ns), gripper, arrival)
+                self._mark(GRIPPER, why)
             self._lock.notify_all()
+        return why
 
-    def reject(self, name: str, reason: str, clear: str | None = None) -> None:
-        """Count a rejected input (also for messages that failed to decode at the edge); ``clear`` drops its latest value."""
-        if name in self._images:  # a bare camera name: count it under the camera's input name
+    def on_gripper(self, stamp_ns: int, opening: float, arrival_ns: int | None = None) -> str:
+        """The measured gripper opening in [0, 1] (1 = open)."""
+        arrival = self.clock() if arrival_ns is None else int(arrival_ns)
+        with self._lock:
+            why = self.sync.add_gripper(int(stamp_ns), opening, arrival)
+            self._mark(GRIPPER, why)
+        return why
+
+    def reject(self, name: str, reason: str) -> str:
+        """Count a rejected input (also for messages that failed before reaching the runner)."""
+        if name in self.cameras:  # a bare camera name: count it under the camera's input name
             name = camera_key(name)
         with self._lock:
-            self.rejected[name] += 1
-            self.last_rejection = f"{name}: {reason}"
-            if clear == POSE:
-                self._pose = None
-            elif clear is not None:
-                self._images[clear] = None
-        log.debug("rejected %s: %s", name, reason)
+            why = self.sync.reject(name, reason)
+            self._mark(name, why)
+        log.debug("rejected %s", why)
+        return why
 
-    def _arrived(self, key: str) -> None:
+    def _mark(self, key: str, why: str) -> None:
+        """A rejected input stops the arm until the next valid message of that input (its buffer keeps the last valid one)."""
+        if why:
+            self._bad[key] = why
+            return
+        self._bad.pop(key, None)
         self.received[key] += 1
-        arrivals = self._arrivals.setdefault(key, deque(maxlen=50))
-        arrivals.append(time.monotonic_ns())
+        self._arrivals.setdefault(key, deque(maxlen=50)).append(time.monotonic_ns())
 
     # ---- control (the caller's thread) ----------------------------------------------------------------
 
@@ -210,11 +242,12 @@ class PolicyRunner:
         return self._enabled
 
     def reset(self) -> None:
-        """Drop chunks, pose history and a latched fault (enabled state unchanged): a new episode."""
+        """Drop chunks, input buffers and a latched fault (enabled state unchanged): a new episode."""
         with self._lock:
             self._plans.clear()
             self._pending.clear()
-            self._poses.clear()
+            self.sync.reset()
+            self._bad.clear()
             self._fault = None
             self._last_obs_ns = self._last_infer_ns = None
             self._last_gripper = None
@@ -259,6 +292,7 @@ class PolicyRunner:
         if not cmd.is_stop:
             self._last_gripper = cmd.gripper
         self.last_status = (cmd.status, cmd.reason)
+        self.statuses[cmd.status] += 1
         return cmd
 
     def _command(self, now_ns: int) -> Command:
@@ -269,40 +303,53 @@ class PolicyRunner:
         if self._fault:
             return self._stop_command(now_ns, "fault", f"{self._fault}; reset to clear")
         with self._lock:
-            sync, _ = self._sync(now_ns)
-        if not sync.ok:
-            status = "waiting" if sync.reason.startswith("no message") else "stale"
-            return self._stop_command(now_ns, status, sync.reason)
-        if self.cfg.synchronous and self._should_infer(now_ns):
-            self._infer(now_ns)
+            status, reason = self.sync.stale(now_ns)
+            if not status and self._bad:
+                status, reason = "stale", "rejected input: " + "; ".join(self._bad.values())
+        if status:
+            return self._stop_command(now_ns, status, reason)
+        if self.cfg.synchronous:
+            obs = self._next_observation(now_ns)
+            if obs is not None:
+                self._infer(now_ns, obs)
             if self._fault:
                 return self._stop_command(now_ns, "fault", f"{self._fault}; reset to clear")
         with self._lock:
             self._release_pending(now_ns)
-            pose = self._pose
+            latest = self.sync.latest_pose()
             plans = [p for p in self._plans if p.end_ns >= now_ns]
             self._plans = deque(plans, maxlen=self._plans.maxlen)
-        if pose is None:  # cleared by a rejected pose between the sync check and here
-            return self._stop_command(now_ns, "stale", "the pose was rejected")
+            obs_reason = self._obs_reason
+        if latest is None:
+            return self._stop_command(now_ns, "waiting", "no valid EE pose yet")
         if not plans:
-            waited = "the last action chunk ran out before a new one arrived" if self.inferences else "waiting for the first action chunk"
+            if not self.inferences:
+                waited = f"waiting for the first action chunk{': ' + obs_reason if obs_reason else ''}"
+            else:
+                waited = f"the last action chunk ran out before a new one arrived{': ' + obs_reason if obs_reason else ''}"
             return self._stop_command(now_ns, "waiting", waited)
         target = self._target(plans, now_ns + self.period_ns)
         if target is None:
             return self._stop_command(now_ns, "waiting", "the action chunk ends before the next tick; waiting for a new one")
         p, r, g = target
+        pos, quat = latest[1][:3], latest[1][3:]
         remaining = plans[-1].remaining(now_ns)
         if remaining is not None:
-            remaining = self.safety.limit_chunk(remaining, pose.position, pose.quaternion, now_ns)
-        cmd = self.safety.limit(now_ns, pose.position, pose.quaternion, p, r.as_quat(), g, remaining)
+            remaining = self.safety.limit_chunk(remaining, pos, quat, now_ns)
+        cmd = self.safety.limit(now_ns, pos, quat, p, r.as_quat(), g, remaining)
         if cmd.status == "fault":
             self._fault = cmd.reason
         return cmd
 
     def _stop_command(self, now_ns: int, status: str, reason: str) -> Command:
-        pose = self._pose
-        grip = self._last_gripper if self._last_gripper is not None else (pose.gripper if pose else None)
-        return self.safety.stop(now_ns, status, reason, pose.position if pose else None, pose.quaternion if pose else None, grip)
+        """A stop holding the newest valid measured pose; without one, a stop with no target at all."""
+        with self._lock:
+            latest = self.sync.latest_pose()
+            measured = self.sync.latest_gripper()
+        grip = self._last_gripper if self._last_gripper is not None else measured
+        if latest is None:
+            return self.safety.stop(now_ns, status, reason, None, None, grip)
+        return self.safety.stop(now_ns, status, reason, latest[1][:3], latest[1][3:], grip)
 
     def _target(self, plans: list[_Plan], t_ns: int) -> tuple[np.ndarray, Rotation, float] | None:
         if self.cfg.strategy == "receding":
@@ -319,31 +366,44 @@ class PolicyRunner:
 
     # ---- observation and inference ----------------------------------------------------------------------
 
-    def _sync(self, now_ns: int) -> tuple[SyncResult, dict[str, int | None]]:
-        stamps: dict[str, int | None] = {POSE: self._pose.stamp_ns if self._pose else None}
-        for cam, value in self._images.items():
-            stamps[camera_key(cam)] = value[0] if value else None
-        return check_sync(stamps, now_ns, self.tolerance_ns, self.max_age_ns, POSE), stamps
-
-    def _observation(self, now_ns: int) -> Observation | None:
+    def _next_observation(self, now_ns: int) -> Resolved | None:
+        """The newest observation not inferred on yet, when the schedule says it is time to infer."""
         with self._lock:
-            sync, _ = self._sync(now_ns)
-            if not sync.ok or self._pose is None:
+            if not self._enabled or self._fault or self._shutdown or self._bad or self.sync.stale(now_ns)[0]:
                 return None
-            pose = self._pose
-            images = {c: v[1] for c, v in self._images.items() if v is not None}
-            history = self._history(pose.stamp_ns) if self.history_len else None
-        if self.image_size is not None:  # the same uint8 resize as the training cache (data/bags.py): identical inputs
-            images = {c: resize_uint8(v, self.image_size) for c, v in images.items()}
-        return Observation(pose.stamp_ns, images, pose.position, pose.quaternion, pose.gripper, history, self.instruction)
+            newest = self._pending[-1][1] if self._pending else (self._plans[-1] if self._plans else None)
+            if newest is not None:
+                if self.cfg.strategy == "receding":
+                    switch = newest.chunk.stamp_ns + self.cfg.execute_steps * self.chunk_dt_ns
+                    if now_ns < switch - self.latency_estimate_ns() and now_ns < newest.end_ns:
+                        return None
+                elif self._last_infer_ns is not None and now_ns - self._last_infer_ns < self.period_ns:
+                    return None
+            obs, why = self.sync.newest(now_ns, self._last_obs_ns)
+            self._obs_reason = why.split(": ", 1)[-1] if why else ""
+            if obs is not None:  # older frames can never be used again: free their pixels
+                self.sync.prune(obs.stamp_ns - self.sync.rule.tolerance_ns)
+            return obs
 
-    def _history(self, stamp_ns: int) -> np.ndarray:
-        """Poses at stamp - k dt (k = H..1), the latest at or before each time; the oldest kept pose before that."""
-        stamps = np.fromiter((s for s, _ in self._poses), np.int64, len(self._poses))
-        values = np.stack([v for _, v in self._poses])
-        times = stamp_ns - self.chunk_dt_ns * np.arange(self.history_len, 0, -1)
-        idx = np.clip(np.searchsorted(stamps, times, side="right") - 1, 0, len(stamps) - 1)
-        return values[idx]
+    def _observation(self, obs: Resolved) -> Observation | None:
+        """Decode (and resize) the frames an inference uses; a frame that fails to decode is rejected here."""
+        images = {}
+        for cam, frame in obs.frames.items():
+            try:
+                rgb = frame.rgb()
+            except M.MessageError as exc:
+                with self._lock:
+                    self.sync.reject(camera_key(cam), str(exc))
+                    if frame in self.sync.frames[cam]:
+                        self.sync.frames[cam].remove(frame)
+                return None
+            # the same uint8 resize as the training cache (data/bags.py): identical inputs
+            images[cam] = resize_uint8(rgb, self.image_size) if self.image_size is not None else rgb
+        history = None
+        if self.history_len:
+            with self._lock:
+                history = self.sync.pose_history(obs.stamp_ns, self.chunk_dt_ns, self.history_len)
+        return Observation(obs.stamp_ns, images, obs.pose[:3], obs.pose[3:], obs.gripper, history, self.instruction)
 
     def latency_estimate_ns(self) -> int:
         if self.cfg.inference_latency_s is not None:
@@ -352,34 +412,21 @@ class PolicyRunner:
             return 0
         return int(np.median(list(self.latencies_ms)[-20:]) * 1e6)
 
-    def _should_infer(self, now_ns: int) -> bool:
-        with self._lock:
-            if not self._enabled or self._fault or self._shutdown:
-                return False
-            sync, _ = self._sync(now_ns)
-            if not sync.ok or sync.stamp_ns == self._last_obs_ns:
-                return False
-            newest = self._pending[-1][1] if self._pending else (self._plans[-1] if self._plans else None)
-            if newest is None:
-                return True
-            if self.cfg.strategy == "receding":
-                switch = newest.chunk.stamp_ns + self.cfg.execute_steps * self.chunk_dt_ns
-                return now_ns >= switch - self.latency_estimate_ns() or now_ns >= newest.end_ns
-            return self._last_infer_ns is None or now_ns - self._last_infer_ns >= self.period_ns
-
-    def _infer(self, now_ns: int) -> None:
-        obs = self._observation(now_ns)
+    def _infer(self, now_ns: int, resolved: Resolved) -> None:
+        obs = self._observation(resolved)
         if obs is None:
             return
         with self._infer_lock:
             self._last_infer_ns = now_ns
             self._last_obs_ns = obs.stamp_ns
+            self.input_lag_ms.append((now_ns - obs.stamp_ns) / 1e6)
             t0 = time.perf_counter()
             try:
                 chunk = self.policy.predict(obs)
             except Exception as exc:  # a model error must stop the arm, not kill the node
-                log.exception("inference failed")
                 self._fault = f"inference failed: {type(exc).__name__}: {exc}"
+                log.error("%s: stopping until reset", self._fault)
+                log.debug("inference failure", exc_info=True)
                 return
             self.latencies_ms.append((time.perf_counter() - t0) * 1e3)
             self.inferences += 1
@@ -404,8 +451,9 @@ class PolicyRunner:
         wait_s = min(self.period_ns / 1e9 / 4, 0.02)
         while not self._stop.is_set():
             now = self.clock()
-            if self._should_infer(now):
-                self._infer(now)
+            obs = self._next_observation(now)
+            if obs is not None:
+                self._infer(now, obs)
                 continue
             with self._lock:
                 self._lock.wait(timeout=wait_s)
@@ -413,11 +461,13 @@ class PolicyRunner:
     # ---- monitoring ---------------------------------------------------------------------------------
 
     def diagnostics(self, now_ns: int | None = None) -> dict[str, Any]:
-        """Counters, input ages and rates, inference latency percentiles: what /diagnostics publishes."""
+        """Counters, input ages, rates and clock offsets, dropped frames, latency percentiles: what /diagnostics publishes."""
         now_ns = self.clock() if now_ns is None else int(now_ns)
         with self._lock:
-            _, stamps = self._sync(now_ns)
+            ages = self.sync.ages_ns(now_ns)
+            offsets = self.sync.clock_offsets_ms()
             lat = np.array(self.latencies_ms) if self.latencies_ms else None
+            lag = np.array(self.input_lag_ms) if self.input_lag_ms else None
             rates = {}
             for key, arr in self._arrivals.items():
                 span = (arr[-1] - arr[0]) / 1e9 if len(arr) > 1 else 0.0
@@ -425,10 +475,14 @@ class PolicyRunner:
             return {
                 "status": self.last_status[0], "reason": self.last_status[1], "enabled": self._enabled,
                 "fault": self._fault or "",
-                "inputs": {k: {"age_ms": None if v is None else (now_ns - v) / 1e6, "rate_hz": rates.get(k, 0.0),
-                               "received": self.received[k], "rejected": self.rejected[k]} for k, v in stamps.items()},
+                "inputs": {k: {"age_ms": None if v is None else v / 1e6, "rate_hz": rates.get(k, 0.0),
+                               "received": self.received[k], "rejected": self.rejected[k],
+                               "clock_offset_ms": offsets.get(k)} for k, v in ages.items()},
                 "rejected_total": sum(self.rejected.values()), "last_rejection": self.last_rejection,
-                "inferences": self.inferences, "ticks": self.ticks, "overruns": self.overruns,
+                "dropped_frames": sum(self.sync.dropped.values()), "last_drop": self.sync.last_drop,
+                "inferences": self.inferences, "ticks": self.ticks, "ticks_ok": self.statuses["ok"], "overruns": self.overruns,
+                "input_lag_ms_p50": float(np.percentile(lag, 50)) if lag is not None else None,
+                "input_lag_ms_p99": float(np.percentile(lag, 99)) if lag is not None else None,
                 "latency_ms_p50": float(np.percentile(lat, 50)) if lat is not None else None,
                 "latency_ms_p99": float(np.percentile(lat, 99)) if lat is not None else None,
             }

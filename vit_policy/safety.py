@@ -19,7 +19,6 @@ from vit_policy.config import SafetyConfig
 from vit_policy.geometry import canonical_quat
 from vit_policy.observation import ActionChunk
 
-IDENTITY_QUAT = np.array([0.0, 0.0, 0.0, 1.0])
 STATUSES = ("ok", "disabled", "waiting", "stale", "fault", "shutdown")
 
 
@@ -28,21 +27,26 @@ class Command:
     """What the arm is told for one control tick: a target pose, a twist and a gripper target, never NaN."""
 
     stamp_ns: int
-    target_position: np.ndarray  # (3,) m, base frame
-    target_quaternion: np.ndarray  # (4,) x, y, z, w
+    target_position: np.ndarray | None  # (3,) m, base frame; None: no valid pose yet (a stop with no target)
+    target_quaternion: np.ndarray | None  # (4,) x, y, z, w
     linear: np.ndarray  # (3,) m/s, base frame
     angular: np.ndarray  # (3,) rad/s, base frame
-    gripper: float  # target opening in [0, 1]
+    gripper: float | None  # target opening in [0, 1]; None: unknown (nothing to command)
     chunk: ActionChunk | None = None  # the steps still ahead (monitoring / trajectory output)
     status: str = "ok"  # one of STATUSES
     reason: str = ""
     is_stop: bool = False
 
+    @property
+    def has_target(self) -> bool:
+        """False for a stop before any valid pose: pose and trajectory outputs then publish nothing."""
+        return self.target_position is not None and self.target_quaternion is not None
+
     def is_finite(self) -> bool:
-        return bool(
-            np.all(np.isfinite(self.target_position)) and np.all(np.isfinite(self.target_quaternion))
-            and np.all(np.isfinite(self.linear)) and np.all(np.isfinite(self.angular)) and np.isfinite(self.gripper)
-        )
+        values = [self.linear, self.angular]
+        values += [self.target_position, self.target_quaternion] if self.has_target else []
+        values += [self.gripper] if self.gripper is not None else []
+        return bool(all(np.all(np.isfinite(np.asarray(v, np.float64))) for v in values))
 
 
 class SafetyFilter:
@@ -61,7 +65,11 @@ class SafetyFilter:
         self, stamp_ns: int, status: str, reason: str,
         position: np.ndarray | None = None, quaternion: np.ndarray | None = None, gripper: float | None = None,
     ) -> Command:
-        """A stop: zero twist; target = measured pose (zero_twist) or the pose latched at the stop (hold_pose)."""
+        """A stop: zero twist; target = measured pose (zero_twist) or the pose latched at the stop (hold_pose).
+
+        Without a valid measured pose the stop has no target (and without a known gripper, no gripper
+        target): a placeholder would be a made-up target that a pose controller drives the arm to.
+        """
         pos, quat = _finite_pose(position, quaternion)
         if self.cfg.stop_mode == "hold_pose":
             if self._held is None and pos is not None:
@@ -69,10 +77,10 @@ class SafetyFilter:
             if self._held is not None:
                 pos, quat = self._held
         if pos is None:
-            pos, quat = np.zeros(3), IDENTITY_QUAT.copy()
-            reason = f"{reason} (no valid pose yet: target is a placeholder, twist is zero)"
-        grip = float(np.clip(gripper, 0.0, 1.0)) if gripper is not None and np.isfinite(gripper) else 1.0
-        return Command(int(stamp_ns), pos.copy(), quat.copy(), np.zeros(3), np.zeros(3), grip, None, status, reason, True)
+            reason = f"{reason} (no valid pose yet: zero twist, no target published)"
+        grip = float(np.clip(gripper, 0.0, 1.0)) if gripper is not None and np.isfinite(gripper) else None
+        return Command(int(stamp_ns), None if pos is None else pos.copy(), None if quat is None else quat.copy(),
+                       np.zeros(3), np.zeros(3), grip, None, status, reason, True)
 
     def release(self) -> None:
         """Forget the held pose (called when commanding resumes)."""

@@ -41,6 +41,7 @@ from vit_policy.model.policy import STATS_FILE, VisuomotorPolicy
 log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.pt"
+RESUME_FIX = "resume from another copy of the run's last/ directory, or start a new run (resume: null or a new out_dir)"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -311,7 +312,12 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> TrainResult:
     if resume is not None:  # the statistics the run started with, not recomputed ones
         from safetensors.torch import load_file
 
-        raw = load_file(str(resume / STATS_FILE))
+        from vit_policy.model.encoders import weights_error
+
+        try:
+            raw = load_file(str(resume / STATS_FILE))
+        except Exception as exc:  # truncated or corrupt: the path, the cause and the fix
+            raise weights_error(resume / STATS_FILE, exc, RESUME_FIX) from exc
         stats = {k: NormStats.from_tensors(raw, k, str(resume / STATS_FILE)) for k in ("state", "action")}
     else:
         stats = dataset_stats(train_eps, cfg.policy)
@@ -337,7 +343,12 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> TrainResult:
     ema = EMA(policy, cfg.ema) if cfg.ema > 0 else None
     step, best_val, history = 0, math.inf, []
     if resume is not None:
-        state = torch.load(resume / STATE_FILE, map_location="cpu", weights_only=True)
+        from vit_policy.model.encoders import weights_error
+
+        try:
+            state = torch.load(resume / STATE_FILE, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated or corrupt: the path, the cause and the fix
+            raise weights_error(resume / STATE_FILE, exc, RESUME_FIX) from exc
         policy.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -463,8 +474,10 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> TrainResult:
 def cmd_train(args: Any) -> int:
     """``vit-policy train --config <yaml> [key=value ...]`` (also under torchrun)."""
     from vit_policy.config import load_train_config
+    from vit_policy.data.inspect import check_bags
 
     cfg = load_train_config(args.config, args.overrides)
+    check_bags(expand_bags(cfg.bags) + expand_bags(cfg.val_bags, "val_bags"), cfg.data)  # a bad bag fails now, with its fix
     if args.threads:
         torch.set_num_threads(args.threads)
     result = train(cfg)

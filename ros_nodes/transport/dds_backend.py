@@ -62,7 +62,7 @@ def _describe_bytes_as_octet_sequence() -> None:
 _describe_bytes_as_octet_sequence()
 
 _BASE: dict[str, Any] = {
-    "bool": bool, "byte": t.uint8, "char": t.uint8, "int8": t.int8, "uint8": t.uint8, "int16": t.int16,
+    "bool": bool, "byte": t.byte, "char": t.uint8, "int8": t.int8, "uint8": t.uint8, "int16": t.int16,
     "uint16": t.uint16, "int32": t.int32, "uint32": t.uint32, "int64": t.int64, "uint64": t.uint64,
     "float32": t.float32, "float64": t.float64,
 }

@@ -1,12 +1,12 @@
-"""rosbag2 recordings -> episodes of synchronised observations and action-chunk labels.
+"""rosbag2 recordings -> episodes of observations and action-chunk labels.
 
-Decoding goes through ``vit_policy.messages`` and synchronisation through ``observation.check_sync``,
-the code the live node runs, so the policy is trained on what it sees on the robot:
+Messages are routed and paired by :mod:`vit_policy.inputs`, the code the live node runs, so the policy
+is trained on what it sees on the robot:
 
-* A control clock ticks every ``1 / control_rate_hz`` from the bag's first message. At a tick, the
-  inputs are the latest message of each topic that had *arrived* (bag time <= tick); they form an
-  observation when ``check_sync`` accepts their header stamps (present, fresh, within tolerance of the
-  pose). The observation is stamped with the pose's stamp, as at run time.
+* Every frame of the reference camera (the first of ``data.cameras``) is a sample, stamped at the
+  frame's header stamp; the other cameras, the EE pose and the gripper are taken at that stamp
+  (nearest frame within ``sync_tolerance_s``; pose and gripper interpolated). Frames the rule cannot
+  pair are dropped and counted, with their reasons, in a warning.
 * Labels (ARCHITECTURE.md): step k is the target for ``stamp + (k+1) dt``: the EE pose interpolated
   at that time (``future_pose``) or the latest recorded command at that time (``command``), as a
   delta to the observed pose (``geometry.pose_delta``; rotation as rot6d). A step after the last pose
@@ -28,7 +28,7 @@ from vit_policy import messages as M
 from vit_policy.config import DataConfig
 from vit_policy.geometry import pose_delta, rotvec_to_rot6d
 from vit_policy.images import resize_uint8
-from vit_policy.observation import check_sync
+from vit_policy.inputs import Frame, InputRouter, InputSpec, Resolved, Synchronizer, SyncRule, camera_key, interpolate_pose
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,27 @@ def _open(path: str | Path) -> Any:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"bag {str(path)!r} does not exist")
-    reader = AnyReader([path], default_typestore=get_typestore(Stores.ROS2_HUMBLE))
+    if path.is_dir() and not (path / "metadata.yaml").is_file():
+        storage = sorted(p.name for p in path.iterdir() if p.suffix in (".db3", ".mcap"))
+        inner = sorted(str(d) for d in path.iterdir() if (d / "metadata.yaml").is_file())
+        if storage:  # the recording is there, its index is not
+            raise BagError(f"bag {str(path)!r} has no metadata.yaml (its storage {', '.join(storage[:3])} is there: the metadata "
+                           f"was lost or the recording was cut short); rebuild it with: ros2 bag reindex {path}"
+                           f"{' -s mcap' if storage[0].endswith('.mcap') else ''} (or copy the bag's metadata.yaml back)")
+        if inner:
+            raise BagError(f"{str(path)!r} is not a rosbag2 bag (no metadata.yaml) but holds {len(inner)} bag(s); "
+                           f"give the bag directories themselves, e.g. {inner[0]}")
+        raise BagError(f"{str(path)!r} is not a rosbag2 bag: no metadata.yaml and no .db3 or .mcap storage file; give the "
+                       "directory that ros2 bag record -o wrote (it holds metadata.yaml)")
     try:
+        reader = AnyReader([path], default_typestore=get_typestore(Stores.ROS2_HUMBLE))
         reader.open()
     except Exception as exc:  # rosbags raises several types for corrupt or truncated storage
-        raise BagError(f"bag {str(path)!r} cannot be read as rosbag2 (sqlite3 or mcap): {type(exc).__name__}: {exc}") from None
+        fix = ("give a bag directory (with metadata.yaml) or its .db3 / .mcap file" if path.is_file() and path.suffix not in (".db3", ".mcap", ".bag")
+               else f"copy or record the bag again (if the recording was cut short, ros2 bag reindex {path if path.is_dir() else path.parent} "
+                    "rebuilds its metadata.yaml)")
+        cause = " ".join(str(exc).split())
+        raise BagError(f"bag {str(path)!r} cannot be read as rosbag2 (sqlite3 or mcap): {type(exc).__name__}: {cause}; {fix}") from None
     return reader
 
 
@@ -195,108 +211,146 @@ def _interp(stamps: np.ndarray, values: np.ndarray, t_ns: np.ndarray) -> np.ndar
 # --------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class InputPass:
+    """One bag read through the input path: the synchroniser's buffers, the reference frames, the commands."""
+
+    path: Path
+    data: DataConfig
+    router: InputRouter
+    sync: Synchronizer
+    ref_frames: list[Frame]
+    cmds: tuple[list[int], list[np.ndarray], list[np.ndarray]]
+    cmd_grips: tuple[list[int], list[float]]
+
+    def pair(self) -> list[Resolved]:
+        """Every reference frame the timing rule pairs (the recording is over: a wait is a drop, counted)."""
+        out = []
+        for frame in self.ref_frames:
+            obs, why = self.sync.resolve(frame.stamp_ns, final=True, frame=frame)
+            if obs is None:
+                self.sync.count_drop(frame.stamp_ns, why)
+            else:
+                out.append(obs)
+        return out
+
+    def check(self, paired: int) -> None:
+        """BagError naming the bag, the missing input and the setting when nothing can be learnt from it."""
+        data, sync, path = self.data, self.sync, str(self.path)
+        if not len(sync.poses):
+            where = (f"data.pose_topic {data.pose_topic!r}" if data.pose_topic else
+                     f"the TF chain {data.tf_base_frame!r} -> {data.tf_ee_frame!r} (data.tf_base_frame, data.tf_ee_frame)")
+            detail = self.router.tf_waiting or sync.rejected and sync.last_rejection or "no message"
+            raise BagError(f"bag {path!r}: no EE pose from {where}: {detail}")
+        if not len(sync.grippers):
+            g = data.gripper
+            seen = f"; its JointStates name {sorted(self.router.joints_seen)}" if self.router.joints_seen else ""
+            raise BagError(f"bag {path!r}: no gripper value on {g.topic!r}: no JointState names the gripper joints "
+                           f"{list(g.joints)} (data.gripper.joints){seen}")
+        ref = next(iter(data.cameras))
+        if not paired:
+            why = sync.last_drop or sync.last_rejection or f"no frame on {data.cameras[ref]!r} (data.cameras.{ref})"
+            raise BagError(f"bag {path!r}: no usable observation ({len(self.ref_frames)} {ref} frames); last reason: {why}")
+        if data.labels == "command" and not self.cmds[0]:
+            raise BagError(f"bag {path!r}: no message on data.command_topic {data.command_topic!r}; use labels: future_pose")
+
+
+def read_inputs(path: str | Path, data: DataConfig) -> InputPass:
+    """Read a bag in record order through the node's router and synchroniser (pixels stay undecoded)."""
+    path = Path(path)
+    roles = check_topics(path, data, bag_topics(path))
+    router = InputRouter(InputSpec.from_data(data))
+    sync = Synchronizer(list(data.cameras), SyncRule.of(data), bounded=False)
+    out = InputPass(path, data, router, sync, [], ([], [], []), ([], []))
+    ref = next(iter(data.cameras))
+    inputs = router.topics
+    for topic, t_bag, msg in iter_bag_messages(path, set(roles) | inputs):
+        if topic in inputs:
+            item = router.route(topic, msg, t_bag)
+            if not sync.add(item, t_bag) and item.kind == "image" and item.name == ref:
+                if not out.ref_frames or out.ref_frames[-1].stamp_ns != item.stamp_ns:
+                    out.ref_frames.append(item.value)
+        try:
+            if topic == data.command_topic:
+                for lst, v in zip(out.cmds, M.pose_from_msg(msg)):
+                    lst.append(v)
+            if topic == data.command_gripper_topic:
+                out.cmd_grips[0].append(t_bag)  # Float64 has no header: arrival time
+                out.cmd_grips[1].append(float(np.clip(msg.data, 0.0, 1.0)))
+        except M.MessageError as exc:
+            sync.reject(topic, str(exc))
+    return out
+
+
+def dry_run(path: str | Path, data: DataConfig) -> dict[str, Any]:
+    """Whether a bag would extract, without decoding a pixel: frames paired, why others were dropped, and
+    per camera the fraction of its frames at which the EE pose can be had. Raises BagError as extraction does."""
+    p = read_inputs(path, data)
+    paired = p.pair()
+    p.check(len(paired))
+    stamps = np.array([o.stamp_ns for o in paired], np.int64)
+    segments = int(np.sum(np.diff(stamps) > int(data.gap_split_s * 1e9))) + 1
+    t, v = p.sync.poses.arrays()
+    coverage = {}
+    for cam in data.cameras:
+        frames = [f.stamp_ns for f in p.sync.frames[cam]]
+        ok = sum(not interpolate_pose(t, v, s, p.sync.rule)[1] for s in frames)
+        coverage[cam] = {"frames": len(frames), "with_pose": ok, "fraction": round(ok / len(frames), 6) if frames else None}
+    return {"frames": len(p.ref_frames), "paired": len(paired), "segments": segments, "coverage": coverage,
+            "dropped": dict(p.sync.dropped), "rejected": dict(p.sync.rejected),
+            "last_drop": p.sync.last_drop, "last_rejection": p.sync.last_rejection}
+
+
 def extract_episodes(
     path: str | Path, data: DataConfig, chunk_size: int, image_size: tuple[int, int] | None = None
 ) -> list[Episode]:
     """Read one bag into episodes (split at gaps longer than ``data.gap_split_s``).
 
-    Images are resized to ``image_size`` (H, W) when given (the encoder's input size, for the cache).
-    Raises BagError naming the bag for a missing topic, an unsupported type or no usable observation.
+    Messages go through the node's input path (:mod:`vit_policy.inputs`) in record order; every frame
+    of the reference camera that the timing rule can pair with a pose becomes a sample. Images are
+    resized to ``image_size`` (H, W) when given (the encoder's input size, for the cache). Rejected
+    messages and dropped frames are counted and logged, never fatal; a bag with no usable observation,
+    a missing topic or an unsupported type raises BagError naming the bag.
     """
-    path = Path(path)
-    roles = check_topics(path, data, bag_topics(path))
-    cam_of = {t: c for c, t in data.cameras.items()}
-    tf_topics = {"/tf", "/tf_static"} if not data.pose_topic else set()
-    dt = data.dt_ns
-    tol, max_age = int(data.sync_tolerance_s * 1e9), int(data.max_age_s * 1e9)
-
-    latest: dict[str, tuple[int, Any] | None] = {c: None for c in data.cameras}  # camera -> (stamp, raw msg)
-    pose_now: tuple[int, np.ndarray, np.ndarray] | None = None
-    grip_now: tuple[int, float] | None = None
-    poses: tuple[list[int], list[np.ndarray], list[np.ndarray]] = ([], [], [])
-    grips: tuple[list[int], list[float]] = ([], [])
-    cmds: tuple[list[int], list[np.ndarray], list[np.ndarray]] = ([], [], [])
-    cmd_grips: tuple[list[int], list[float]] = ([], [])
-    tf = M.TFBuffer()
-    samples: list[tuple[int, dict[str, Any], np.ndarray, np.ndarray, float]] = []
-    last_reason = "the bag has no messages on the configured topics"
-
-    def tick(now: int) -> None:
-        """One control tick on the inputs that had arrived by ``now``: a sample if they are in sync."""
-        nonlocal last_reason
-        stamps: dict[str, int | None] = {"pose": pose_now[0] if pose_now else None}
-        stamps.update({c: (v[0] if v else None) for c, v in latest.items()})
-        stamps["gripper"] = grip_now[0] if grip_now else None
-        sync = check_sync(stamps, now, tol, max_age, reference="pose")
-        if not sync.ok:
-            last_reason = f"at {now} ns: {sync.reason}"
-            return
-        assert pose_now is not None and grip_now is not None
-        if samples and samples[-1][0] == pose_now[0]:
-            return  # no new pose since the last tick: the same observation again (pose slower than control)
-        samples.append((pose_now[0], {c: v[1] for c, v in latest.items() if v}, pose_now[1], pose_now[2], grip_now[1]))
-
-    for t_bag, item in with_control_ticks(iter_bag_messages(path, set(roles) | tf_topics), dt):
-        if item is None:
-            tick(t_bag)
-            continue
-        topic, msg = item
+    p = read_inputs(path, data)
+    path, sync, cmds, cmd_grips = p.path, p.sync, p.cmds, p.cmd_grips
+    samples: list[tuple[Resolved, dict[str, np.ndarray]]] = []
+    decoded: dict[int, np.ndarray] = {}
+    for obs in p.pair():
         try:
-            if topic in cam_of:
-                latest[cam_of[topic]] = (M.stamp_to_ns(msg.header.stamp), msg)
-            elif topic == data.pose_topic:
-                pose_now = M.pose_from_msg(msg)
-                for lst, v in zip(poses, pose_now):
-                    lst.append(v)
-            elif topic in tf_topics:
-                tf.add(msg, static=topic == "/tf_static")
-                try:
-                    pose_now = tf.lookup(data.tf_base_frame, data.tf_ee_frame)
-                except M.MessageError:
-                    continue  # chain not complete yet
-                for lst, v in zip(poses, pose_now):
-                    lst.append(v)
-            elif topic == data.gripper.topic:
-                g = data.gripper
-                if g.kind == "joint_state":
-                    grip_now = M.gripper_from_joint_state(msg, g.joints, g.closed, g.open)
-                else:
-                    grip_now = (t_bag, float(np.clip(msg.data, 0.0, 1.0)))  # Float64 has no header: arrival time
-                grips[0].append(grip_now[0])
-                grips[1].append(grip_now[1])
-            if topic == data.command_topic:
-                s, p, q = M.pose_from_msg(msg)
-                for lst, v in zip(cmds, (s, p, q)):
-                    lst.append(v)
-            if topic == data.command_gripper_topic:
-                cmd_grips[0].append(t_bag)
-                cmd_grips[1].append(float(np.clip(msg.data, 0.0, 1.0)))
+            images = {c: _decode(f, image_size, decoded) for c, f in obs.frames.items()}
         except M.MessageError as exc:
-            raise BagError(f"bag {str(path)!r}, topic {topic!r} ({roles.get(topic, 'TF')}) at bag time {t_bag}: {exc}") from None
-    if not samples:
-        raise BagError(f"bag {str(path)!r}: no usable (synchronised) observation; last reason {last_reason}")
+            sync.reject(camera_key(next(iter(data.cameras))), str(exc))
+            continue
+        samples.append((obs, images))
+    _log_losses(path, sync, len(p.ref_frames), len(samples))
+    p.check(len(samples))
 
-    track = _PoseTrack(*poses)
-    grip_t, grip_v = np.asarray(grips[0], np.int64), np.asarray(grips[1], np.float64)
-    order = np.argsort(grip_t, kind="stable")
-    grip_t, grip_v = grip_t[order], grip_v[order]
-    if data.labels == "command" and not cmds[0]:
-        raise BagError(f"bag {str(path)!r}: no message on data.command_topic {data.command_topic!r}; use labels: future_pose")
+    pt, pv = sync.poses.arrays()
+    track = _PoseTrack(list(pt), list(pv[:, :3]), list(pv[:, 3:]))
+    grip_t, grip_v = sync.grippers.arrays()
     cmd = _PoseTrack(*cmds) if cmds[0] else None
     cmd_g = (np.asarray(cmd_grips[0], np.int64), np.asarray(cmd_grips[1])) if cmd_grips[0] else None
 
-    # split where no observation formed for longer than gap_split_s
-    stamps = np.array([s[0] for s in samples], np.int64)
+    stamps = np.array([o.stamp_ns for o, _ in samples], np.int64)
     cuts = np.flatnonzero(np.diff(stamps) > int(data.gap_split_s * 1e9)) + 1
     episodes = []
-    decoded: dict[int, np.ndarray] = {}
     for seg in np.split(np.arange(len(samples)), cuts):
-        ep = _episode(path, [samples[i] for i in seg], track, grip_t, grip_v, cmd, cmd_g, data, chunk_size, image_size, decoded)
+        ep = _episode(path, [samples[i] for i in seg], track, grip_t, grip_v, cmd, cmd_g, data, chunk_size)
         if ep is not None:
             episodes.append(ep)
     if not episodes:
         raise BagError(f"bag {str(path)!r}: every observation lies at the end of its episode; nothing to learn from")
     return episodes
+
+
+def _log_losses(path: Path, sync: Synchronizer, frames: int, used: int) -> None:
+    """One warning per bag for rejected messages and dropped frames, with the most common reasons."""
+    if sync.rejected or sync.dropped:
+        rej = ", ".join(f"{k} {v}" for k, v in sync.rejected.most_common(4)) or "none"
+        drop = ", ".join(f"{v} x {k}" for k, v in sync.dropped.most_common(3)) or "none"
+        log.warning("bag %s: %d of %d frames used; rejected messages: %s (last: %s); dropped frames: %s",
+                    path, used, frames, rej, sync.last_rejection or "-", drop)
 
 
 def _stream_end(stamps: np.ndarray, after: int, gap_ns: int) -> int:
@@ -308,13 +362,12 @@ def _stream_end(stamps: np.ndarray, after: int, gap_ns: int) -> int:
 
 def _episode(
     path: Path, samples: list, track: _PoseTrack, grip_t: np.ndarray, grip_v: np.ndarray, cmd: _PoseTrack | None,
-    cmd_g: tuple[np.ndarray, np.ndarray] | None, data: DataConfig, k: int, image_size: tuple[int, int] | None,
-    decoded: dict[int, np.ndarray],
+    cmd_g: tuple[np.ndarray, np.ndarray] | None, data: DataConfig, k: int,
 ) -> Episode | None:
-    stamps = np.array([s[0] for s in samples], np.int64)
-    pos = np.stack([s[2] for s in samples])
-    quat = np.stack([s[3] for s in samples])
-    grip = np.array([s[4] for s in samples], np.float64)
+    stamps = np.array([o.stamp_ns for o, _ in samples], np.int64)
+    pos = np.stack([o.pose[:3] for o, _ in samples])
+    quat = np.stack([o.pose[3:] for o, _ in samples])
+    grip = np.array([o.gripper for o, _ in samples], np.float64)
     gap = int(data.gap_split_s * 1e9)
     steps = stamps[:, None] + data.dt_ns * np.arange(1, k + 1, dtype=np.int64)[None]  # (T, K)
     if data.labels == "future_pose":
@@ -339,15 +392,7 @@ def _episode(
     last = np.maximum(mask.sum(axis=1) - 1, 0)
     held = np.take_along_axis(action, last[:, None, None].repeat(10, axis=2), axis=1)
     action = np.where(mask[..., None], action, held)
-    images: dict[str, list[np.ndarray]] = {c: [] for c in data.cameras}
-    for s, ok in zip(samples, keep):
-        if not ok:
-            continue
-        for cam, msg in s[1].items():
-            key = id(msg)
-            if key not in decoded:
-                decoded[key] = _decode(path, cam, msg, image_size)
-            images[cam].append(decoded[key])
+    images = {c: [imgs[c] for (_, imgs), ok in zip(samples, keep) if ok] for c in data.cameras}
     return Episode(
         source=str(path),
         stamps_ns=stamps[keep],
@@ -360,10 +405,10 @@ def _episode(
     )
 
 
-def _decode(path: Path, cam: str, msg: Any, image_size: tuple[int, int] | None) -> np.ndarray:
-    try:
-        rgb = M.compressed_to_rgb(msg) if hasattr(msg, "format") else M.image_to_rgb(msg)
-    except M.MessageError as exc:
-        raise BagError(f"bag {str(path)!r}, camera {cam!r}: {exc}") from None
-    rgb = rgb if rgb.flags.writeable else rgb.copy()  # decoded views of the bag's buffer are read-only
-    return resize_uint8(rgb, image_size) if image_size is not None else rgb
+def _decode(frame: Frame, image_size: tuple[int, int] | None, decoded: dict[int, np.ndarray]) -> np.ndarray:
+    """A frame's pixels at the encoder's input size, decoded once even when several samples share it."""
+    key = id(frame)
+    if key not in decoded:
+        rgb = frame.rgb()
+        decoded[key] = resize_uint8(rgb, image_size) if image_size is not None else rgb
+    return decoded[key]

@@ -29,8 +29,79 @@ class WeightsError(RuntimeError):
     """A weights file is missing, unreadable or does not match the model; names the path and keys."""
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a .safetensors, .bin/.pt/.pth (tensors only, never unpickled objects) or open_clip file."""
+WEIGHTS_FIX = ("copy the file again (a copy or download was cut short), or write it again (vit-policy sim-pretrain --out, "
+               "or safetensors.torch.save_file)")
+
+
+def safetensors_problem(path: str | Path) -> str | None:
+    """What is wrong with a .safetensors file, from its 8-byte header length and JSON header (None: they agree
+    with the file's size)."""
+    import json
+
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"truncated: {size} bytes, not even the 8-byte header length"
+        n = int.from_bytes(head, "little")
+        if n > 100_000_000:  # safetensors' own limit on the header
+            return f"not a safetensors file: the first 8 bytes give a header of {n} bytes"
+        if 8 + n > size:
+            return f"truncated: header says at least {8 + n} bytes, file has {size}"
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            return "corrupt: the header is not valid JSON"
+    if not isinstance(header, dict):
+        return "corrupt: the header is not a JSON object"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+            and isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2]
+    expected = 8 + n + max(ends, default=0)
+    if size < expected:
+        return f"truncated: header says {expected} bytes, file has {size}"
+    if size > expected:
+        return f"corrupt: header says {expected} bytes, file has {size} (bytes appended after the tensors)"
+    return None
+
+
+def pickle_refused_message(path: str | Path, exc: BaseException) -> str:
+    """A pickle that ``torch.load(weights_only=True)`` refused: why it was not loaded and how to convert it."""
+    import json
+    import re
+    import shlex
+
+    path = Path(path)
+    found = re.search(r"GLOBAL (\S+?)(?: was|\s|$)", str(exc))
+    needs = f" (it needs {found.group(1)})" if found else ""
+    out = path.with_suffix(".safetensors")
+    code = (f'import torch, safetensors.torch as st; s = torch.load({json.dumps(str(path))}, map_location="cpu", weights_only=False); '
+            's = s.state_dict() if hasattr(s, "state_dict") else next((s[k] for k in ("state_dict", "model", "module") if isinstance(s.get(k), dict)), s); '
+            f'st.save_file({{k: v.detach().clone().contiguous() for k, v in s.items() if isinstance(v, torch.Tensor)}}, {json.dumps(str(out))})')
+    return (f"weights file {str(path)!r} was NOT loaded: it is a pickle that holds more than tensors{needs}, and unpickling "
+            f"can run arbitrary code. Only if you trust where the file came from, convert it once to safetensors and use "
+            f"{str(out)!r} instead: python -c {shlex.quote(code)}")
+
+
+def weights_error(path: str | Path, exc: BaseException, fix: str = WEIGHTS_FIX) -> WeightsError:
+    """The error for a weights file that ``exc`` says cannot be read: the path, the cause and ``fix``."""
+    import pickle
+
+    path = Path(path)
+    if isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in str(exc).lower():
+        return WeightsError(pickle_refused_message(path, exc))  # not torch's advice: it suggests weights_only=False
+    cause = safetensors_problem(path) if path.suffix == ".safetensors" and path.is_file() else None
+    if cause is None:
+        first = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else ""  # the first sentence
+        cause = f"corrupt or truncated ({type(exc).__name__}: {first})" if first else f"corrupt or truncated ({type(exc).__name__})"
+    return WeightsError(f"cannot read weights file {str(path)!r}: {cause}; {fix}")
+
+
+def read_state_dict(path: str | Path, fix: str = WEIGHTS_FIX) -> dict[str, torch.Tensor]:
+    """Read a .safetensors, .bin/.pt/.pth (tensors only, never unpickled objects) or open_clip file.
+
+    A file that cannot be read raises WeightsError naming the path, the cause and ``fix``.
+    """
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file {str(path)!r} does not exist")
@@ -41,8 +112,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt or truncated file: say which and why
-        raise WeightsError(f"cannot read weights file {str(path)!r}: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # corrupt or truncated file, or a pickle refused: say which and why
+        raise weights_error(path, exc, fix) from exc
     for key in ("state_dict", "model", "module"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

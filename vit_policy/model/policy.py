@@ -28,7 +28,9 @@ import torch.nn.functional as F
 from vit_policy.config import ActionFrame, ConfigError, PolicyConfig, from_dict, read_yaml, save_config
 from vit_policy.geometry import NormStats, matrix_from_rot6d_t, matrix_to_rot6d_t, quat_to_matrix_t, rot6d_to_rotvec
 from vit_policy.images import to_model_input
-from vit_policy.model.encoders import POINT_HEAD, ImageEncoder, InstructionEncoder, PointHead, WeightsError, load_matching, read_state_dict
+from vit_policy.model.encoders import (
+    POINT_HEAD, ImageEncoder, InstructionEncoder, PointHead, WeightsError, load_matching, read_state_dict, weights_error,
+)
 from vit_policy.model.pose_tokens import PoseTokenizer, pose_features
 from vit_policy.observation import ActionChunk, Observation, ObservationError
 
@@ -476,21 +478,31 @@ class VisuomotorPolicy(nn.Module):
         for name in (CONFIG_FILE, WEIGHTS_FILE, STATS_FILE):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"checkpoint {str(directory)!r} is incomplete: {name} is missing")
-        cfg = from_dict(PolicyConfig, read_yaml(directory / CONFIG_FILE))
+        fix = (f"copy the checkpoint directory {str(directory)!r} again from where it was trained (a copy was cut short), "
+               "or export it again (VisuomotorPolicy.save_pretrained; vit-policy train writes last/ and best/)")
+        raw_cfg = read_yaml(directory / CONFIG_FILE)  # its errors name the file
+        try:
+            cfg = from_dict(PolicyConfig, raw_cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"{str(directory / CONFIG_FILE)!r}: {exc}; {fix}") from None
         # the weights come from the checkpoint: never download or read the original encoder weights again
         cfg.encoder.pretrained, cfg.encoder.weights = False, None
         cfg.language.pretrained, cfg.language.weights = None, None
         model = cls(cfg)
-        state = read_state_dict(directory / WEIGHTS_FILE)
+        state = read_state_dict(directory / WEIGHTS_FILE, fix)
         missing, unexpected = model.load_state_dict(_restore_shared(state, model), strict=False)
         if missing or unexpected:
-            raise WeightsError(f"checkpoint {str(directory / WEIGHTS_FILE)!r} does not match its config: missing {missing[:8]}, unexpected {unexpected[:8]}")
-        try:
-            raw = load_file(str(directory / STATS_FILE))
-        except Exception as exc:
-            raise WeightsError(f"cannot read {str(directory / STATS_FILE)!r}: {type(exc).__name__}: {exc}") from exc
+            raise WeightsError(f"checkpoint {str(directory / WEIGHTS_FILE)!r} does not match its config: missing {missing[:8]}, "
+                               f"unexpected {unexpected[:8]}; {CONFIG_FILE} and {WEIGHTS_FILE} must come from the same save: {fix}")
         src = str(directory / STATS_FILE)
-        model.set_stats({k: NormStats.from_tensors(raw, k, src) for k in ("state", "action")})
+        try:
+            raw = load_file(src)
+        except Exception as exc:
+            raise weights_error(src, exc, fix) from exc
+        try:
+            model.set_stats({k: NormStats.from_tensors(raw, k, src) for k in ("state", "action")})
+        except (KeyError, ValueError) as exc:
+            raise WeightsError(f"checkpoint statistics {src!r} do not fit the model: {exc.args[0] if exc.args else exc}; {fix}") from None
         return model.to(map_location).eval()
 
 
@@ -515,8 +527,13 @@ def _safetensors_metadata(path: str | Path) -> dict[str, str]:
         return {}
     from safetensors import safe_open
 
-    with safe_open(str(path), "pt") as f:
-        return dict(f.metadata() or {})
+    if not Path(path).is_file():
+        raise WeightsError(f"weights file {str(path)!r} does not exist")
+    try:
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:  # truncated or corrupt: the path, the cause and the fix
+        raise weights_error(path, exc) from exc
 
 
 def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
