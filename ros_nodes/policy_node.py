@@ -107,16 +107,16 @@ def config_from_parameters(params: dict[str, Any]) -> NodeConfig:
 
 
 def read_parameter_file(path: str | Path, node_name: str = NODE_NAME) -> dict[str, Any]:
-    """Flat parameters of ``node_name`` from a ROS 2 parameter file (``<node>: ros__parameters: ...``)."""
+    """Flat parameters of ``node_name`` from a ROS 2 parameter file (``/**: ros__parameters: ...``).
+
+    Sections apply as in rcl: the wildcards ``/**`` (any node: what configs/ros/policy_node.yaml uses, so
+    a namespace or a renamed node keeps its values), then ``/**/<node>``, then ``<node>`` / ``/<node>``,
+    later ones overriding earlier ones.
+    """
     data = read_yaml(path)
-    for key in (node_name, f"/{node_name}", "/**", "**"):
-        if key in data:
-            section = data[key]
-            break
-    else:
-        raise ConfigError(f"{path}: no '{node_name}:' section; a ROS 2 parameter file reads '{node_name}: ros__parameters: ...'")
-    if not isinstance(section, dict) or "ros__parameters" not in section:
-        raise ConfigError(f"{path}: '{node_name}' must hold 'ros__parameters:'")
+    keys = [k for k in ("/**", "**", f"/**/{node_name}", node_name, f"/{node_name}") if k in (data or {})]
+    if not keys:
+        raise ConfigError(f"{path}: no '/**:' or '{node_name}:' section; a ROS 2 parameter file reads '/**: ros__parameters: ...'")
 
     def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -124,7 +124,13 @@ def read_parameter_file(path: str | Path, node_name: str = NODE_NAME) -> dict[st
             out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
         return out
 
-    return flat(section["ros__parameters"])
+    params: dict[str, Any] = {}
+    for key in keys:
+        section = data[key]
+        if not isinstance(section, dict) or "ros__parameters" not in section:
+            raise ConfigError(f"{path}: '{key}' must hold 'ros__parameters:'")
+        params.update(flat(section["ros__parameters"]))
+    return params
 
 
 # --------------------------------------------------------------------------------------------------
@@ -253,7 +259,8 @@ class PolicyNode:
                            f"{name}.clock_offset_ms": _fmt(v["clock_offset_ms"])})
         for name in set(self.runner.rejected) - set(d["inputs"]):
             values[f"{name}.rejected"] = self.runner.rejected[name]
-        self.pub_diag.publish(M.make_diagnostic_array(self.f, self.t.now_ns(), f"{self.t.name}: policy", level, d["reason"] or d["status"], values))
+        status_name = f"{node_path(self.t)}: policy"
+        self.pub_diag.publish(M.make_diagnostic_array(self.f, self.t.now_ns(), status_name, level, d["reason"] or d["status"], values))
 
     def _stop_target(self) -> str:
         """What a stop publishes on the target, in words for /diagnostics."""
@@ -295,6 +302,11 @@ class PolicyNode:
             self.publish(self.runner.tick(self.t.now_ns()))
         except Exception:  # the middleware may already be gone
             pass
+
+
+def node_path(t: Transport) -> str:
+    """The node's namespace and name without the leading slash ("arm/left", "policy_node"): two arms' diagnostics differ."""
+    return "/".join(p for p in (t.namespace.strip("/"), t.name) if p)
 
 
 def hold_chunk(cmd: Command, period_ns: int) -> ActionChunk:

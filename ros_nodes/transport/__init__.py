@@ -1,4 +1,4 @@
-"""Transports the policy node runs on: ``rclpy`` (a ROS 2 install) and ``dds`` (pip cyclonedds, ROS 2 wire format)."""
+"""Transports the policy node runs on: ``rclpy`` (a ROS 2 install, or the pip wheels of the ``ros`` extra) and ``dds`` (pip cyclonedds, ROS 2 wire format)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def make_transport(kind: str, node_name: str, namespace: str = "", use_sim_time:
         try:
             from ros_nodes.transport.rclpy_backend import RclpyTransport
         except ImportError as exc:
-            raise ConfigError(f"--transport rclpy: {exc}; source /opt/ros/<distro>/setup.bash first, or use --transport dds") from None
+            raise ConfigError(f"--transport rclpy: {exc}; source /opt/ros/<distro>/setup.bash first (a ROS 2 install), "
+                              "or install the ROS 2 pip wheels: pip install -e .[ros]; or use --transport dds") from None
         return RclpyTransport(node_name, namespace, use_sim_time=use_sim_time, params=params)
     raise ConfigError(f"--transport: {kind!r} is not 'dds' or 'rclpy'")
 

@@ -6,6 +6,13 @@ message definitions (never copied by hand), with ``uint8[]`` declared as Python 
 format, ~100x faster than a sequence of uint8 for images). ``ROS_DOMAIN_ID`` selects the domain.
 There are no services over plain DDS: enable and reset are the topics ``policy/enable``
 (std_msgs/Bool) and ``policy/reset`` (std_msgs/Empty), relative to the node namespace.
+
+Fast DDS (eProsima, vendor id 1.15), the default middleware of ROS 2, announces XTypes type
+information that Cyclone DDS rejects for every type with a sequence (Image, JointState, ...), so those
+readers and writers never match. The backend creates each domain with
+``Domain/Compatibility/IgnoreTypeInformation`` set to ``1.15`` (Fast DDS endpoints then match by type
+name and QoS), followed by the user's ``CYCLONEDDS_URI``, which overrides it (a later
+``<IgnoreTypeInformation>`` replaces the list; checked in tests/test_interop.py).
 """
 
 from __future__ import annotations
@@ -14,11 +21,12 @@ import logging
 import os
 import threading
 import time
+import weakref
 from typing import Any, Callable
 
 import cyclonedds.idl.types as t
-from cyclonedds.core import Listener, Qos
-from cyclonedds.domain import DomainParticipant
+from cyclonedds.core import DDSException, Listener, Qos
+from cyclonedds.domain import Domain, DomainParticipant
 from cyclonedds.idl import IdlStruct, make_idl_struct
 from cyclonedds.pub import DataWriter
 from cyclonedds.qos import Policy
@@ -146,6 +154,47 @@ def resolve_name(name: str, namespace: str, node_name: str) -> str:
     return "/" + "/".join(p for p in name.split("/") if p)
 
 
+#: Applied to every domain the backend creates, before the user's CYCLONEDDS_URI (which overrides it):
+#: ignore the type information of Fast DDS (vendor id 1.15) and match its endpoints by type name.
+ROS_INTEROP_CONFIG = ('<CycloneDDS><Domain id="any"><Compatibility>'
+                      "<IgnoreTypeInformation>1.15</IgnoreTypeInformation>"
+                      "</Compatibility></Domain></CycloneDDS>")
+
+_DOMAINS: "weakref.WeakValueDictionary[int, Domain]" = weakref.WeakValueDictionary()
+_DOMAINS_LOCK = threading.Lock()
+_log = logging.getLogger(__name__)
+
+
+def domain_config(user_uri: str | None = None) -> str:
+    """The configuration of a domain: :data:`ROS_INTEROP_CONFIG`, then ``CYCLONEDDS_URI`` (later sources win)."""
+    user = os.environ.get("CYCLONEDDS_URI", "") if user_uri is None else user_uri
+    user = user.strip().strip(",")
+    return f"{ROS_INTEROP_CONFIG},{user}" if user else ROS_INTEROP_CONFIG
+
+
+def ros_domain(domain_id: int) -> Domain | None:
+    """This process's Domain ``domain_id`` configured by :func:`domain_config`, shared by the transports on it.
+
+    Each transport keeps a reference; the domain is deleted with the last one. When the domain already
+    exists in this process (a participant created without this backend), it keeps the configuration it
+    was created with: None, with a warning.
+    """
+    with _DOMAINS_LOCK:
+        domain = _DOMAINS.get(domain_id)
+        if domain is None:
+            try:
+                domain = Domain(domain_id, domain_config())
+            except DDSException as e:
+                if e.code != DDSException.DDS_RETCODE_PRECONDITION_NOT_MET:
+                    raise ConfigError(f"DDS domain {domain_id}: cannot create it with CYCLONEDDS_URI="
+                                      f"{os.environ.get('CYCLONEDDS_URI', '')!r} ({e})") from e
+                _log.warning("DDS domain %d already exists in this process without the ROS 2 interoperability settings: "
+                             "Fast DDS peers may not match types with sequences", domain_id)
+                return None
+            _DOMAINS[domain_id] = domain
+        return domain
+
+
 class _Writer(Publisher):
     def __init__(self, writer: DataWriter) -> None:
         self.writer = writer
@@ -162,6 +211,7 @@ class DDSTransport(Transport):
         self.name, self.namespace = name, namespace
         self.log = logging.getLogger(f"{name}")
         self.domain_id = int(os.environ.get("ROS_DOMAIN_ID", "0")) if domain_id is None else int(domain_id)
+        self.domain = ros_domain(self.domain_id)  # held: the domain lives as long as its transports
         self.participant = DomainParticipant(self.domain_id)
         self.types = types or shared_types()
         self._params = dict(params or {})
