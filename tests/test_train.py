@@ -43,7 +43,7 @@ def train_config(bags: Path, tmp: Path, img: int = 32, chunk: int = 4, **kw) -> 
 @pytest.fixture(scope="module")
 def small_bags(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("small")
-    write_synthetic_dataset(root / "bags", 4, duration_s=1.5, image_size=(32, 32))
+    write_synthetic_dataset(root / "bags", 4, duration_s=1.5, image_size=(32, 32), camera_hz=10.0)  # one frame per control period
     return root / "bags"
 
 
@@ -79,7 +79,7 @@ def test_resume_rejects_a_directory_without_state(small_bags: Path, tmp_path: Pa
 def test_training_beats_the_mean_action(tmp_path_factory: pytest.TempPathFactory) -> None:
     """The policy must read the target from the image: 3x below the mean-action predictor's loss."""
     root = tmp_path_factory.mktemp("learn")
-    write_synthetic_dataset(root / "bags", 30, duration_s=3.0, image_size=(64, 64))
+    write_synthetic_dataset(root / "bags", 30, duration_s=3.0, image_size=(64, 64), camera_hz=10.0)  # one frame per control period
     cfg = train_config(root / "bags", root, img=64, chunk=8, epochs=4, batch_size=16, lr_encoder=1e-3, lr_head=1e-3, warmup_steps=10,
                        val_fraction=0.2, tensorboard=True)
     cfg.policy.d_model, cfg.policy.n_heads, cfg.policy.dropout = 64, 4, 0.0
