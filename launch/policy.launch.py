@@ -10,9 +10,9 @@ once it has configured (lifecycle events of launch_ros; a later deactivate is no
 own ``autostart`` parameter is always false here, so only one party drives the transitions.
 
 Parameters apply under any namespace and node name: a parameter file entry keyed by the node's
-name in the root namespace (``policy_node:``, the form of ``configs/ros/policy_node.yaml``, or the
-``node_name`` given) is passed re-keyed as ``/**/<node_name>:``; a file keyed ``/**:`` (or by the
-fully qualified name) is passed as it is. A file with no entry for the node is an error, not a node
+name in the root namespace (``policy_node:``, the form older parameter files used, or the
+``node_name`` given) is passed re-keyed as ``/**/<node_name>:``; a file keyed ``/**:`` (as
+``configs/ros/policy_node.yaml`` is) or by the fully qualified name is passed as it is. A file with no entry for the node is an error, not a node
 silently running on defaults. Arguments left empty keep the value of the parameter file.
 
 The node starts disabled: ``ros2 service call /<namespace>/<node_name>/enable std_srvs/srv/SetBool "{data: true}"``.

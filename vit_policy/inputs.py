@@ -347,11 +347,11 @@ class Synchronizer:
     """Buffers of frames, poses and gripper values, and the rule that pairs them (module docstring)."""
 
     def __init__(self, cameras: list[str], rule: SyncRule, gripper: bool = True, bounded: bool = True) -> None:
-        """``bounded``: live buffers (recent frames, 4096 poses); unbounded for a whole recording."""
+        """``bounded``: live buffers (recent frames, 1024 poses); unbounded for a whole recording."""
         self.cameras, self.rule, self.has_gripper, self.bounded = list(cameras), rule, gripper, bounded
         self.frames: dict[str, deque[Frame]] = {c: deque(maxlen=64 if bounded else None) for c in self.cameras}
-        self.poses = _Series(4096 if bounded else None)
-        self.grippers = _Series(4096 if bounded else None)
+        self.poses = _Series(1024 if bounded else None)  # 2 s at 500 Hz: pairing and pose history look back less
+        self.grippers = _Series(1024 if bounded else None)
         self.inputs: dict[str, _Input] = {}
         self.rejected: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()

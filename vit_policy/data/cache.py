@@ -28,7 +28,7 @@ from vit_policy.data.bags import Episode, extract_episodes
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: observations stamped at their camera frame, pose interpolated there (vit_policy/inputs.py)
 ARRAYS = ("stamps_ns", "position", "quaternion", "gripper", "action", "action_mask")
 
 
