@@ -3,7 +3,6 @@
     .venv/bin/python benchmarks/ros_path.py                 # everything, 60 s soak
     .venv/bin/python benchmarks/ros_path.py --soak 20 --skip-transport
     .venv/bin/python benchmarks/ros_path.py --resolutions            # the node at 640x480 .. 1920x1080, 1 and 2 cameras
-    .venv/bin/python benchmarks/ros_path.py --backends               # dds and rclpy side by side at 10, 30, 100 Hz control
 
 Prints one table. Targets (issue 3): conversion <= 2 ms, transport overhead p99 <= 5 ms, no growth
 of resident memory or latency over the soak.
@@ -17,17 +16,6 @@ of resident memory or latency over the soak.
 * soak: ``vit-policy serve --transport dds`` with a tiny random-init checkpoint, enabled, fed two 30 Hz
   640x480 cameras and a 100 Hz pose; resident memory, command rate and inference latency in the
   first and the last 10 s.
-* backends (``--backends [dds] [rclpy]``): ``vit-policy serve --transport dds|rclpy`` (tiny random-init
-  checkpoint, enabled, pose output) fed over the DDS backend (which matches Fast DDS, rclpy's
-  middleware) by one 30 Hz 640x480 bgr8 camera and a 200 Hz pose, at control rates 10, 30 and 100 Hz.
-  Hit ratio: ticks executed per second (the node's /diagnostics ``ticks`` over the node-clock time
-  between two diagnostics) / the configured rate; overruns: the share of those ticks that came more
-  than 1.5 periods after the previous one (``overruns``). Pose in -> command out: every pose carries
-  its sequence number in ``position.x`` (10 um per pose, 2 mm/s of motion) and ``safety.max_step`` is
-  0.1 um, so each ``cmd/pose`` target is the measured pose the tick used, to the 0.1 um; the latency
-  is the command's arrival at the feeder minus the feeder's publish time of that pose (one host, one
-  clock). It splits at the command's stamp (the tick's node time) into "in" (pose published -> tick)
-  and "out" (tick -> command received).
 """
 
 from __future__ import annotations
@@ -147,23 +135,16 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-POSE_X0, POSE_STEP_M = 0.3, 1e-5  # --backends: pose n is at x = 0.3 m + n * 10 um (2 mm/s at 200 Hz)
-MAX_STEP_M = 1e-7  # --backends: safety.max_step, so a commanded target is the measured pose it started from, to 0.1 um
-
-
 class FedNode:
-    """``vit-policy serve --transport dds|rclpy`` (tiny random-init checkpoint, enabled) fed by cameras and a pose.
+    """``vit-policy serve --transport dds`` (tiny random-init checkpoint, enabled) fed by cameras and a pose.
 
     Cameras publish at ``camera_hz`` with frames stamped ``lead_s`` before publication (exposure plus
     driver latency), each message built once per camera (a driver's cost is not the node's); the pose
-    publishes at ``pose_hz`` stamped at publication. The feeder is always the DDS backend (it matches
-    Fast DDS, the middleware of the rclpy wheels). With ``pose_seq`` the pose's ``position.x`` carries
-    its sequence number (``POSE_X0 + n * POSE_STEP_M``) and ``pose_sent[n]`` its publish time.
+    publishes at ``pose_hz`` stamped at publication.
     """
 
     def __init__(self, cameras: list[str], size_wh: tuple[int, int], img_size: int, camera_hz: float = 30.0,
-                 pose_hz: float = 100.0, lead_s: float = 0.0, transport: str = "dds", control_hz: float = 10.0,
-                 params: dict | None = None, pose_seq: bool = False) -> None:
+                 pose_hz: float = 100.0, lead_s: float = 0.0) -> None:
         import torch
         import yaml
 
@@ -178,33 +159,19 @@ class FedNode:
         policy = VisuomotorPolicy.from_config(cfg)
         policy.set_stats(identity_stats(cfg))
         ckpt = policy.save_pretrained(tmp / "ckpt")
-        node_params = {"checkpoint": str(ckpt), "threads": 1, "diagnostics_rate_hz": 2.0, "runtime": {"control_rate_hz": float(control_hz)}}
-        for key, value in (params or {}).items():  # "safety": {...} merges into the section
-            if isinstance(value, dict):
-                node_params.setdefault(key, {}).update(value)
-            else:
-                node_params[key] = value
-        (tmp / "node.yaml").write_text(yaml.safe_dump({"policy_node": {"ros__parameters": node_params}}))
-        self.transport = transport
-        self.domain = domain = 100 + (os.getpid() + len(cameras) * 7 + size_wh[0] + int(control_hz) + len(transport)) % 100
+        (tmp / "node.yaml").write_text(yaml.safe_dump({"policy_node": {"ros__parameters": {
+            "checkpoint": str(ckpt), "threads": 1, "diagnostics_rate_hz": 2.0, "runtime": {"control_rate_hz": 10.0}}}}))
+        domain = 100 + (os.getpid() + len(cameras) * 7 + size_wh[0]) % 100
         env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "vit_policy.cli", "serve", "--transport", transport, "--config",
+        self.proc = subprocess.Popen([sys.executable, "-m", "vit_policy.cli", "serve", "--transport", "dds", "--config",
                                       str(tmp / "node.yaml")], env=env, cwd=ROOT)
         self.t = DDSTransport("feeder", domain_id=domain)
         f = self.t.factory
-        self.diags: list[tuple[float, int, dict[str, str]]] = []  # (monotonic, node stamp ns, values)
+        self.diags: list[tuple[float, dict[str, str]]] = []
         self.cmds: list[float] = []
-        self.poses_out: list[tuple[int, int, float]] = []  # cmd/pose: (arrival time_ns, stamp ns, position.x)
         self.t.create_subscription("diagnostic_msgs/msg/DiagnosticArray", "/diagnostics",
-                                   lambda m: self.diags.append((time.monotonic(), M.stamp_to_ns(m.header.stamp), M.diagnostic_values(m))))
-        if (params or {}).get("output_mode") == "pose":
-            def on_pose_cmd(m) -> None:
-                self.poses_out.append((time.time_ns(), M.stamp_to_ns(m.header.stamp), m.pose.position.x))
-                self.cmds.append(time.monotonic())
-
-            self.t.create_subscription("geometry_msgs/msg/PoseStamped", "/cmd/pose", on_pose_cmd)
-        else:
-            self.t.create_subscription("trajectory_msgs/msg/MultiDOFJointTrajectory", "/policy/chunk", lambda m: self.cmds.append(time.monotonic()))
+                                   lambda m: self.diags.append((time.monotonic(), M.diagnostic_values(m))))
+        self.t.create_subscription("trajectory_msgs/msg/MultiDOFJointTrajectory", "/policy/chunk", lambda m: self.cmds.append(time.monotonic()))
         pubs = {c: self.t.create_publisher("sensor_msgs/msg/Image", f"/camera/{c}/image_raw", "sensor_data") for c in cameras}
         pose = self.t.create_publisher("geometry_msgs/msg/PoseStamped", "/ee_pose")
         self.enable = self.t.create_publisher("std_msgs/msg/Bool", "/policy/enable")
@@ -212,17 +179,10 @@ class FedNode:
         rgb = np.random.default_rng(0).integers(0, 256, (size_wh[1], size_wh[0], 3), dtype=np.uint8)
         msgs = {c: M.rgb_to_image(f, rgb, 0, c, "bgr8") for c in cameras}
         lead = int(lead_s * 1e9)
-        self.pose_sent: list[int] = []  # publish time_ns of pose n
 
         def frame(c: str) -> None:
             msgs[c].header.stamp = M.ns_to_stamp(f, time.time_ns() - lead)
             pubs[c].publish(msgs[c])
-
-        def pose_once() -> None:
-            x = POSE_X0 + len(self.pose_sent) * POSE_STEP_M if pose_seq else 0.4
-            msg = M.make_pose_stamped(f, time.time_ns(), "base_link", [x, 0, 0.3], [1.0, 0, 0, 0])
-            self.pose_sent.append(time.time_ns())  # just before the publish call
-            pose.publish(msg)
 
         def loop(period: float, fn) -> None:
             nxt = time.monotonic()
@@ -232,7 +192,8 @@ class FedNode:
                 self.stop.wait(max(0.0, nxt - time.monotonic()))
 
         self.threads = [threading.Thread(target=loop, args=(1 / camera_hz, lambda c=c: frame(c)), daemon=True) for c in cameras]
-        self.threads.append(threading.Thread(target=loop, args=(1 / pose_hz, pose_once), daemon=True))
+        self.threads.append(threading.Thread(target=loop, args=(1 / pose_hz, lambda: pose.publish(
+            M.make_pose_stamped(f, time.time_ns(), "base_link", [0.4, 0, 0.3], [1.0, 0, 0, 0]))), daemon=True))
         for th in self.threads:
             th.start()
 
@@ -241,19 +202,15 @@ class FedNode:
         end = time.monotonic() + 120
         while not self.diags and time.monotonic() < end:
             time.sleep(0.2)
-        if self.transport == "rclpy":  # ~/enable is a service there: a one-shot rclpy client process
-            env = {**os.environ, "ROS_DOMAIN_ID": str(self.domain), "PYTHONPATH": str(ROOT)}
-            subprocess.run([sys.executable, __file__, "--enable-rclpy", "/policy_node/enable"], env=env, cwd=ROOT, timeout=90, check=True)
-        else:
-            for _ in range(3):
-                self.enable.publish(self.t.factory("std_msgs/msg/Bool")(data=True))
-                time.sleep(0.2)
-        while not (self.cmds and self.latest().get("enabled") == "True") and time.monotonic() < end:
+        for _ in range(3):
+            self.enable.publish(self.t.factory("std_msgs/msg/Bool")(data=True))
+            time.sleep(0.2)
+        while not self.cmds and time.monotonic() < end:
             time.sleep(0.2)
         time.sleep(warmup_s)
 
     def latest(self) -> dict[str, str]:
-        return self.diags[-1][2] if self.diags else {}
+        return self.diags[-1][1] if self.diags else {}
 
     def close(self) -> None:
         self.stop.set()
@@ -278,7 +235,7 @@ def bench_soak(rows: list[tuple[str, str, str, str]], seconds: float, img_size: 
 
     def window(a: float, b: float) -> tuple[float, str, str]:
         n = sum(a <= c < b for c in cmds)
-        d = [v for ts, _, v in diags if a <= ts < b]
+        d = [v for ts, v in diags if a <= ts < b]
         last = d[-1] if d else {}
         return n / (b - a), last.get("inference_latency_ms_p50", "n/a"), last.get("inference_latency_ms_p99", "n/a")
 
@@ -316,61 +273,6 @@ def bench_resolutions(seconds: float, img_size: int, sizes: list[str]) -> list[t
     return out
 
 
-def enable_rclpy(service: str) -> None:
-    """--backends helper process: call the rclpy node's ``~/enable`` (std_srvs/SetBool) once."""
-    import rclpy
-    from std_srvs.srv import SetBool
-
-    from ros_nodes.transport.rclpy_backend import NO_SIGNAL_HANDLERS
-
-    rclpy.init(**NO_SIGNAL_HANDLERS)
-    node = rclpy.create_node("ros_path_enable")
-    client = node.create_client(SetBool, service)
-    if not client.wait_for_service(timeout_sec=60.0):
-        raise SystemExit(f"{service}: no such service after 60 s")
-    future = client.call_async(SetBool.Request(data=True))
-    rclpy.spin_until_future_complete(node, future, timeout_sec=30.0)
-    if not (future.done() and future.result().success):
-        raise SystemExit(f"{service}: no success")
-    node.destroy_node()
-    rclpy.try_shutdown()
-
-
-def bench_backends(backends: list[str], rates: list[float], seconds: float, img_size: int) -> list[tuple[str, ...]]:
-    """Both node backends at several control rates: hit ratio, overruns, pose in -> command out latency."""
-    out = []
-    params = {"output_mode": "pose", "safety": {"max_step": MAX_STEP_M}}
-    for rate in rates:
-        for backend in backends:
-            node = FedNode(["front"], (640, 480), img_size, camera_hz=30.0, pose_hz=200.0, transport=backend,
-                           control_hz=rate, params=params, pose_seq=True)
-            try:
-                node.start(warmup_s=2.0)
-                n0, c0 = len(node.diags), len(node.poses_out)
-                time.sleep(seconds)
-                n1, c1 = len(node.diags), len(node.poses_out)
-            finally:
-                node.close()
-            (_, s0, d0), (_, s1, d1) = node.diags[n0 - 1], node.diags[n1 - 1]
-            ticks = int(d1.get("ticks", 0)) - int(d0.get("ticks", 0))
-            over = int(d1.get("overruns", 0)) - int(d0.get("overruns", 0))
-            ok = int(d1.get("ticks_ok", 0)) - int(d0.get("ticks_ok", 0))
-            span_s = (s1 - s0) / 1e9
-            lat, lat_in, lat_out = [], [], []
-            for arrival, stamp, x in node.poses_out[c0:c1]:
-                n = int(round((x - POSE_X0) / POSE_STEP_M))
-                if 0 <= n < len(node.pose_sent):
-                    lat.append((arrival - node.pose_sent[n]) / 1e6)
-                    lat_in.append((stamp - node.pose_sent[n]) / 1e6)
-                    lat_out.append((arrival - stamp) / 1e6)
-            hz = ticks / span_s if span_s > 0 else float("nan")
-            out.append((backend, f"{rate:g}", f"{hz:.1f}", f"{hz / rate:.2f}", f"{over / ticks:.2f}" if ticks else "n/a",
-                        f"{ok / ticks:.2f}" if ticks else "n/a", f"{pct(lat, 50):.1f}", f"{pct(lat, 99):.1f}",
-                        f"{pct(lat_in, 50):.1f}", f"{pct(lat_out, 50):.1f}", f"{pct(lat_out, 99):.1f}"))
-            print("  ".join(f"{v:>9}" for v in out[-1]), flush=True)
-    return out
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=200)
@@ -381,30 +283,10 @@ def main() -> int:
     parser.add_argument("--resolutions", nargs="*", choices=sorted(RESOLUTIONS), metavar="WxH",
                         help="only the node under 30 Hz cameras at these sizes (default all), 1 and 2 cameras, 200 Hz pose")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per --resolutions row")
-    parser.add_argument("--backends", nargs="*", choices=["dds", "rclpy"],
-                        help="only the node on these transports (default both) at --rates: hit ratio, overruns, pose -> command latency")
-    parser.add_argument("--rates", nargs="+", type=float, default=[10.0, 30.0, 100.0], help="control rates of --backends (Hz)")
     parser.add_argument("--echo", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--enable-rclpy", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo is not None:
         echo(args.echo)
-        return 0
-    if args.enable_rclpy:
-        enable_rclpy(args.enable_rclpy)
-        return 0
-    if args.backends is not None:
-        head = ("backend", "rate Hz", "ticks/s", "hit", "overruns", "moving", "lat p50", "lat p99", "in p50", "out p50", "out p99")
-        print("  ".join(f"{h:>9}" for h in head), flush=True)
-        table = bench_backends(args.backends or ["dds", "rclpy"], args.rates, args.seconds, args.img_size)
-        print("\n| backend | control Hz | ticks/s | hit ratio | overrun share | ticks moving | pose->cmd p50 ms | p99 ms "
-              "| pose->tick p50 ms | tick->cmd p50 ms | tick->cmd p99 ms |")
-        print("| --- " * len(head) + "|")
-        for row in table:
-            print("| " + " | ".join(row) + " |")
-        print(f"(one 640x480 bgr8 camera at 30 Hz, 200 Hz pose, {args.seconds:g} s per row after a 2 s warm-up, tiny ViT at "
-              f"{args.img_size} px, 1 torch thread; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
-              f"{time.strftime('%Y-%m-%d %H:%M:%S')})")
         return 0
     if args.resolutions is not None:
         table = bench_resolutions(args.seconds, args.img_size, args.resolutions or list(RESOLUTIONS))

@@ -31,17 +31,15 @@ from __future__ import annotations
 import array
 import importlib
 import logging
-import os
 import signal
 import threading
-import time
 from typing import Any, Callable
 
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.duration import Duration
-from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
@@ -134,32 +132,6 @@ class _Running:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.thread: int | None = None
-
-
-class _ThreadTimer:
-    """A timer on its own thread and the steady clock: ticks never wait for the executor."""
-
-    def __init__(self, period_s: float, callback: Callable[[], None], name: str) -> None:
-        self.period = float(period_s)
-        self.callback = callback
-        self.cancelled = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=f"timer-{name}", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        period = self.period
-        next_t = time.monotonic() + period
-        while not self.cancelled.wait(max(0.0, next_t - time.monotonic())):
-            self.callback()
-            next_t += period
-            now = time.monotonic()
-            if now > next_t:  # late: skip the missed beats
-                next_t += period * ((now - next_t) // period + 1)
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-        if self.thread is not threading.current_thread():
-            self.thread.join(timeout=5.0)
 
 
 class RosLogHandler(logging.Handler):
@@ -279,10 +251,6 @@ class RclpyTransport(Transport):
         return _Publisher(pub)
 
     def create_timer(self, period_s: float, callback: Callable[[], None], name: str = "") -> Any:
-        if os.environ.get("XP_TIMER", "ros") == "thread" and not self.node.get_parameter("use_sim_time").value:
-            timer = _ThreadTimer(period_s, self._guarded(f"timer {name}", callback), name)
-            self._entities.append(("thread_timer", timer))
-            return timer
         running = _Running()
         guarded = self._guarded(f"timer {name}", callback)
 
@@ -302,10 +270,6 @@ class RclpyTransport(Transport):
 
     def cancel_timer(self, timer: Any) -> None:
         """Cancel ``timer`` and wait for a callback of it that is running: nothing of it is published after this."""
-        if isinstance(timer, _ThreadTimer):
-            timer.cancel()
-            self._entities = [e for e in self._entities if e[1] is not timer]
-            return
         timer.cancel()
         running = self._running.pop(id(timer), None)
         if running is not None and running.thread != threading.get_ident() and running.lock.acquire(timeout=5.0):
@@ -368,9 +332,6 @@ class RclpyTransport(Transport):
     def destroy_entities(self) -> None:
         """Destroy what this transport created (lifecycle cleanup)."""
         for kind, entity in reversed(self._entities):
-            if kind == "thread_timer":
-                entity.cancel()
-                continue
             getattr(self.node, f"destroy_{kind}")(entity)
         self._entities = []
         self._running.clear()
@@ -383,17 +344,7 @@ class RclpyTransport(Transport):
 
     def spin(self) -> None:
         """Run callbacks until SIGINT / SIGTERM, :meth:`request_stop` or :meth:`shutdown`; the context stays up."""
-        kind = os.environ.get("XP_EXECUTOR", "multi")
-        if kind == "multi":
-            executor = MultiThreadedExecutor(num_threads=4, context=self.node.context)
-        elif kind == "single":
-            executor = SingleThreadedExecutor(context=self.node.context)
-        else:
-            from rclpy.experimental import EventsExecutor
-            executor = EventsExecutor(context=self.node.context)
-        if os.environ.get("XP_SWITCH"):
-            import sys
-            sys.setswitchinterval(float(os.environ["XP_SWITCH"]))
+        executor = MultiThreadedExecutor(num_threads=4, context=self.node.context)
         executor.add_node(self.node)
         self.install_signal_handlers()
         self._spinning = True
