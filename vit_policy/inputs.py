@@ -29,7 +29,7 @@ from __future__ import annotations
 import bisect
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -553,13 +553,3 @@ class Synchronizer:
     def clock_offsets_ms(self) -> dict[str, float]:
         """Median arrival minus stamp per input (ms): clock offset plus exposure and transport delay."""
         return {k: float(np.median(inp.offsets)) / 1e6 for k, inp in self.inputs.items() if inp.offsets}
-
-
-def feed_messages(router: InputRouter, sync: Synchronizer, topic: str, msg: Any, arrival_ns: int,
-                  on_reject: Callable[[str], None] | None = None) -> Routed:
-    """Route one message into ``sync``; a rejection is counted there and passed to ``on_reject``."""
-    item = router.route(topic, msg, arrival_ns)
-    why = sync.add(item, arrival_ns)
-    if why and on_reject is not None:
-        on_reject(why)
-    return item

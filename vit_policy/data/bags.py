@@ -28,13 +28,14 @@ from vit_policy import messages as M
 from vit_policy.config import DataConfig
 from vit_policy.geometry import pose_delta, rotvec_to_rot6d
 from vit_policy.images import resize_uint8
-from vit_policy.inputs import Frame, InputRouter, InputSpec, Resolved, Synchronizer, SyncRule, camera_key, interpolate_pose
+from vit_policy.inputs import (
+    COMPRESSED_TYPE, FLOAT64_TYPE, IMAGE_TYPE, JOINT_STATE_TYPE, POSE_TYPE, TF_TYPE, Frame, InputRouter, InputSpec, Resolved,
+    Synchronizer, SyncRule, camera_key, interpolate_pose,
+)
 
 log = logging.getLogger(__name__)
 
-IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
-POSE_TYPE, TF_TYPE = "geometry_msgs/msg/PoseStamped", "tf2_msgs/msg/TFMessage"
-JOINT_STATE_TYPE, FLOAT64_TYPE = "sensor_msgs/msg/JointState", "std_msgs/msg/Float64"
+IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)
 
 
 class BagError(ValueError):
