@@ -17,7 +17,7 @@ def tree(folder: str) -> list[tuple[str, list[str]]]:
     return sorted(entries.items())
 
 
-# The ROS 2 wheels the rclpy backend uses (README "Running with torch on ROS 2"); versions pinned in
+# The ROS 2 wheels the rclpy backend uses (README "5. Launch on the robot"); versions pinned in
 # constraints.txt. Several come with rclpy or the message packages anyway; each is named because the code
 # uses it: rcl_interfaces (parameter descriptors), builtin_interfaces (stamps), rosgraph_msgs (/clock with
 # use_sim_time), lifecycle_msgs (the lifecycle services), the rosidl generators (tf2_msgs, which has no
