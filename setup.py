@@ -91,5 +91,10 @@ setup(
             "vit-policy = vit_policy.cli:main",
             "policy_node = ros_nodes.policy_node:main",
         ],
+        # subcommands of packages above the core (vit_policy/cli.py imports neither)
+        "vit_policy.commands": [
+            "serve = ros_nodes.commands:register",
+            "sim = sim_tests.commands:register",
+        ],
     },
 )

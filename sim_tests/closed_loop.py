@@ -317,7 +317,7 @@ TASK_CONFIGS = {  # --task: a gymnasium-robotics env id, or a variant named afte
 
 def load_task_config(task: str | None, path: str | None, overrides: list[str] | None = None) -> SimConfig:
     """The sim config of ``--config``, else configs/sim/ of ``--task``; ``--task`` overrides the file's task."""
-    from vit_policy.cli import default_config
+    from vit_policy.config import default_config
     from vit_policy.config import load_sim_config
 
     extra = [f"task={task}"] if task and path is not None else []

@@ -33,7 +33,7 @@ class TrainedReach:
 
 def reach_sim_config(overrides: list[str] | None = None) -> SimConfig:
     """configs/sim/fetch_reach.yaml at 64 px with the goal marker drawn at the 5 cm success radius."""
-    from vit_policy.cli import default_config
+    from vit_policy.config import default_config
 
     base = [f"image_size={REACH_IMAGE}", "target_marker_radius=0.05"]
     return load_sim_config(default_config("sim/fetch_reach.yaml"), [*base, *(overrides or [])])

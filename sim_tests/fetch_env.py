@@ -17,9 +17,16 @@ the goal marker becomes a bar along it, and success needs position and orientati
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # CPU rendering through EGL/Mesa; must precede the mujoco import
+
+# Mesa's software renderer loads its own LLVM into the process with the first GL context; loading
+# triton's LLVM after that crashes the process (segfault in ``import triton``, which torch pulls in
+# lazily, e.g. when timm builds a model after frames were rendered). Loading triton first avoids it.
+if importlib.util.find_spec("triton") is not None:
+    import triton  # noqa: F401, E402
 
 from dataclasses import dataclass, field  # noqa: E402
 from typing import Any, Protocol  # noqa: E402

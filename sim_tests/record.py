@@ -253,7 +253,7 @@ def cli_sim_record(args: object) -> int:
 
 def policy_config_for(cfg: SimConfig, path: str | Path | None = None, overrides: list[str] | None = None) -> PolicyConfig:
     """configs/sim/policy.yaml with this task's cameras, frame size and 40 ms control period."""
-    from vit_policy.cli import default_config
+    from vit_policy.config import default_config
 
     base = [f"cameras={list(cfg.cameras)}", f"encoder.img_size={cfg.image_size}", f"control_dt={1.0 / cfg.runtime.control_rate_hz}"]
     return load_policy_config(path or default_config("sim/policy.yaml"), [*base, *(overrides or [])])

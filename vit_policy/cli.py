@@ -1,7 +1,8 @@
-"""The ``vit-policy`` command: demo, train, replay, inspect, serve, sim-record, sim-pretrain, sim-eval.
+"""The ``vit-policy`` command: the core's subcommands, plus those other packages register.
 
-Each subcommand imports its module lazily, so ``vit-policy --help`` stays fast and the core never
-imports ROS, the simulator or the CLI.
+Each subcommand imports its module lazily, so ``vit-policy --help`` stays fast. The CLI imports nothing
+above the core: ``serve`` (ros_nodes) and the simulator's commands (sim_tests) come in through the entry
+point group ``vit_policy.commands`` (setup.py), each a function that adds its subparsers.
 """
 
 from __future__ import annotations
@@ -10,20 +11,10 @@ import argparse
 import logging
 import sys
 import time
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import numpy as np
-
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
-
-
-def default_config(relative: str) -> Path:
-    """A file under configs/: the source tree, or share/vit_policy/configs of an installed package."""
-    for root in (CONFIG_ROOT, Path(sys.prefix) / "share" / "vit_policy" / "configs"):
-        if (root / relative).is_file():
-            return root / relative
-    raise FileNotFoundError(f"config {relative!r} not found under {CONFIG_ROOT} or the installed share/vit_policy/configs")
-
 
 # --------------------------------------------------------------------------------------------------
 # demo: the default policy on a generated observation
@@ -34,7 +25,7 @@ def cmd_policy_demo(args: argparse.Namespace) -> int:
     """Build a policy from configs/, run it on a generated observation, print the chunk and latency."""
     import torch
 
-    from vit_policy.config import load_policy_config
+    from vit_policy.config import default_config, load_policy_config
     from vit_policy.model.policy import VisuomotorPolicy, count_parameters, identity_stats
     from vit_policy.observation import Observation
 
@@ -150,126 +141,17 @@ def add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# serve: the ROS 2 policy node over rclpy or CycloneDDS (ros_nodes/policy_node.py)
+# Registration: the core's subcommands here, the other packages' through entry points
 # --------------------------------------------------------------------------------------------------
 
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    from ros_nodes.policy_node import serve
-
-    overrides = list(args.overrides)
-    if args.checkpoint:
-        overrides.append(f"checkpoint={args.checkpoint}")
-    if args.output_mode:
-        overrides.append(f"output_mode={args.output_mode}")
-    return serve(args.transport, args.config, overrides, args.namespace, args.node_name, args.use_sim_time)
+REGISTER = [add_policy_demo, add_train, add_replay, add_inspect]
+COMMANDS_GROUP = "vit_policy.commands"
 
 
-def add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run the ROS 2 policy node (rclpy, or CycloneDDS without a ROS install)")
-    p.add_argument("--transport", choices=["dds", "rclpy"], default="dds")
-    p.add_argument("--config", help="ROS 2 parameter file (policy_node: ros__parameters: ...), e.g. configs/ros/policy_node.yaml")
-    p.add_argument("--checkpoint", help="trained checkpoint directory (same as checkpoint=DIR)")
-    p.add_argument("--output-mode", choices=["twist", "pose", "trajectory"])
-    p.add_argument("--namespace", default="")
-    p.add_argument("--node-name", default="policy_node")
-    p.add_argument("--use-sim-time", action="store_true", help="stamp commands with /clock")
-    p.add_argument("overrides", nargs="*", help="parameter=value, e.g. runtime.control_rate_hz=20 allow_untrained=true")
-    p.set_defaults(func=cmd_serve)
-
-
-# --------------------------------------------------------------------------------------------------
-# sim-record / sim-eval: MuJoCo Fetch demonstrations and closed-loop evaluation (sim_tests/)
-# --------------------------------------------------------------------------------------------------
-
-SIM_TASKS = ["FetchReach-v4", "FetchPush-v4", "FetchPickAndPlace-v4", "FetchReachOrient"]  # keys of sim_tests.closed_loop.TASK_CONFIGS
-
-
-def cmd_sim_record(args: argparse.Namespace) -> int:
-    from sim_tests.record import cli_sim_record
-
-    return cli_sim_record(args)
-
-
-def add_sim_record(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sim-record", help="record scripted-expert demonstrations of a MuJoCo Fetch task as rosbag2")
-    p.add_argument("--task", choices=SIM_TASKS, help="task (its configs/sim/ file is the default config)")
-    p.add_argument("--config", help="sim YAML (default: configs/sim/ of the task)")
-    p.add_argument("--episodes", type=int, default=50, help="successful demonstrations to record")
-    p.add_argument("--out", required=True, metavar="DIR", help="new directory for episode_000 ... and demos.yaml")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
-    p.add_argument("--action-noise", type=float, default=0.0, metavar="M",
-                   help="execute the expert's target plus N(0, M) metres per axis, record the clean command (DART)")
-    p.add_argument("--hold-steps", type=int, default=None, metavar="N",
-                   help="end each bag N steps after the task is first achieved (default: the whole episode)")
-    p.add_argument("overrides", nargs="*", help="sim config overrides, e.g. image_size=128 episode_steps=30")
-    p.set_defaults(func=cmd_sim_record)
-
-
-def cmd_sim_eval(args: argparse.Namespace) -> int:
-    from sim_tests.closed_loop import cli_sim_eval
-
-    return cli_sim_eval(args)
-
-
-def add_sim_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sim-eval", help="closed-loop success rate of a checkpoint in a MuJoCo Fetch task, through PolicyRunner")
-    p.add_argument("--checkpoint", metavar="DIR", help="trained checkpoint directory")
-    p.add_argument("--baseline", choices=["expert", "random"], help="evaluate the scripted expert or random actions instead")
-    p.add_argument("--task", choices=SIM_TASKS)
-    p.add_argument("--config", help="sim YAML (default: configs/sim/ of the task)")
-    p.add_argument("--episodes", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0, help="first episode seed (episodes use seed, seed+1, ...)")
-    p.add_argument("--out", metavar="DIR", help="output directory (default outputs/sim_eval/<task>)")
-    p.add_argument("--gifs", type=int, default=None, help="GIFs of the first N episodes (default: every episode)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("overrides", nargs="*", help="sim config overrides, e.g. runtime.strategy=receding episode_steps=80")
-    p.set_defaults(func=cmd_sim_eval)
-
-
-def cmd_sim_pretrain(args: argparse.Namespace) -> int:
-    from sim_tests.pretrain import cli_sim_pretrain
-
-    return cli_sim_pretrain(args)
-
-
-def add_sim_pretrain(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sim-pretrain", help="pretrain the sim policy's encoder on rendered frames labelled with goal / object / EE positions")
-    p.add_argument("--task", choices=SIM_TASKS)
-    p.add_argument("--config", help="sim YAML (default: configs/sim/ of the task)")
-    p.add_argument("--resets", type=int, default=2000, help="episodes of random reaching, each a new goal (and object)")
-    p.add_argument("--frames-per-reset", type=int, default=8)
-    p.add_argument("--expert-fraction", type=float, default=0.0, metavar="F",
-                   help="share of the resets the task's scripted expert drives (with execution noise) instead of random reaching")
-    p.add_argument("--steps", type=int, default=8000, help="optimiser steps (batch 64)")
-    p.add_argument("--out", required=True, metavar="FILE", help="the backbone's weights (.safetensors), for encoder.weights")
-    p.add_argument("--policy", nargs="+", default=[], metavar="KEY=VALUE", help="configs/sim/policy.yaml overrides (the encoder to pretrain)")
-    p.add_argument("overrides", nargs="*", help="sim config overrides, e.g. image_size=64")
-    p.set_defaults(func=cmd_sim_pretrain)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from sim_tests.demo import cli_demo
-
-    return cli_demo(args)
-
-
-def add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="end to end in MuJoCo: expert demonstrations -> training -> replay -> closed loop -> report")
-    p.add_argument("--out", default="outputs/demo", metavar="DIR")
-    p.add_argument("--quick", action="store_true", help="a minutes-long smoke run of every stage (nothing learns)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("policy_overrides", nargs="*", metavar="KEY=VALUE",
-                   help="configs/sim/policy.yaml overrides for every task, e.g. encoder.name=vit_tiny_patch16_224 (needs a GPU or hours)")
-    p.set_defaults(func=cmd_demo)
-
-
-# --------------------------------------------------------------------------------------------------
-# Subcommands of the other modules register here: one add_<name>(sub) function each.
-# --------------------------------------------------------------------------------------------------
-
-REGISTER = [add_demo, add_policy_demo, add_train, add_replay, add_inspect, add_serve, add_sim_record, add_sim_pretrain, add_sim_eval]
+def registered() -> list:
+    """Functions that add subparsers: the core's, then each installed package's (entry points, by name)."""
+    plugins = sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name)
+    return [*REGISTER, *(e.load() for e in plugins)]
 
 
 DEBUG_HELP = "on an error, show the Python traceback instead of the one-line message (before or after the subcommand)"
@@ -283,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
-    for register in REGISTER:
+    for register in registered():
         register(sub)
     for p in sub.choices.values():  # also accepted after the subcommand; SUPPRESS keeps a --debug given before it
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)

@@ -140,6 +140,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
     return data
 
 
+CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
+
+
+def default_config(relative: str) -> Path:
+    """A shipped file under configs/: the source tree, or share/vit_policy/configs of an installed package."""
+    import sys
+
+    for root in (CONFIG_ROOT, Path(sys.prefix) / "share" / "vit_policy" / "configs"):
+        if (root / relative).is_file():
+            return root / relative
+    raise FileNotFoundError(f"config {relative!r} not found under {CONFIG_ROOT} or the installed share/vit_policy/configs")
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, naming the file in any error."""
     path = Path(path)
