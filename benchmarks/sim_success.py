@@ -1,33 +1,23 @@
 """Closed-loop success per Fetch task: the trained policy next to the scripted expert and random actions.
 
-    .venv/bin/python benchmarks/sim_success.py [--tasks FetchReach-v4 FetchPush-v4 FetchPickAndPlace-v4]
-        [--demos 200] [--hold-steps N] [--train-minutes 60] [--episodes 50] [--out outputs/bench_sim]
-        [--policy KEY=VALUE ...] [--train KEY=VALUE ...] [--pretrain RESETS [--pretrain-steps N] [--pretrain-expert F]]
-        [--visibility] [--goal-error CHECKPOINT] [--point-error ENCODER] [sim KEY=VALUE ...]
+    .venv/bin/python benchmarks/sim_success.py --recipe reach_labels push_labels pick_labels   # configs/sim/recipes/
+    .venv/bin/python benchmarks/sim_success.py [--tasks FetchReach-v4 ...] [--demos 200] [--hold-steps N]
+        [--train-minutes 60 | --train-steps N] [--episodes 50] [--action-noise M] [--policy KEY=VALUE ...]
+        [--train KEY=VALUE ...] [--pretrain RESETS [--pretrain-steps N] [--pretrain-expert F]] [sim KEY=VALUE ...]
 
-For each task, in one run: record ``--demos`` expert demonstrations (rosbag2, the task's
-configs/sim/ cameras, whole episodes or each cut ``--hold-steps`` after its first success), train the sim policy
-(``sim_tests.record.train_config_for``) for the optimiser steps that a timing probe fits into
-``--train-minutes`` (or ``--train-steps``; the validation after each epoch comes on top, and the
-table shows the minutes it took), then evaluate it closed loop through
-PolicyRunner over ``--episodes`` seeds that no demonstration used, with the expert and random actions
-on the same seeds. Also measures the render rate of the task's cameras. ``--pretrain RESETS`` first
-pretrains the encoder on RESETS x 8 rendered frames labelled with the goal / object / EE positions
-(``sim_tests.pretrain``; no demonstrations) and trains the policy from it; ``--policy points=N
-encoder.freeze=all`` keeps its point head as tokens and freezes both. Prints one table:
+Per row, in one run: record expert demonstrations (rosbag2, the task's configs/sim/ cameras, whole
+episodes or each cut ``--hold-steps`` after its first success), optionally pretrain the encoder on
+RESETS x 8 rendered frames labelled with the goal / object / EE positions (simulator labels,
+``sim_tests.pretrain``), train the sim policy for ``--train-steps`` (or the steps a timing probe fits
+into ``--train-minutes``), then evaluate it closed loop through PolicyRunner on seeds no demonstration
+used, with the expert and random actions on the same seeds. A recipe (``--recipe``, YAML under
+configs/sim/recipes/, the same files the demo reads) sets all of these for its row; flags given with
+it are added after the recipe's overrides. Prints one table:
 
-  task | cameras | demos | pretrain min | train steps | train min | policy success [Wilson 95%] | expert | random | render fps
+  task | cameras | size | demos | labels | pretrain min | steps | train min | policy [Wilson 95%] | expert | random | record s
 
-``--visibility`` prints only, per task and camera, how much of the goal (and object) the robot hides
-at the start of each evaluation episode (``FetchSim.visibility``): where one camera loses the goal,
-the others must place it alone. ``--goal-error CHECKPOINT`` prints only, for a
-FetchReach policy, how far its first chunk ends from the goal on its training seeds, its validation
-seeds and unseen ones (memorised goals vs placed ones). ``--step-times [ENCODER ...]`` prints only the cost of one training
-step per encoder (why the sim policy is timm's test_vit and not vit_tiny on a CPU). ``--policy`` and
-``--train`` take KEY=VALUE overrides of the sim policy and of the training config.
-
-Targets (issue 6): FetchReach 95%, FetchPush 70%, FetchPickAndPlace 50%, from <= 200 demonstrations
-and <= 60 minutes of CPU training each.
+Diagnostics that explain these figures (visibility, render rate, step times, goal and point errors)
+are in benchmarks/sim_probes.py.
 """
 
 from __future__ import annotations
@@ -41,264 +31,104 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import sim_tests  # noqa: E402,F401  (sets MUJOCO_GL before mujoco loads)
-from sim_tests.closed_loop import evaluate_expert, evaluate_policy, evaluate_random, load_task_config  # noqa: E402
-from sim_tests.fetch_env import FetchSim  # noqa: E402
+from sim_tests.closed_loop import TASK_CONFIGS, evaluate_expert, evaluate_policy, evaluate_random, load_task_config  # noqa: E402
 from sim_tests.record import record_demonstrations, train_config_for  # noqa: E402
-from vit_policy.config import SimConfig  # noqa: E402
+
+CONFIGS = ROOT / "configs"
 
 EVAL_SEED = 100_000  # demonstrations use seeds from 0 (or --demo-seed): evaluation never sees their goals
 
 
-def render_fps(cfg: SimConfig, frames: int = 100) -> float:
-    """Frames per second for rendering every camera of ``cfg`` (one 'frame' = all cameras)."""
-    sim = FetchSim(cfg)
-    sim.reset(seed=0)
-    sim.render()
-    t0 = time.perf_counter()
-    for _ in range(frames):
-        sim.render()
-    fps = frames / (time.perf_counter() - t0)
-    sim.close()
-    return fps
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tasks", nargs="+", default=["FetchReach-v4", "FetchPush-v4", "FetchPickAndPlace-v4"])
+    ap.add_argument("--recipe", nargs="+", default=[], metavar="NAME|YAML", help="recipes (configs/sim/recipes/<NAME>.yaml), one row each")
+    ap.add_argument("--tasks", nargs="+", default=["FetchReach-v4", "FetchPush-v4", "FetchPickAndPlace-v4"], help="without --recipe")
     ap.add_argument("--demos", type=int, default=200)
     ap.add_argument("--train-minutes", type=float, default=60.0, help="training budget per task (timed probe; validation comes on top)")
-    ap.add_argument("--train-steps", type=int, default=None, help="optimiser steps (default: as many as the budget allows)")
-    ap.add_argument("--episodes", type=int, default=50)
+    ap.add_argument("--train-steps", type=int, default=None, help="optimiser steps (default: a recipe's, else as many as the budget allows)")
+    ap.add_argument("--episodes", type=int, default=None, help="evaluation episodes (default: a recipe's, else 50)")
     ap.add_argument("--out", default="outputs/bench_sim")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--action-noise", type=float, default=0.0, metavar="M", help="DART execution noise while recording (metres)")
-    ap.add_argument("--hold-steps", type=int, default=-1, metavar="N",
-                    help="end each demonstration N steps after its first success; -1 (default): whole episodes "
-                         "(Reach, 200 demos: 44/50 closed loop whole, 37/50 cut at 3)")
-    ap.add_argument("--visibility", action="store_true",
-                    help="only the share of --episodes start states in which each camera sees under half of the goal / object")
-    ap.add_argument("--point-error", metavar="ENCODER",
-                    help="only: how well a pretrained encoder file (vit-policy sim-pretrain) places its points on frames "
-                         "of the expert's noisy rollouts from unseen seeds, per expert phase")
-    ap.add_argument("--goal-error", metavar="CHECKPOINT",
-                    help="only, for a FetchReach policy: how far its first chunk ends from the goal on the seeds of "
-                         "its training episodes, its validation episodes and --episodes unseen seeds "
-                         "(with --tasks FetchReachOrient: the orientation too)")
-    ap.add_argument("--render-only", action="store_true", help="only the render-rate table (all cameras of each task, 64-128 px)")
-    ap.add_argument("--step-times", nargs="*", metavar="ENCODER", default=None,
-                    help="only time one training step of the sim policy with each timm encoder on each task's cameras "
-                         "(default test_vit vit_tiny_patch16_224), batch 32")
-    ap.add_argument("--policy", nargs="+", default=[], metavar="KEY=VALUE",
-                    help="configs/sim/policy.yaml overrides, e.g. action_frame=delta")
-    ap.add_argument("--train", nargs="+", default=[], metavar="KEY=VALUE",
-                    help="training config overrides, e.g. augment.pose_noise_m=0.02")
+    ap.add_argument("--hold-steps", type=int, default=None, metavar="N",
+                    help="cut each demonstration N steps after its first success (default: whole episodes)")
+    ap.add_argument("--policy", nargs="+", default=[], metavar="KEY=VALUE", help="configs/sim/policy.yaml overrides")
+    ap.add_argument("--train", nargs="+", default=[], metavar="KEY=VALUE", help="training config overrides, e.g. augment.pose_noise_m=0.02")
     ap.add_argument("--pretrain", type=int, default=0, metavar="RESETS",
-                    help="first pretrain the encoder on RESETS x 8 rendered frames labelled with the goal / object / EE "
-                         "positions (sim_tests.pretrain; no demonstrations), then train the policy from it")
+                    help="pretrain the encoder on RESETS x 8 frames labelled with simulator positions first")
     ap.add_argument("--pretrain-steps", type=int, default=8000, help="optimiser steps of the encoder pretraining (batch 64)")
     ap.add_argument("--pretrain-expert", type=float, default=0.0, metavar="F",
                     help="share of the pretraining resets the scripted expert drives (with execution noise) instead of random reaching")
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="sim config overrides for every task, e.g. image_size=64")
     args = ap.parse_args()
-    if args.step_times is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
-        encoders = args.step_times or ["test_vit", "vit_tiny_patch16_224"]
-        print(f"{'task':<22} {'cameras':<18} " + " ".join(f"{e:>22}" for e in encoders) + "   (ms per training step, batch 32)")
-        for task in args.tasks:
-            cfg = load_task_config(task, None, args.overrides)
-            ms = [1000 * train_step_s(cfg, e) for e in encoders]
-            cams = "+".join(cfg.cameras) + f"@{cfg.image_size}"
-            print(f"{task:<22} {cams:<18} " + " ".join(f"{m:>15.0f} ({m / ms[0]:.1f}x)" for m in ms))
-        return
-    if args.visibility:
-        for task in args.tasks:
-            print_visibility(load_task_config(task, None, args.overrides), args.episodes)
-        return
-    if args.goal_error:
-        task = args.tasks[0] if args.tasks[0].startswith("FetchReach") else "FetchReach-v4"  # FetchReachOrient adds orientation
-        print_goal_error(load_task_config(task, None, args.overrides), Path(args.goal_error), args.episodes)
-        return
-    if args.point_error:
-        print_point_error(load_task_config(args.tasks[0], None, args.overrides), Path(args.point_error), args.episodes)
-        return
-    if args.render_only:
-        print(f"{'task':<22} {'cameras':<16} " + " ".join(f"{s:>7}px" for s in (64, 96, 128)) + "   (frames/s, all cameras)")
-        for task in args.tasks:
-            cams = "+".join(load_task_config(task, None, args.overrides).cameras)
-            print(f"{task:<22} {cams:<16} " + " ".join(f"{render_fps(load_task_config(task, None, [*args.overrides, f'image_size={s}'])):>9.0f}" for s in (64, 96, 128)))
-        return
 
     import torch
 
+    from sim_tests.demo import TaskPlan, load_recipe
+
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    hold = None if args.hold_steps == -1 else args.hold_steps
-    demos = (f"{args.demos}" + (f" (DART {args.action_noise * 100:g} cm)" if args.action_noise else "")
-             + (f" (hold {hold})" if hold is not None else " (whole)"))
-    rows = []
-    for task in args.tasks:
-        cfg = load_task_config(task, None, args.overrides)
-        root = out / task
-        t0 = time.perf_counter()
-        if not (root / "demos" / "demos.yaml").is_file():
-            record_demonstrations(cfg, root / "demos", args.demos, seed=0, action_noise_m=args.action_noise, hold_steps=hold)
-        record_s = time.perf_counter() - t0
-        from vit_policy.train import train
-
-        bags = [str(root / "demos" / "episode_*")]
-        policy_overrides, pretrain_min = list(args.policy), 0.0
-        if args.pretrain:
-            from sim_tests.pretrain import pretrain_for_task
-
-            t0 = time.perf_counter()
-            pre = pretrain_for_task(cfg, root / "pretrain" / "encoder.safetensors", args.pretrain, args.pretrain_steps, args.policy,
-                                    expert_fraction=args.pretrain_expert)
-            pretrain_min = (time.perf_counter() - t0) / 60
-            print(pre.table())
-            policy_overrides.append(f"encoder.weights={pre.path}")
-        steps = args.train_steps or _steps_in_budget(
-            train_config_for(cfg, bags, root / "probe", steps=20, policy_overrides=policy_overrides, overrides=args.train),
-            args.train_minutes - pretrain_min)
-        t0 = time.perf_counter()
-        result = train(train_config_for(cfg, bags, root, steps=steps, policy_overrides=policy_overrides, overrides=args.train))
-        train_min = (time.perf_counter() - t0) / 60
-        from vit_policy.model.policy import VisuomotorPolicy
-
-        policy = VisuomotorPolicy.from_pretrained(result.last).eval()
-        pol = evaluate_policy(policy, cfg, args.episodes, EVAL_SEED, root / "eval", gifs=5, progress=True)
-        exp = evaluate_expert(cfg, args.episodes, EVAL_SEED)
-        rnd = evaluate_random(cfg, args.episodes, EVAL_SEED)
-        lo, hi = pol.wilson95
-        rows.append((task, "+".join(cfg.cameras), f"{cfg.image_size}px", demos, f"{pretrain_min:.1f}", result.step, f"{train_min:.1f}",
-                     f"{pol.success_rate:.0%} [{lo:.0%}, {hi:.0%}]", f"{exp.success_rate:.0%}", f"{rnd.success_rate:.0%}",
-                     f"{render_fps(cfg):.0f}", f"{record_s:.0f}"))
-        print(pol.table())
-
-    head = ("task", "cameras", "size", "demos", "pretrain min", "steps", "train min", "policy [Wilson 95%]", "expert", "random", "render fps", "record s")
+    if args.recipe:
+        recipes = [load_recipe(r) for r in args.recipe]
+        for r in recipes:
+            r.sim_overrides += args.overrides
+            r.policy_overrides += args.policy
+            r.train_overrides += args.train
+            r.max_steps = args.train_steps or r.max_steps
+            r.eval_episodes = args.episodes or r.eval_episodes
+    else:
+        recipes = [TaskPlan(task, TASK_CONFIGS[task].removeprefix("sim/"), args.demos, args.train_steps or 0, args.episodes or 50,
+                            hold_steps=args.hold_steps, sim_overrides=list(args.overrides), action_noise_m=args.action_noise,
+                            pretrain_resets=args.pretrain, pretrain_steps=args.pretrain_steps, pretrain_expert=args.pretrain_expert,
+                            policy_overrides=list(args.policy), train_overrides=list(args.train)) for task in args.tasks]
+    rows = [run_recipe(r, Path(args.out), args.train_minutes) for r in recipes]
+    head = ("task", "cameras", "size", "demos", "labels", "pretrain min", "steps", "train min", "policy [Wilson 95%]", "expert", "random", "record s")
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     print()
     for r in [head, *rows]:
         print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)))
-    print(f"\n{args.episodes} evaluation episodes per task (seeds from {EVAL_SEED}), torch threads {args.threads}")
+    print(f"\nevaluation seeds from {EVAL_SEED}, torch threads {args.threads}; labels: whether simulator positions labelled pretraining frames")
 
 
-def print_visibility(cfg: SimConfig, episodes: int, clear: float = 0.5) -> None:
-    """Per camera and target: median / 5th percentile of the visible fraction, and how often it is under ``clear``."""
-    import numpy as np
-
-    sim = FetchSim(cfg)
-    vis = []
-    for i in range(episodes):
-        sim.reset(seed=EVAL_SEED + i, render=False)
-        vis.append(sim.visibility())
-    sim.close()
-    print(f"{cfg.task} @ {cfg.image_size} px, {episodes} start states (seeds from {EVAL_SEED}); visible fraction of each target")
-    print(f"  {'camera':<12} {'target':<8} {'median':>7} {'p5':>6} {'under ' + format(clear, '.0%'):>10}")
-    for cam in cfg.cameras:
-        for target in vis[0][cam]:
-            v = np.array([x[cam][target] for x in vis])
-            print(f"  {cam:<12} {target:<8} {np.median(v):>7.2f} {np.percentile(v, 5):>6.2f} {np.mean(v < clear):>10.0%}")
-    for target in vis[0][next(iter(cfg.cameras))]:
-        n_clear = np.array([sum(x[c][target] >= clear for c in cfg.cameras) for x in vis])
-        print(f"  {target}: seen by fewer than two cameras in {np.mean(n_clear < 2):.0%} of start states, by none in {np.mean(n_clear == 0):.0%}")
-
-
-def print_goal_error(cfg: SimConfig, checkpoint: Path, episodes: int) -> None:
-    """Distance from the goal to the end of the policy's first chunk at the start of an episode, on the
-    seeds it trained on against held-out ones: a gap between them is goals memorised, not placed."""
-    import json
-
-    import numpy as np
-    import torch
-    import yaml
-
-    from vit_policy.geometry import geodesic_deg
+def run_recipe(r: "TaskPlan", out: Path, train_minutes: float) -> tuple:  # noqa: F821
+    """Record, (pretrain,) train and evaluate one recipe; the table row."""
     from vit_policy.model.policy import VisuomotorPolicy
-    from vit_policy.observation import Observation
+    from vit_policy.train import train
 
-    policy = VisuomotorPolicy.from_pretrained(checkpoint).eval()
-    meta = json.loads((checkpoint / "metadata.json").read_text())
-    seed_of: dict[Path, int] = {}  # bag -> the seed it was recorded with (its directory's demos.yaml)
-    for folder in {Path(b).parent for split in ("train", "val") for b in meta[f"{split}_episodes"]}:
-        seed_of.update({folder / e["bag"]: e["seed"] for e in yaml.safe_load((folder / "demos.yaml").read_text())["episodes"]})
-    groups = {split: [seed_of[Path(b)] for b in meta[f"{split}_episodes"]] for split in ("train", "val")}
-    groups["train"] = groups["train"][:episodes]
-    groups["unseen"] = list(range(EVAL_SEED, EVAL_SEED + episodes))
-    sim = FetchSim(cfg)
-    orient = cfg.goal_yaw_range_deg > 0  # also the orientation: chunk end vs goal, and the start's (home) error
-    print(f"{checkpoint}: end of the first chunk to the goal (cm), {cfg.task} @ {cfg.image_size} px"
-          + (f"; orientation (deg; tolerance {cfg.yaw_tolerance_deg:g}, 'start' = not turning)" if orient else ""))
-    print(f"  {'seeds':<8} {'n':>4} {'median':>7} {'p90':>6} {'over 5 cm':>10}"
-          + (f" {'deg median':>11} {'over tol':>9} {'start median':>13}" if orient else ""))
-    for split, seeds in groups.items():
-        err, deg, start = [], [], []
-        for seed in seeds:
-            f = sim.reset(seed=seed)
-            obs = Observation(stamp_ns=f.stamp_ns, images={c: f.images[c] for c in policy.cfg.cameras},
-                              position=f.position, quaternion=f.quaternion, gripper=f.gripper)
-            with torch.no_grad():
-                chunk = policy.predict(obs)
-            err.append(float(np.linalg.norm(chunk.target_positions[-1] - f.goal)))
-            if orient:
-                deg.append(float(geodesic_deg(chunk.target_quaternions[-1], f.goal_quaternion)))
-                start.append(float(f.orientation_error_deg))
-        e = 100 * np.array(err)
-        line = f"  {split:<8} {len(e):>4} {np.median(e):>7.1f} {np.percentile(e, 90):>6.1f} {np.mean(e > 5):>10.0%}"
-        if orient:
-            line += f" {np.median(deg):>11.1f} {np.mean(np.array(deg) > cfg.yaw_tolerance_deg):>9.0%} {np.median(start):>13.1f}"
-        print(line)
-    sim.close()
+    cfg = load_task_config(None, str(CONFIGS / "sim" / r.sim_config), r.sim_overrides)
+    record_cfg = load_task_config(None, str(CONFIGS / "sim" / r.sim_config), [*r.sim_overrides, *([f"episode_steps={r.demo_steps}"] if r.demo_steps else [])])
+    root = out / cfg.task
+    t0 = time.perf_counter()
+    if not (root / "demos" / "demos.yaml").is_file():
+        record_demonstrations(record_cfg, root / "demos", r.demos, seed=0, action_noise_m=r.action_noise_m, hold_steps=r.hold_steps)
+    record_s = time.perf_counter() - t0
+    bags = [str(root / "demos" / "episode_*")]
+    policy_overrides, pretrain_min = list(r.policy_overrides), 0.0
+    if r.pretrain_resets:
+        from sim_tests.pretrain import pretrain_for_task
 
-
-def print_point_error(cfg: SimConfig, encoder_file: Path, episodes: int, noise_m: float = 0.01) -> None:
-    """Error of a pretrained point head on what a closed loop shows (the object pushed or carried, the
-    gripper against it), not on its own random-reaching frames: the expert drives ``episodes`` unseen
-    seeds with ``noise_m`` of execution noise; cm per expert phase."""
-    import numpy as np
-    import torch
-
-    from sim_tests.experts import expert_command, make_expert, with_execution_noise
-    from sim_tests.record import policy_config_for
-    from vit_policy.model.policy import VisuomotorPolicy, read_point_stats
-
-    names, mean_t, std_t = read_point_stats(encoder_file, "--point-error")
-    mean, std = mean_t.numpy(), std_t.numpy()
-    policy = VisuomotorPolicy(policy_config_for(cfg, overrides=[f"encoder.weights={encoder_file}", f"points={len(names)}"])).eval()
-    sim, rng, errors = FetchSim(cfg), np.random.default_rng(0), {}
-    for i in range(episodes):
-        frame, expert = sim.reset(seed=EVAL_SEED + i), make_expert(cfg.task)
-        while not sim.done:
-            with torch.no_grad():
-                pred = policy.encode_points({c: torch.from_numpy(frame.images[c][None]) for c in policy.cfg.cameras})[0].numpy() * std + mean
-            truth = np.stack([{"goal": frame.goal, "ee": frame.position, "object": frame.object_position}[n] for n in names])
-            errors.setdefault(expert.phase, []).append(100 * np.linalg.norm(pred - truth, axis=-1))
-            frame = sim.step(with_execution_noise(expert_command(expert, frame), rng, noise_m))
-    sim.close()
-    print(f"{encoder_file}: point error (cm) on {episodes} noisy expert rollouts of {cfg.task}, seeds from {EVAL_SEED}")
-    print(f"  {'phase':<9} {'frames':>6} " + " ".join(f"{n + ' median':>14} {'p90':>5}" for n in names))
-    for phase, errs in sorted(errors.items(), key=lambda kv: -len(kv[1])):
-        e = np.array(errs)
-        print(f"  {phase:<9} {len(e):>6} " + " ".join(f"{np.median(e[:, j]):>14.2f} {np.percentile(e[:, j], 90):>5.2f}" for j in range(len(names))))
-
-
-def train_step_s(cfg: SimConfig, encoder: str, batch: int = 32, steps: int = 10) -> float:
-    """Seconds per forward + backward + AdamW step of the sim policy with ``encoder`` (random frames)."""
-    import torch
-
-    from benchmarks.training import seconds_per_step
-    from sim_tests.record import policy_config_for
-    from vit_policy.model.policy import VisuomotorPolicy, identity_stats
-
-    pcfg = policy_config_for(cfg, overrides=[f"encoder.name={encoder}"])
-    policy = VisuomotorPolicy(pcfg)
-    policy.set_stats(identity_stats(pcfg))
-    k, size = pcfg.chunk_size, cfg.image_size
-    data = {"images": {c: torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8) for c in pcfg.cameras},
-            "position": torch.rand(batch, 3), "quaternion": torch.tensor([[0.0, 0.0, 0.0, 1.0]]).repeat(batch, 1),
-            "gripper": torch.ones(batch), "action": torch.rand(batch, k, 10), "action_mask": torch.ones(batch, k)}
-    return seconds_per_step(policy, [data] * steps, warmup=[data] * 3)
+        t0 = time.perf_counter()
+        pre = pretrain_for_task(cfg, root / "pretrain" / "encoder.safetensors", r.pretrain_resets, r.pretrain_steps, r.policy_overrides,
+                                expert_fraction=r.pretrain_expert)
+        pretrain_min = (time.perf_counter() - t0) / 60
+        print(pre.table())
+        policy_overrides.append(f"encoder.weights={pre.path}")
+    steps = r.max_steps or _steps_in_budget(
+        train_config_for(cfg, bags, root / "probe", steps=20, policy_overrides=policy_overrides, overrides=r.train_overrides),
+        train_minutes - pretrain_min)
+    t0 = time.perf_counter()
+    result = train(train_config_for(cfg, bags, root, steps=steps, policy_overrides=policy_overrides, overrides=r.train_overrides))
+    train_min = (time.perf_counter() - t0) / 60
+    policy = VisuomotorPolicy.from_pretrained(result.last).eval()
+    pol = evaluate_policy(policy, cfg, r.eval_episodes, EVAL_SEED, root / "eval", gifs=5, progress=True)
+    exp = evaluate_expert(cfg, r.eval_episodes, EVAL_SEED)
+    rnd = evaluate_random(cfg, r.eval_episodes, EVAL_SEED)
+    print(pol.table())
+    lo, hi = pol.wilson95
+    demos = (f"{r.demos}" + (f" (DART {r.action_noise_m * 100:g} cm)" if r.action_noise_m else "")
+             + (f" (hold {r.hold_steps})" if r.hold_steps is not None else " (whole)"))
+    return (cfg.task, "+".join(cfg.cameras), f"{cfg.image_size}px", demos, "yes" if r.pretrain_resets else "no", f"{pretrain_min:.1f}",
+            result.step, f"{train_min:.1f}", f"{pol.success_rate:.0%} [{lo:.0%}, {hi:.0%}]", f"{exp.success_rate:.0%}",
+            f"{rnd.success_rate:.0%}", f"{record_s:.0f}")
 
 
 def _steps_in_budget(probe: object, minutes: float) -> int:

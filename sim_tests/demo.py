@@ -25,22 +25,22 @@ from vit_policy.config import from_dict, load_sim_config, to_dict
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 STAGE_DIRS = ("bags", "train", "replay", "sim")  # what run_task writes under the output directory
-# FetchPush: `external` and a second view from the side that sees what the robot hides from it
-PUSH_CAMERAS = 'cameras={"external": "external_camera_0", "side": {"lookat": [1.3, 0.75, 0.42], "distance": 1.0, "azimuth": 270.0, "elevation": -45.0}}'
 MARKER = ".vit_policy_demo"  # marks an output directory as the demo's own, so a rerun may replace it
 
 
 @dataclass
 class TaskPlan:
-    """How much of each stage one task gets."""
+    """One task's recipe: how much of each stage it gets. Stored as YAML under configs/sim/recipes/,
+    read by the demo and by ``benchmarks/sim_success.py --recipe``."""
 
     task: str
     sim_config: str  # under configs/sim/
     demos: int  # recorded successful expert episodes
-    held_out: int  # of those, kept for replay evaluation only
     max_steps: int  # optimiser steps
     eval_episodes: int  # closed-loop episodes
+    held_out: int = 0  # of the demonstrations, kept for replay evaluation only (the demo)
     demo_steps: int | None = None  # env steps per recorded episode (None: the sim config's)
+    hold_steps: int | None = None  # end each bag this many steps after the first success (None: whole episodes)
     sim_overrides: list[str] = field(default_factory=list)
     gifs: int = 3
     action_noise_m: float = 0.0  # DART execution noise while recording (sim_tests.record.record_episode)
@@ -51,23 +51,22 @@ class TaskPlan:
     train_overrides: list[str] = field(default_factory=list)  # TrainConfig KEY=VALUE, e.g. augment.pose_noise_m=0.005
 
 
+RECIPES = CONFIGS / "sim" / "recipes"
+
+
+def load_recipe(path: str | Path) -> TaskPlan:
+    """A recipe YAML (a bare name means configs/sim/recipes/<name>.yaml); unknown keys fail with the nearest one."""
+    from vit_policy.config import read_yaml
+
+    path = Path(path)
+    if path.suffix not in (".yaml", ".yml") and not path.exists():
+        path = RECIPES / f"{path}.yaml"
+    return from_dict(TaskPlan, read_yaml(path), str(path))
+
+
 @dataclass
 class DemoPlan:
-    # Reach: short demonstrations (the expert arrives within ~7 steps) from many starts, as in
-    # sim_tests/conftest.py (measured 17-18/20 closed loop after 5000 steps; the demo trains longer).
-    tasks: list[TaskPlan] = field(default_factory=lambda: [
-        TaskPlan("FetchReach-v4", "fetch_reach.yaml", demos=300, held_out=5, max_steps=8000, eval_episodes=50, demo_steps=10,
-                 sim_overrides=["image_size=64", "target_marker_radius=0.05"],
-                 pretrain_resets=1000, pretrain_steps=4000, policy_overrides=["points=2", "encoder.freeze=all"]),
-        # Push: the README's FetchPush recipe, scaled down (150 DART demonstrations, 1000 pretraining resets):
-        # measured 17/20 alone (1 thread) and in a whole make demo (12/20 and 8/20 before delta actions and
-        # EE-frame points), against 1/20 from scratch on 100 demonstrations
-        TaskPlan("FetchPush-v4", "fetch_push.yaml", demos=150, held_out=5, max_steps=8000, eval_episodes=20,
-                 sim_overrides=["image_size=64", PUSH_CAMERAS], action_noise_m=0.01,
-                 pretrain_resets=1000, pretrain_steps=4000, pretrain_expert=0.5,
-                 policy_overrides=["points=3", "encoder.freeze=all", "image_tokens=false", "action_frame=delta", "points_frame=ee"],
-                 train_overrides=["augment.pose_noise_m=0.02"]),
-    ])
+    tasks: list[TaskPlan] = field(default_factory=lambda: [load_recipe("demo_reach"), load_recipe("demo_push")])
     batch_size: int = 32
     seed: int = 0
     policy_overrides: list[str] = field(default_factory=list)  # configs/sim/policy.yaml overrides, every task
@@ -101,7 +100,7 @@ def run_task(tp: TaskPlan, plan: DemoPlan, out: Path) -> dict[str, Any]:
 
     with tqdm(total=tp.demos, desc=f"record {tp.task}", unit="demo", dynamic_ncols=True) as bar:
         infos = record_demonstrations(record_sim, bag_dir, tp.demos, seed=plan.seed, progress=lambda _: bar.update(1),
-                                      action_noise_m=tp.action_noise_m)
+                                      action_noise_m=tp.action_noise_m, hold_steps=tp.hold_steps)
     bags = [bag_dir / i.bag for i in infos]
     train_bags, test_bags = bags[: len(bags) - tp.held_out], bags[len(bags) - tp.held_out :]
     row.update(demos=len(bags), train_bags=len(train_bags), held_out=len(test_bags), record_s=time.perf_counter() - t0)

@@ -68,6 +68,20 @@ def test_every_task_of_the_default_plan_builds_its_configs():
         check_plan(plan)
 
 
+def test_every_shipped_recipe_builds_its_configs_and_a_bad_key_is_named(tmp_path):
+    """configs/sim/recipes/*.yaml (the demo's and the benchmark's rows) load and build their configs."""
+    from sim_tests.demo import RECIPES, DemoPlan, check_plan, load_recipe
+    from vit_policy.config import ConfigError
+
+    recipes = sorted(RECIPES.glob("*.yaml"))
+    assert {"demo_reach", "demo_push", "reach_labels", "push_labels", "pick_labels"} <= {p.stem for p in recipes}
+    check_plan(DemoPlan(tasks=[load_recipe(p) for p in recipes]))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((RECIPES / "demo_reach.yaml").read_text().replace("pretrain_steps:", "pretrain_step:"))
+    with pytest.raises(ConfigError, match="pretrain_step.*pretrain_steps"):
+        load_recipe(bad)
+
+
 def test_demo_never_deletes_a_directory_it_did_not_write(tmp_path):
     from sim_tests.demo import run_demo
 
