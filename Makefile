@@ -38,8 +38,8 @@ demo: setup
 # against hangs, not speed: the Reach fixture (300 demonstrations recorded, 5000 training steps) alone
 # took 19 of one test's minutes on a slow 2-core host.
 test: setup
-	$(PY) -m pytest -q -ra --timeout=1200 tests
-	$(PY) -m pytest -q -raP --timeout=3600 sim_tests  # P: the closed-loop tests print their success counts
+	$(PY) -m pytest -q -ra --durations=15 --timeout=1200 tests
+	$(PY) -m pytest -q -raP --durations=15 --timeout=3600 sim_tests  # P: the closed-loop tests print their success counts
 
 test-fast: setup
 	$(PY) -m pytest -q -ra -m "not slow" tests

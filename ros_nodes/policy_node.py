@@ -52,6 +52,15 @@ DESCRIPTIONS = {
     "gripper_open": "summed gripper joint position when fully open",
     "diagnostics_rate_hz": "rate of /diagnostics (Hz)",
     "instruction": "task instruction for language-conditioned policies",
+    "topics.image": "image topic per policy camera ({camera}; '/compressed' appended with image_transport: compressed)",
+    "topics.ee_pose": "geometry_msgs/PoseStamped EE pose in base_frame (pose_source: pose)",
+    "topics.joint_states": "sensor_msgs/JointState with the gripper joints",
+    "topics.twist": "TwistStamped command (output_mode: twist)",
+    "topics.pose": "PoseStamped target (output_mode: pose)",
+    "topics.trajectory": "MultiDOFJointTrajectory of the remaining chunk (output_mode: trajectory)",
+    "topics.gripper": "Float64 gripper opening target in [0, 1]",
+    "topics.chunk": "the chunk followed, for monitoring (any output mode)",
+    "topics.diagnostics": "diagnostic_msgs/DiagnosticArray status",
     "runtime.control_rate_hz": "control ticks per second (Hz)",
     "runtime.sync_tolerance_s": "other cameras within this of the reference frame; the EE poses around a frame at most 2x this apart (s)",
     "runtime.max_age_s": "an input older than this at a tick is stale: stop (s)",
@@ -77,17 +86,53 @@ DESCRIPTIONS = {
 # --------------------------------------------------------------------------------------------------
 
 
-def parameter_defaults(cls: type = NodeConfig, prefix: str = "") -> dict[str, Any]:
-    """Flat dotted parameter names and defaults of a config dataclass (null becomes LATENCY_MEASURED)."""
+def parameter_fields(cls: type = NodeConfig, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """Flat dotted parameter names -> (type hint, default) of a config dataclass (null becomes LATENCY_MEASURED)."""
     hints = get_type_hints(cls)
-    out: dict[str, Any] = {}
+    out: dict[str, tuple[Any, Any]] = {}
     for f in dataclasses.fields(cls):
         value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
         if dataclasses.is_dataclass(hints[f.name]):
-            out.update(parameter_defaults(hints[f.name], f"{prefix}{f.name}."))
+            out.update(parameter_fields(hints[f.name], f"{prefix}{f.name}."))
         else:
-            out[f"{prefix}{f.name}"] = LATENCY_MEASURED if value is None else value
+            out[f"{prefix}{f.name}"] = (hints[f.name], LATENCY_MEASURED if value is None else value)
     return out
+
+
+def parameter_defaults() -> dict[str, Any]:
+    """Flat dotted parameter names and their defaults."""
+    return {name: default for name, (_, default) in parameter_fields().items()}
+
+
+def parameter_table() -> str:
+    """The README's parameter table (Markdown), made from NodeConfig and DESCRIPTIONS: written once."""
+    import typing
+
+    def type_name(hint: Any) -> str:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if typing.get_origin(hint) is typing.Literal:
+            return "string: " + ", ".join(f"`{a}`" for a in args)
+        if typing.get_origin(hint) is list:
+            return type_name(args[0]) + "[]"
+        if args:  # Optional[X]
+            return type_name(args[0])
+        return {str: "string", bool: "bool", int: "integer", float: "double"}[hint]
+
+    def shown(value: Any) -> str:
+        if isinstance(value, bool):
+            return f"`{str(value).lower()}`"
+        if value == "":
+            return "`''`"
+        if isinstance(value, list) and not value:
+            return '`[""]` (none)'
+        return f"`{value}`"
+
+    rows = ["| parameter | type | default | meaning |", "|---|---|---|---|"]
+    for name, (hint, default) in parameter_fields().items():
+        rows.append(f"| `{name}` | {type_name(hint)} | {shown(default)} | {DESCRIPTIONS[name]} |")
+    rows.insert(2 + list(DESCRIPTIONS).index("instruction") + 1,
+                "| `autostart` | bool | `true` | rclpy lifecycle node only: configure and activate at start-up |")
+    return "\n".join(rows)
 
 
 def config_from_parameters(params: dict[str, Any]) -> NodeConfig:
