@@ -61,7 +61,7 @@ POSE_NAMES = ["x", "y", "z", "qx", "qy", "qz", "qw"]
 STATE_NAMES = [*POSE_NAMES, "gripper"]
 IMAGE_PREFIX = "observation.images."
 VIDEO_CODECS = {"h264": "libx264", "av1": "libsvtav1"}
-VIDEO_PSNR_DB = 35.0  # the round trip's bound on marker frames (tests/test_lerobot.py): h264 crf 18, yuv420p
+VIDEO_PSNR_DB = 32.0  # the round trip's bound per frame (tests/test_lerobot.py): h264 crf 18, yuv420p, 24x32 marker frames
 CONVENTIONS = {
     "frame": "observation.state and action: EE position (m) in the robot base frame",
     "quaternion": "x, y, z, w (ROS / scipy order); observation.state's sign as recorded, action's canonical (w >= 0)",
@@ -108,14 +108,18 @@ def export_fps(data: DataConfig, fps: int | None) -> int:
 
 
 def thin_to_fps(stamps_ns: np.ndarray, fps: int) -> np.ndarray:
-    """Indices of the samples kept: per 1/fps tick from the first stamp, the one nearest the tick."""
+    """Indices of the samples kept: per 1/fps tick from the first stamp, the one nearest the tick, if it lies within
+    half a frame period of it (the camera's median period, or the tick's when the camera is slower)."""
+    stamps = np.asarray(stamps_ns, np.int64)
     period = 1e9 / fps
-    off = (np.asarray(stamps_ns, np.int64) - int(stamps_ns[0])).astype(np.float64)
+    off = (stamps - int(stamps[0])).astype(np.float64)
     tick = np.rint(off / period).astype(np.int64)
     err = np.abs(off - tick * period)
+    frame = float(np.median(np.diff(stamps))) if len(stamps) > 1 else period
+    tol = 0.5 * min(frame, period) + 1e3  # + 1 us: a stamp exactly halfway
     keep: dict[int, int] = {}
     for i, (t, e) in enumerate(zip(tick.tolist(), err.tolist())):
-        if t not in keep or e < err[keep[t]]:
+        if e <= tol and (t not in keep or e < err[keep[t]]):
             keep[t] = i
     return np.array(sorted(keep.values()), np.int64)
 
