@@ -15,6 +15,7 @@ arrival jitter, two cameras at 10 and 15 Hz, a 2 s pause that splits the bag int
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -228,3 +229,26 @@ def test_corrupt_dataset_names_the_file(exported: dict[str, Path], two_cams: Rea
     part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
     with pytest.raises(L.DatasetError, match=r"data/chunk-000/file-000.parquet cannot be read"):
         L.read_episodes(broken, data_config(two_cams), K, None)
+
+
+def test_command_labels_with_tf_pose_round_trip(tmp_path: Path) -> None:
+    """The real-robot config's path: TF pose, compressed frames, the recorded command as the action."""
+    from vit_policy.data.synthetic import GRIPPER_JOINTS, write_synthetic_bag
+
+    write_synthetic_bag(tmp_path / "bag", command=True, pose_source="tf", compressed=True, camera_hz=10.0, duration_s=2.0,
+                        image_size=(32, 32), seed=7)
+    data = DataConfig(cameras={"front": "/camera/front/image_raw/compressed"}, pose_topic=None, tf_base_frame="base_link",
+                      tf_ee_frame="ee_link", gripper=GripperConfig(topic="/joint_states", joints=list(GRIPPER_JOINTS), closed=0.0, open=0.08),
+                      command_topic="/expert/target_pose", command_gripper_topic="/expert/gripper", labels="command", control_rate_hz=10.0)
+    L.export_dataset([tmp_path / "bag"], data, tmp_path / "ds", progress=False)
+    info = json.loads((tmp_path / "ds/meta/info.json").read_text())
+    assert info["vit_policy"]["labels"] == "command" and "recorded command" in info["vit_policy"]["action"]
+    (want,) = extract_episodes(tmp_path / "bag", data, K, None)
+    (got,) = L.read_episodes(tmp_path / "ds", data, K, None)
+    np.testing.assert_array_equal(got.stamps_ns, want.stamps_ns)
+    np.testing.assert_array_equal(got.images["front"], want.images["front"])
+    np.testing.assert_array_equal(got.action_mask, want.action_mask)
+    np.testing.assert_allclose(got.action, want.action, atol=2e-6)
+    # the command leads the pose: its labels are not the future-pose labels, so the round trip kept which one
+    fut = extract_episodes(tmp_path / "bag", dataclasses.replace(data, labels="future_pose"), K, None)[0]
+    assert np.abs(fut.action[..., :3] - got.action[..., :3])[got.action_mask].max() > 1e-4

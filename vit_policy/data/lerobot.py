@@ -77,6 +77,16 @@ class DatasetError(ValueError):
     """A LeRobot dataset cannot be read or written as asked; the message names the path, the cause and the fix."""
 
 
+def _require() -> None:
+    """pyarrow and PyAV (the ``lerobot`` extra), or one clear error."""
+    import importlib.util
+
+    missing = [m for m in ("pyarrow", "av") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise DatasetError(f"LeRobot datasets need {' and '.join(missing)}, which are not installed; "
+                           "pip install 'vit_policy[lerobot]' (or pip install pyarrow av)")
+
+
 # --------------------------------------------------------------------------------------------------
 # Export
 # --------------------------------------------------------------------------------------------------
@@ -93,7 +103,7 @@ class ExportResult:
     fps: int = 0
     thinned: int = 0  # samples dropped to one per 1/fps tick
     undecodable: int = 0
-    seconds: dict[str, float] = field(default_factory=lambda: {"extract": 0.0, "decode": 0.0, "png": 0.0, "video": 0.0,
+    seconds: dict[str, float] = field(default_factory=lambda: {"check": 0.0, "extract": 0.0, "decode": 0.0, "png": 0.0, "video": 0.0,
                                                                "write": 0.0, "total": 0.0})
 
 
@@ -286,6 +296,7 @@ def export_dataset(
     ``fps`` (default data.control_rate_hz) sets the control period of the ``action`` labels and the
     dataset's frame rate. Raises BagError / ConfigError / FileExistsError naming the input to fix.
     """
+    _require()
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -300,11 +311,14 @@ def export_dataset(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"--out {str(out)!r} exists and is not empty; give a new directory (a dataset is written once)")
     data = dataclasses.replace(data, control_rate_hz=float(fps))  # the action is the target one frame (1/fps) ahead
+    t0 = time.perf_counter()
     check_bags(paths, data)
+    check_s = time.perf_counter() - t0
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     res = ExportResult(out=out, fps=fps, bag_bytes=sum(_bag_bytes(p) for p in paths))
+    res.seconds["check"] = check_s
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -574,6 +588,7 @@ def read_episodes(
     """
     from vit_policy.images import resize_uint8
 
+    _require()
     root = Path(root)
     info, pose, g_col, act_pose, act_cols, keys = _plan(root, data)
     feats = info["features"]
