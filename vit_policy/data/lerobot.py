@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -181,7 +181,7 @@ class _VideoWriter:
 
     def __init__(self, root: Path, key: str, fps: int, codec: str, crf: int) -> None:
         self.root, self.key, self.fps, self.codec, self.crf = root, key, fps, codec, crf
-        self.chunk, self.file, self.offset, self.bytes = 0, 0, 0.0, 0
+        self.chunk, self.file, self.offset, self.start, self.bytes = 0, 0, 0.0, 0.0, 0
         self.container: Any = None
         self.stream: Any = None
         self.seconds = 0.0
@@ -197,31 +197,36 @@ class _VideoWriter:
         s.time_base = Fraction(1, 1_000_000)
         s.codec_context.time_base = Fraction(1, 1_000_000)
         s.options = {"crf": str(self.crf), "g": "2", **({"bf": "0", "preset": "veryfast"} if self.codec == "h264" else {"preset": "12"})}
-        self.stream, self.offset, self.bytes = s, 0.0, 0
+        self.stream, self.bytes = s, 0
 
-    def add_episode(self, frames: Iterable[np.ndarray], timestamps: np.ndarray) -> dict[str, Any]:
-        """Encode one episode's frames; returns its ``videos/<key>/...`` episode columns."""
-        import av
-
-        t0 = time.perf_counter()
+    def begin_episode(self) -> None:
+        """Start an episode where the last one ended (a new file past video_files_size_in_mb)."""
         if self.container is not None and self.bytes >= VIDEO_FILE_MB * 2**20:
             self.close()
             self.chunk, self.file = (self.chunk + 1, 0) if self.file == CHUNKS_SIZE - 1 else (self.chunk, self.file + 1)
-        start = self.offset
-        for rgb, ts in zip(frames, timestamps.tolist()):
-            if self.container is None:
-                self._open(rgb.shape)
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-            frame.pts = int(round((start + ts) * 1_000_000))
-            frame.time_base = Fraction(1, 1_000_000)
-            for packet in self.stream.encode(frame):
-                self.bytes += packet.size
-                self.container.mux(packet)
-        end = start + float(timestamps[-1]) + 1.0 / self.fps
-        self.offset = end
+            self.offset = 0.0
+        self.start = self.offset
+
+    def add_frame(self, rgb: np.ndarray, ts: float) -> None:
+        """Encode one frame at ``ts`` seconds into the episode."""
+        import av
+
+        t0 = time.perf_counter()
+        if self.container is None:
+            self._open(rgb.shape)
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame.pts = int(round((self.start + ts) * 1_000_000))
+        frame.time_base = Fraction(1, 1_000_000)
+        for packet in self.stream.encode(frame):
+            self.bytes += packet.size
+            self.container.mux(packet)
         self.seconds += time.perf_counter() - t0
+
+    def end_episode(self, last_ts: float) -> dict[str, Any]:
+        """The episode's ``videos/<key>/...`` columns; the next one starts 1/fps after its last frame."""
+        self.offset = self.start + last_ts + 1.0 / self.fps
         return {f"videos/{self.key}/chunk_index": self.chunk, f"videos/{self.key}/file_index": self.file,
-                f"videos/{self.key}/from_timestamp": start, f"videos/{self.key}/to_timestamp": end}
+                f"videos/{self.key}/from_timestamp": self.start, f"videos/{self.key}/to_timestamp": self.offset}
 
     def close(self) -> None:
         if self.container is not None:
@@ -341,20 +346,49 @@ def export_dataset(
             for ep in eps:
                 keep = thin_to_fps(ep.stamps_ns, fps)
                 res.thinned += len(ep) - len(keep)
-                # decode, dropping a sample whose pixels cannot be decoded (as the training extraction does)
-                t0 = time.perf_counter()
-                rows, images = [], {c: [] for c in cams}
+                if bar is not None:
+                    bar.total += len(keep)
+                # one frame at a time: decoded, encoded (PNG or video) and released, so memory holds no episode of pixels
+                rows: list[int] = []
+                pngs: dict[str, list[dict[str, Any]]] = {c: [] for c in cams}
+                ep_index = len(episodes_rows)
                 for i in keep.tolist():
+                    t0 = time.perf_counter()
                     try:
                         frames = {c: ep.images[c][i].rgb() for c in cams}
-                    except MessageError as exc:
+                    except MessageError as exc:  # dropped, as the training extraction drops it
                         res.undecodable += 1
                         log.warning("bag %s: frame at %d ns dropped: %s", bag, int(ep.stamps_ns[i]), exc)
                         continue
-                    rows.append(i)
+                    finally:
+                        for c in cams:
+                            ep.images[c][i] = None  # the pixels go once no other sample holds the frame
+                        res.seconds["decode"] += time.perf_counter() - t0
+                    if features is None:
+                        features = _features({c: frames[c].shape for c in cams}, fps, video)
+                        schema = _arrow_schema(features)
+                        stats = {k: _RunningStats() for k in features}
+                        if video:
+                            videos = {c: _VideoWriter(tmp, IMAGE_PREFIX + c, fps, vcodec, crf) for c in cams}
+                    if not rows and video:
+                        for v in videos.values():
+                            v.begin_episode()
+                    ts_i = (int(ep.stamps_ns[i]) - int(ep.stamps_ns[rows[0] if rows else i])) / 1e9
                     for c in cams:
-                        images[c].append(frames[c])
-                res.seconds["decode"] += time.perf_counter() - t0
+                        want = tuple(features[IMAGE_PREFIX + c]["shape"])
+                        if frames[c].shape != want:
+                            raise DatasetError(f"bag {str(bag)!r}: camera {c!r} frames are {frames[c].shape}, earlier ones {want}; "
+                                               "a LeRobot image feature has one shape: export bags of one camera resolution together")
+                        stats[IMAGE_PREFIX + c].add(_pixel_sample(frames[c]))
+                        if video:
+                            videos[c].add_frame(frames[c], float(np.float32(ts_i)))
+                        else:
+                            t0 = time.perf_counter()
+                            pngs[c].append({"bytes": _png(frames[c]), "path": None})
+                            res.seconds["png"] += time.perf_counter() - t0
+                    rows.append(i)
+                    if bar is not None:
+                        bar.update(1)
                 if not rows:
                     continue
                 sel = np.array(rows, np.int64)
@@ -363,35 +397,16 @@ def export_dataset(
                 ts = ((stamps - stamps[0]) / 1e9).astype(np.float32)
                 state = np.concatenate([ep.position[sel], ep.quaternion[sel], np.asarray(ep.gripper, np.float64)[sel, None]], 1)
                 action = _absolute_action(ep)[sel]
-                if bar is not None:
-                    bar.total += n
-                if features is None:
-                    features = _features({c: images[c][0].shape for c in cams}, fps, video)
-                    schema = _arrow_schema(features)
-                    stats = {k: _RunningStats() for k in features}
-                    if video:
-                        videos = {c: _VideoWriter(tmp, IMAGE_PREFIX + c, fps, vcodec, crf) for c in cams}
+                meta: dict[str, Any] = {}
                 for c in cams:
-                    want = tuple(features[IMAGE_PREFIX + c]["shape"])
-                    if images[c][0].shape != want:
-                        raise DatasetError(f"bag {str(bag)!r}: camera {c!r} frames are {images[c][0].shape}, earlier ones {want}; "
-                                           "a LeRobot image feature has one shape: export bags of one camera resolution together")
-                ep_index = len(episodes_rows)
+                    if video:
+                        meta.update(videos[c].end_episode(float(ts[-1])))
                 cols: dict[str, Any] = {
                     "observation.state": state.astype(np.float32), "action": action.astype(np.float32), "stamp_ns": stamps,
                     "timestamp": ts, "frame_index": np.arange(n, dtype=np.int64), "episode_index": np.full(n, ep_index, np.int64),
                     "index": np.arange(index, index + n, dtype=np.int64), "task_index": np.zeros(n, np.int64),
                 }
-                meta: dict[str, Any] = {}
-                for c in cams:
-                    key = IMAGE_PREFIX + c
-                    stats[key].add(np.concatenate([_pixel_sample(im) for im in images[c]]))
-                    if video:
-                        meta.update(videos[c].add_episode(images[c], ts))
-                    else:
-                        t0 = time.perf_counter()
-                        cols[key] = [{"bytes": _png(im), "path": None} for im in images[c]]
-                        res.seconds["png"] += time.perf_counter() - t0
+                cols.update({IMAGE_PREFIX + c: pngs[c] for c in cams if not video})
                 for k, v in cols.items():
                     if not k.startswith(IMAGE_PREFIX):
                         stats[k].add(np.asarray(v))
@@ -425,8 +440,6 @@ def export_dataset(
                 })
                 index += n
                 res.frames += n
-                if bar is not None:
-                    bar.update(n)
         if not episodes_rows or features is None:
             raise DatasetError(f"bags {[str(p) for p in paths]}: no frame could be exported (every frame failed to decode)")
         t0 = time.perf_counter()
