@@ -252,3 +252,18 @@ def test_command_labels_with_tf_pose_round_trip(tmp_path: Path) -> None:
     # the command leads the pose: its labels are not the future-pose labels, so the round trip kept which one
     fut = extract_episodes(tmp_path / "bag", dataclasses.replace(data, labels="future_pose"), K, None)[0]
     assert np.abs(fut.action[..., :3] - got.action[..., :3])[got.action_mask].max() > 1e-4
+
+
+def test_hub_dataset_offline_says_how_to_get_it(two_cams: RealtimeBag, tmp_path: Path) -> None:
+    cfg = tiny_train_config(tmp_path / "unused", tmp_path, data_config(two_cams))
+    cfg.bags = ["hf://datasets/someone/not_here_xyz"]
+    cfg_path = tmp_path / "train.yaml"
+    cfg_path.write_text(yaml.safe_dump(to_dict(cfg)))
+    import os
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # this machine has no hub anyway
+    res = subprocess.run([sys.executable, "-m", "vit_policy.cli", "train", "--config", str(cfg_path)], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    err = res.stderr.strip().splitlines()[-1]
+    assert "hf://datasets/someone/not_here_xyz" in err and "huggingface-cli download --repo-type dataset someone/not_here_xyz" in err

@@ -88,9 +88,17 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def expand_bags(patterns: list[str], field_name: str = "bags") -> list[Path]:
-    """Bag paths from paths or glob patterns, in sorted order; a pattern matching nothing is an error."""
+    """Bag paths from paths or glob patterns, in sorted order; a pattern matching nothing is an error.
+
+    ``hf://datasets/<org>/<name>`` is a LeRobot dataset on the Hugging Face hub: its local snapshot (downloaded once).
+    """
+    from vit_policy.data.lerobot import HUB_PREFIX, from_hub
+
     out: list[Path] = []
     for pat in patterns:
+        if pat.startswith(HUB_PREFIX):  # a LeRobot dataset on the hub (users who are online)
+            out.append(from_hub(pat))
+            continue
         hits = sorted(glob.glob(os.path.expanduser(pat))) if glob.has_magic(pat) else [os.path.expanduser(pat)]
         if not hits or not Path(hits[0]).exists():
             raise FileNotFoundError(f"{field_name}: {pat!r} matches no bag (give rosbag2 directories, .db3/.mcap files or a glob)")

@@ -497,6 +497,24 @@ def _write_meta(root: Path, features: dict[str, dict[str, Any]], fps: int, video
 # --------------------------------------------------------------------------------------------------
 
 
+HUB_PREFIX = "hf://datasets/"
+
+
+def from_hub(uri: str) -> Path:
+    """``hf://datasets/<org>/<name>[@revision]``: the dataset's local snapshot, downloaded (once) into the Hugging Face cache."""
+    repo, _, revision = uri[len(HUB_PREFIX):].partition("@")
+    if repo.count("/") != 1:
+        raise DatasetError(f"{uri!r} is not hf://datasets/<org>/<name>[@revision]; give e.g. hf://datasets/lerobot/pusht")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id=repo, repo_type="dataset", revision=revision or None))
+    except Exception as exc:  # offline, unknown repo, no permission: one line with the way round it
+        raise DatasetError(f"LeRobot dataset {uri!r} cannot be downloaded from the Hugging Face hub: {type(exc).__name__}: "
+                           f"{' '.join(str(exc).split())[:300]}; on a machine that is online run huggingface-cli download "
+                           f"--repo-type dataset {repo} --local-dir DIR, then give DIR") from None
+
+
 def is_dataset(path: str | Path) -> bool:
     """A LeRobot dataset directory (it has meta/info.json), as opposed to a rosbag2 bag."""
     return (Path(path) / "meta" / "info.json").is_file()
