@@ -267,3 +267,14 @@ def test_hub_dataset_offline_says_how_to_get_it(two_cams: RealtimeBag, tmp_path:
     assert res.returncode == 2, res.stderr[-2000:]
     err = res.stderr.strip().splitlines()[-1]
     assert "hf://datasets/someone/not_here_xyz" in err and "huggingface-cli download --repo-type dataset someone/not_here_xyz" in err
+
+
+def test_thinning_keeps_the_frame_nearest_each_tick_and_a_missing_tick_ends_a_run() -> None:
+    ms = 1_000_000
+    t0 = 1_718_000_000_000_000_000
+    # 30 Hz with 2 ms jitter, then frames 8 and 9 (t = 267, 300 ms) lost: the 300 ms tick has no frame
+    stamps = t0 + np.array([0, 33, 67, 100, 133, 167, 200, 233, 367, 400, 433, 467, 500], np.int64) * ms + np.array(
+        [0, 1, -2, 2, 0, -1, -2, 1, 2, -1, 0, 2, 1]) * ms
+    runs = L.thin_to_fps(stamps, 10)
+    assert [r.tolist() for r in runs] == [[0, 3, 6], [9, 12]]  # 0, 100, 200 ms | 400, 500 ms (the 300 ms tick: none)
+    assert [r.tolist() for r in L.thin_to_fps(stamps[:8], 30)] == [list(range(8))]  # at the camera's rate: every frame

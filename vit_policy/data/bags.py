@@ -48,7 +48,7 @@ class Episode:
 
     source: str
     stamps_ns: np.ndarray  # (T,) int64 observation stamps (the pose's)
-    images: dict[str, np.ndarray]  # camera -> (T, H, W, 3) uint8 RGB
+    images: dict[str, np.ndarray]  # camera -> (T, H, W, 3) uint8 RGB (a list of T undecoded Frames with decode=False)
     position: np.ndarray  # (T, 3)
     quaternion: np.ndarray  # (T, 4) x, y, z, w
     gripper: np.ndarray  # (T,) in [0, 1]

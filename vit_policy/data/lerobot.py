@@ -19,7 +19,9 @@ future pose with ``labels: future_pose``), ``stamp_ns`` (the observation's ROS s
 
 One episode per bag segment (a bag split at gaps longer than ``data.gap_split_s``). The dataset's fps
 is the control rate: frames faster than it are thinned to the one nearest each 1/fps tick, so LeRobot's
-index offsets (``delta_timestamps``) step by one control period; ``timestamp`` stays the real stamp.
+index offsets (``delta_timestamps``, a policy's action chunk) step by one control period; a tick with no
+frame (a dropped or undecodable frame) ends the episode there, since LeRobot takes frame k + j to be j/fps
+after frame k (and its video decoder maps a timestamp to a frame index). ``timestamp`` stays the real stamp.
 
 Reading (:func:`read_episodes`, used by ``vit-policy train`` for a dataset directory among ``bags``)
 maps ``data.cameras`` to image features and needs an EE pose in ``observation.state``; the K-step
@@ -67,7 +69,8 @@ CONVENTIONS = {
     "quaternion": "x, y, z, w (ROS / scipy order); observation.state's sign as recorded, action's canonical (w >= 0)",
     "gripper": "opening in [0, 1] (0 closed, 1 open), from data.gripper",
     "timestamp": "seconds since the episode's first observation stamp: the reference camera frame's exposure stamp "
-                 "(stamp_ns, ROS time ns); the pose and gripper are interpolated at it",
+                 "(stamp_ns, ROS time ns); the pose and gripper are interpolated at it. Frames lie within half a frame of "
+                 "the 1/fps ticks (faster cameras thinned); a tick without a frame ends the episode",
     "action": "target EE pose and gripper at timestamp + 1/fps: the recorded command (data.labels: command) or the "
               "EE pose interpolated there (data.labels: future_pose); absolute, in the base frame",
 }
@@ -102,6 +105,7 @@ class ExportResult:
     bag_bytes: int = 0
     fps: int = 0
     thinned: int = 0  # samples dropped to one per 1/fps tick
+    holes: int = 0  # ticks without a frame inside a bag segment: each ends an episode
     undecodable: int = 0
     seconds: dict[str, float] = field(default_factory=lambda: {"check": 0.0, "extract": 0.0, "decode": 0.0, "png": 0.0, "video": 0.0,
                                                                "write": 0.0, "total": 0.0})
@@ -117,9 +121,10 @@ def export_fps(data: DataConfig, fps: int | None) -> int:
     return int(round(rate))
 
 
-def thin_to_fps(stamps_ns: np.ndarray, fps: int) -> np.ndarray:
-    """Indices of the samples kept: per 1/fps tick from the first stamp, the one nearest the tick, if it lies within
-    half a frame period of it (the camera's median period, or the tick's when the camera is slower)."""
+def thin_to_fps(stamps_ns: np.ndarray, fps: int) -> list[np.ndarray]:
+    """Indices of the samples kept, as runs of consecutive 1/fps ticks from the first stamp: per tick the sample
+    nearest it, if within half a frame period (the camera's median period, or the tick's when the camera is
+    slower). A tick without one (a dropped frame) ends a run: LeRobot takes frame k + j as j/fps later."""
     stamps = np.asarray(stamps_ns, np.int64)
     period = 1e9 / fps
     off = (stamps - int(stamps[0])).astype(np.float64)
@@ -131,7 +136,9 @@ def thin_to_fps(stamps_ns: np.ndarray, fps: int) -> np.ndarray:
     for i, (t, e) in enumerate(zip(tick.tolist(), err.tolist())):
         if e <= tol and (t not in keep or e < err[keep[t]]):
             keep[t] = i
-    return np.array(sorted(keep.values()), np.int64)
+    ticks = np.array(sorted(keep), np.int64)
+    kept = np.array([keep[t] for t in ticks.tolist()], np.int64)
+    return np.split(kept, np.flatnonzero(np.diff(ticks) != 1) + 1)
 
 
 def _absolute_action(ep: Episode) -> np.ndarray:
@@ -224,7 +231,7 @@ class _VideoWriter:
 
     def end_episode(self, last_ts: float) -> dict[str, Any]:
         """The episode's ``videos/<key>/...`` columns; the next one starts 1/fps after its last frame."""
-        self.offset = self.start + last_ts + 1.0 / self.fps
+        self.offset = self.start + round(last_ts * self.fps + 1.0) / self.fps  # the next start stays on the 1/fps grid
         return {f"videos/{self.key}/chunk_index": self.chunk, f"videos/{self.key}/file_index": self.file,
                 f"videos/{self.key}/from_timestamp": self.start, f"videos/{self.key}/to_timestamp": self.offset}
 
@@ -338,108 +345,118 @@ def export_dataset(
     episodes_rows: list[dict[str, Any]] = []
     index = 0
     cams = list(data.cameras)
+    def flush(bag: Path, ep: Episode, rows: list[int], pngs: dict[str, list[dict[str, Any]]]) -> None:
+        """Write one episode's rows (the frames are encoded already)."""
+        nonlocal writer, data_bytes, data_file, index
+        if not rows:
+            return
+        ep_index = len(episodes_rows)
+        sel = np.array(rows, np.int64)
+        n = len(sel)
+        stamps = np.asarray(ep.stamps_ns, np.int64)[sel]
+        ts = ((stamps - stamps[0]) / 1e9).astype(np.float32)
+        state = np.concatenate([ep.position[sel], ep.quaternion[sel], np.asarray(ep.gripper, np.float64)[sel, None]], 1)
+        action = _absolute_action(ep)[sel]
+        meta: dict[str, Any] = {}
+        for c in cams:
+            if video:
+                meta.update(videos[c].end_episode(float(ts[-1])))
+        cols: dict[str, Any] = {
+            "observation.state": state.astype(np.float32), "action": action.astype(np.float32), "stamp_ns": stamps,
+            "timestamp": ts, "frame_index": np.arange(n, dtype=np.int64), "episode_index": np.full(n, ep_index, np.int64),
+            "index": np.arange(index, index + n, dtype=np.int64), "task_index": np.zeros(n, np.int64),
+        }
+        cols.update({IMAGE_PREFIX + c: pngs[c] for c in cams if not video})
+        for k, v in cols.items():
+            if not k.startswith(IMAGE_PREFIX):
+                stats[k].add(np.asarray(v))
+        t0 = time.perf_counter()
+        arrays = []
+        for f in schema:
+            v = cols[f.name]
+            if pa.types.is_fixed_size_list(f.type):
+                arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(v).ravel()), f.type.list_size))
+            else:
+                arrays.append(pa.array(v, f.type))
+        table = pa.Table.from_arrays(arrays, schema=schema)
+        if writer is not None and data_bytes >= DATA_FILE_MB * 2**20:
+            writer.close()
+            writer, data_bytes = None, 0
+            c_i, f_i = data_file
+            data_file = (c_i + 1, 0) if f_i == CHUNKS_SIZE - 1 else (c_i, f_i + 1)
+        if writer is None:
+            path = tmp / DATA_PATH.format(chunk_index=data_file[0], file_index=data_file[1])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            writer = pq.ParquetWriter(path, schema, compression="snappy")
+        writer.write_table(table)
+        data_bytes += table.nbytes
+        res.seconds["write"] += time.perf_counter() - t0
+        episodes_rows.append({
+            "episode_index": ep_index, "tasks": [task], "length": n,
+            "data/chunk_index": data_file[0], "data/file_index": data_file[1],
+            "dataset_from_index": index, "dataset_to_index": index + n, **meta,
+            "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0,
+            "source": str(bag), "start_stamp_ns": int(stamps[0]),
+        })
+        index += n
+        res.frames += n
+
     try:
         for bag in paths:
             t0 = time.perf_counter()
             eps = extract_episodes(bag, data, 1, None, decode=False)
             res.seconds["extract"] += time.perf_counter() - t0
             for ep in eps:
-                keep = thin_to_fps(ep.stamps_ns, fps)
-                res.thinned += len(ep) - len(keep)
+                runs = thin_to_fps(ep.stamps_ns, fps)
+                kept = sum(len(r) for r in runs)
+                res.thinned += len(ep) - kept
+                res.holes += len(runs) - 1
                 if bar is not None:
-                    bar.total += len(keep)
+                    bar.total += kept
                 # one frame at a time: decoded, encoded (PNG or video) and released, so memory holds no episode of pixels
-                rows: list[int] = []
-                pngs: dict[str, list[dict[str, Any]]] = {c: [] for c in cams}
-                ep_index = len(episodes_rows)
-                for i in keep.tolist():
-                    t0 = time.perf_counter()
-                    try:
-                        frames = {c: ep.images[c][i].rgb() for c in cams}
-                    except MessageError as exc:  # dropped, as the training extraction drops it
-                        res.undecodable += 1
-                        log.warning("bag %s: frame at %d ns dropped: %s", bag, int(ep.stamps_ns[i]), exc)
-                        continue
-                    finally:
+                for run in runs:
+                    rows: list[int] = []
+                    pngs: dict[str, list[dict[str, Any]]] = {c: [] for c in cams}
+                    for i in run.tolist():
+                        t0 = time.perf_counter()
+                        try:
+                            frames = {c: ep.images[c][i].rgb() for c in cams}
+                        except MessageError as exc:  # dropped, as the training extraction drops it: a hole, the episode ends
+                            res.undecodable += 1
+                            log.warning("bag %s: frame at %d ns dropped: %s", bag, int(ep.stamps_ns[i]), exc)
+                            flush(bag, ep, rows, pngs)
+                            rows, pngs = [], {c: [] for c in cams}
+                            continue
+                        finally:
+                            for c in cams:
+                                ep.images[c][i] = None  # the pixels go once no other sample holds the frame
+                            res.seconds["decode"] += time.perf_counter() - t0
+                        if features is None:
+                            features = _features({c: frames[c].shape for c in cams}, fps, video)
+                            schema = _arrow_schema(features)
+                            stats = {k: _RunningStats() for k in features}
+                            if video:
+                                videos = {c: _VideoWriter(tmp, IMAGE_PREFIX + c, fps, vcodec, crf) for c in cams}
+                        if not rows and video:
+                            for v in videos.values():
+                                v.begin_episode()
+                        ts_i = (int(ep.stamps_ns[i]) - int(ep.stamps_ns[rows[0] if rows else i])) / 1e9
                         for c in cams:
-                            ep.images[c][i] = None  # the pixels go once no other sample holds the frame
-                        res.seconds["decode"] += time.perf_counter() - t0
-                    if features is None:
-                        features = _features({c: frames[c].shape for c in cams}, fps, video)
-                        schema = _arrow_schema(features)
-                        stats = {k: _RunningStats() for k in features}
-                        if video:
-                            videos = {c: _VideoWriter(tmp, IMAGE_PREFIX + c, fps, vcodec, crf) for c in cams}
-                    if not rows and video:
-                        for v in videos.values():
-                            v.begin_episode()
-                    ts_i = (int(ep.stamps_ns[i]) - int(ep.stamps_ns[rows[0] if rows else i])) / 1e9
-                    for c in cams:
-                        want = tuple(features[IMAGE_PREFIX + c]["shape"])
-                        if frames[c].shape != want:
-                            raise DatasetError(f"bag {str(bag)!r}: camera {c!r} frames are {frames[c].shape}, earlier ones {want}; "
-                                               "a LeRobot image feature has one shape: export bags of one camera resolution together")
-                        stats[IMAGE_PREFIX + c].add(_pixel_sample(frames[c]))
-                        if video:
-                            videos[c].add_frame(frames[c], float(np.float32(ts_i)))
-                        else:
-                            t0 = time.perf_counter()
-                            pngs[c].append({"bytes": _png(frames[c]), "path": None})
-                            res.seconds["png"] += time.perf_counter() - t0
-                    rows.append(i)
-                    if bar is not None:
-                        bar.update(1)
-                if not rows:
-                    continue
-                sel = np.array(rows, np.int64)
-                n = len(sel)
-                stamps = np.asarray(ep.stamps_ns, np.int64)[sel]
-                ts = ((stamps - stamps[0]) / 1e9).astype(np.float32)
-                state = np.concatenate([ep.position[sel], ep.quaternion[sel], np.asarray(ep.gripper, np.float64)[sel, None]], 1)
-                action = _absolute_action(ep)[sel]
-                meta: dict[str, Any] = {}
-                for c in cams:
-                    if video:
-                        meta.update(videos[c].end_episode(float(ts[-1])))
-                cols: dict[str, Any] = {
-                    "observation.state": state.astype(np.float32), "action": action.astype(np.float32), "stamp_ns": stamps,
-                    "timestamp": ts, "frame_index": np.arange(n, dtype=np.int64), "episode_index": np.full(n, ep_index, np.int64),
-                    "index": np.arange(index, index + n, dtype=np.int64), "task_index": np.zeros(n, np.int64),
-                }
-                cols.update({IMAGE_PREFIX + c: pngs[c] for c in cams if not video})
-                for k, v in cols.items():
-                    if not k.startswith(IMAGE_PREFIX):
-                        stats[k].add(np.asarray(v))
-                t0 = time.perf_counter()
-                arrays = []
-                for f in schema:
-                    v = cols[f.name]
-                    if pa.types.is_fixed_size_list(f.type):
-                        arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(v).ravel()), f.type.list_size))
-                    else:
-                        arrays.append(pa.array(v, f.type))
-                table = pa.Table.from_arrays(arrays, schema=schema)
-                if writer is not None and data_bytes >= DATA_FILE_MB * 2**20:
-                    writer.close()
-                    writer, data_bytes = None, 0
-                    c_i, f_i = data_file
-                    data_file = (c_i + 1, 0) if f_i == CHUNKS_SIZE - 1 else (c_i, f_i + 1)
-                if writer is None:
-                    path = tmp / DATA_PATH.format(chunk_index=data_file[0], file_index=data_file[1])
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    writer = pq.ParquetWriter(path, schema, compression="snappy")
-                writer.write_table(table)
-                data_bytes += table.nbytes
-                res.seconds["write"] += time.perf_counter() - t0
-                episodes_rows.append({
-                    "episode_index": ep_index, "tasks": [task], "length": n,
-                    "data/chunk_index": data_file[0], "data/file_index": data_file[1],
-                    "dataset_from_index": index, "dataset_to_index": index + n, **meta,
-                    "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0,
-                    "source": str(bag), "start_stamp_ns": int(stamps[0]),
-                })
-                index += n
-                res.frames += n
+                            want = tuple(features[IMAGE_PREFIX + c]["shape"])
+                            if frames[c].shape != want:
+                                raise DatasetError(f"bag {str(bag)!r}: camera {c!r} frames are {frames[c].shape}, earlier ones {want}; "
+                                                   "a LeRobot image feature has one shape: export bags of one camera resolution together")
+                            stats[IMAGE_PREFIX + c].add(_pixel_sample(frames[c]))
+                            if video:
+                                videos[c].add_frame(frames[c], float(np.float32(ts_i)))
+                            else:
+                                t0 = time.perf_counter()
+                                pngs[c].append({"bytes": _png(frames[c]), "path": None})
+                                res.seconds["png"] += time.perf_counter() - t0
+                        rows.append(i)
+                        if bar is not None:
+                            bar.update(1)
+                    flush(bag, ep, rows, pngs)
         if not episodes_rows or features is None:
             raise DatasetError(f"bags {[str(p) for p in paths]}: no frame could be exported (every frame failed to decode)")
         t0 = time.perf_counter()
