@@ -757,7 +757,8 @@ def cli_export(args: Any) -> int:
     mb = res.bag_bytes / 2**20
     s = res.seconds
     print(f"wrote {res.out}: {res.episodes} episode(s), {res.frames} frames at {res.fps} fps "
-          f"({res.thinned} thinned to 1/fps, {res.undecodable} undecodable) from {mb:.1f} MB of bags in {s['total']:.1f} s "
+          f"({res.thinned} thinned to 1/fps; {res.holes} ticks without a frame and {res.undecodable} undecodable frames, each ending "
+          f"an episode) from {mb:.1f} MB of bags in {s['total']:.1f} s "
           f"({mb / max(s['total'], 1e-9):.1f} MB/s, {res.frames / max(s['total'], 1e-9):.0f} frames/s; "
           f"video encoding {s['video']:.1f} s, PNG {s['png']:.1f} s)")
     return 0
