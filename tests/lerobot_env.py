@@ -8,7 +8,7 @@ torchcodec (torchvision's VideoReader is gone from torchvision 0.24+); torchcode
 shared libraries, taken from the PyAV wheel (``av.libs``) under their plain sonames.
 
     python tests/lerobot_env.py            # build (or reuse) ~/.cache/vit_policy/lerobot-0.4.4, print its env
-    python tests/lerobot_env.py --check DATASET_DIR OUT.npz   # what lerobot reads from a dataset
+    python tests/lerobot_env.py --check DATASET_DIR OUT.npz [K]   # what lerobot reads from a dataset (+ K-frame action chunks)
 
 Builds in about a minute from a PyPI mirror (119 MB); a built directory is reused.
 """
@@ -91,14 +91,20 @@ def build(target: Path = DEFAULT_DIR) -> dict[str, str]:
     return env
 
 
-def check(dataset: str, out: str) -> None:
-    """Load ``dataset`` with lerobot's own LeRobotDataset and save every item's tensors (run inside the lerobot env)."""
+def check(dataset: str, out: str, chunk: int = 0) -> None:
+    """Load ``dataset`` with lerobot's own LeRobotDataset and save every item's tensors (run inside the lerobot env);
+    with ``chunk`` K also each item's action chunk as a lerobot policy gets it (``delta_timestamps``: K frames)."""
     import numpy as np
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     ds = LeRobotDataset("local/vit_policy_export", root=dataset)
     items = [ds[i] for i in range(len(ds))]
     arrays = {k: np.stack([np.asarray(it[k]) for it in items]) for k in items[0] if k != "task"}
+    if chunk:
+        chunked = LeRobotDataset("local/vit_policy_export", root=dataset, delta_timestamps={"action": [k / ds.fps for k in range(chunk)]})
+        got = [chunked[i] for i in range(len(chunked))]
+        arrays["chunk_action"] = np.stack([np.asarray(it["action"]) for it in got])
+        arrays["chunk_is_pad"] = np.stack([np.asarray(it["action_is_pad"]) for it in got])
     arrays["fps"] = np.asarray(ds.fps)
     arrays["num_episodes"] = np.asarray(ds.num_episodes)
     arrays["video_backend"] = np.asarray(ds.video_backend if ds.meta.video_keys else "")
@@ -107,8 +113,8 @@ def check(dataset: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--check":
-        check(sys.argv[2], sys.argv[3])
+    if len(sys.argv) in (4, 5) and sys.argv[1] == "--check":
+        check(sys.argv[2], sys.argv[3], int(sys.argv[4]) if len(sys.argv) == 5 else 0)
     else:
         try:
             e = build()

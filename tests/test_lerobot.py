@@ -9,7 +9,8 @@ arrival jitter, two cameras at 10 and 15 Hz, a 2 s pause that splits the bag int
 * Video (H.264, yuv420p, crf 18): the same samples; every frame within VIDEO_PSNR_DB of the bag's.
 * A 30 Hz camera exported at 10 fps keeps one frame per 100 ms tick, each the direct extraction's.
 * lerobot 0.4.4's LeRobotDataset (built beside this venv by tests/lerobot_env.py) loads both exports,
-  and its frames, states and actions match the bag's.
+  its frames, states and actions match the bag's, and its K-frame action chunks (delta_timestamps) are
+  the extraction's K-step labels and masks.
 * train reads an exported directory; a dataset without an EE pose is refused naming what is missing.
 """
 
@@ -30,6 +31,7 @@ from realtime_bags import CameraSpec, RealtimeBag, Scenario, write_scenario
 from vit_policy.config import DataConfig, EncoderConfig, GripperConfig, PolicyConfig, TrainConfig, to_dict
 from vit_policy.data import lerobot as L
 from vit_policy.data.bags import extract_episodes
+from vit_policy.geometry import pose_delta, rotvec_to_rot6d
 
 REPO = Path(__file__).resolve().parent.parent
 K = 5
@@ -148,7 +150,7 @@ def lerobot_env() -> dict[str, str]:
 def test_lerobot_loads_the_export(two_cams: RealtimeBag, exported: dict[str, Path], lerobot_env: dict[str, str], kind: str,
                                   tmp_path: Path) -> None:
     out = tmp_path / "items.npz"
-    res = subprocess.run([sys.executable, str(REPO / "tests/lerobot_env.py"), "--check", str(exported[kind]), str(out)],
+    res = subprocess.run([sys.executable, str(REPO / "tests/lerobot_env.py"), "--check", str(exported[kind]), str(out), str(K)],
                          env=lerobot_env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     got = np.load(out)
@@ -169,6 +171,15 @@ def test_lerobot_loads_the_export(two_cams: RealtimeBag, exported: dict[str, Pat
             np.testing.assert_array_equal(frames, bag_frames)
         else:
             assert min(psnr(a, b) for a, b in zip(frames, bag_frames)) >= L.VIDEO_PSNR_DB
+    # a lerobot policy's K-step action chunk (delta_timestamps of K frames) is this policy's K-step label
+    labels = extract_episodes(two_cams.path, data, K, None)
+    chunk, pad = got["chunk_action"].astype(np.float64), got["chunk_is_pad"]
+    pos, quat = np.repeat(state[:, :3], K, 0), np.repeat(state[:, 3:7], K, 0)
+    dp, dr = pose_delta(pos, quat, chunk[..., :3].reshape(-1, 3), chunk[..., 3:7].reshape(-1, 4))
+    as_labels = np.concatenate([dp, rotvec_to_rot6d(dr), chunk[..., 7].reshape(-1, 1)], 1).reshape(-1, K, 10)
+    mask = np.concatenate([e.action_mask for e in labels])
+    np.testing.assert_array_equal(~pad, mask)
+    np.testing.assert_allclose(as_labels[mask], np.concatenate([e.action for e in labels])[mask], atol=1e-5)
 
 
 def tiny_train_config(dataset: Path, tmp: Path, data: DataConfig) -> TrainConfig:
