@@ -473,8 +473,12 @@ def export_dataset(
             out.rmdir()
         tmp.replace(out)
     except BaseException:
-        if writer is not None:
-            writer.close()
+        for closable in [writer, *videos.values()]:
+            try:
+                if closable is not None:
+                    closable.close()
+            except Exception:  # the first error is the one to report
+                pass
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
