@@ -77,6 +77,8 @@ setup(
         "dds": ["cyclonedds>=0.10.5"],
         "sim": ["mujoco>=3.1,<3.4", "gymnasium-robotics==1.4.2", "imageio>=2.30"],
         "dev": ["pytest>=7", "pytest-timeout>=2", "cyclonedds>=0.10.5"],
+        # LeRobotDataset v3 export / read (vit_policy/data/lerobot.py): parquet and video, without lerobot itself
+        "lerobot": ["pyarrow>=14", "av>=12"],
         # ROS 2 from pip (Kilted wheels, Fast DDS) for machines WITHOUT a ROS install: rclpy and the message
         # packages the node imports. Skip it where /opt/ros is sourced: it would shadow the distro's rclpy.
         "ros": ROS_WHEELS,

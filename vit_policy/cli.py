@@ -82,7 +82,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
         return cmd_train(args)
 
-    p = sub.add_parser("train", help="train a policy on rosbag2 demonstrations (under torchrun for several processes)")
+    p = sub.add_parser("train", help="train a policy on rosbag2 demonstrations or LeRobotDataset v3 directories (under torchrun for several processes)")
     p.add_argument("--config", required=True, help="training YAML, e.g. configs/train/sim_fetch.yaml")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0: torch's default)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=5 policy.chunk_size=10")
@@ -141,10 +141,38 @@ def add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# export-dataset: rosbag2 -> LeRobotDataset v3 (vit_policy/data/lerobot.py)
+# --------------------------------------------------------------------------------------------------
+
+
+def cmd_export_dataset(args: argparse.Namespace) -> int:
+    from vit_policy.data.lerobot import cli_export
+
+    return cli_export(args)
+
+
+def add_export_dataset(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export-dataset", help="rosbag2 recordings -> a LeRobotDataset v3 directory, through the training extraction "
+                       "(inspect's checks first)")
+    p.add_argument("--bags", nargs="+", required=True, metavar="PATH", help="rosbag2 recordings (directories, .db3/.mcap files or globs)")
+    p.add_argument("--data-config", metavar="YAML", help="train config (its data: section) or data YAML with the bags' topics")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="data config override, e.g. labels=command (repeatable)")
+    p.add_argument("--out", required=True, metavar="DIR", help="new dataset directory")
+    p.add_argument("--fps", type=int, default=None, help="frames per second and action period (default: data.control_rate_hz)")
+    p.add_argument("--video", action="store_true", help="one video per camera (lossy) instead of PNG frames in the parquet (lossless)")
+    p.add_argument("--vcodec", choices=["h264", "av1"], default="h264", help="video codec with --video (default h264)")
+    p.add_argument("--crf", type=int, default=18, help="video quality with --video: lower is better and larger (default 18)")
+    p.add_argument("--task", default="demonstration", help="the episodes' task description (meta/tasks.parquet)")
+    p.add_argument("--robot-type", default=None, help="info.json robot_type")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_export_dataset)
+
+
+# --------------------------------------------------------------------------------------------------
 # Registration: the core's subcommands here, the other packages' through entry points
 # --------------------------------------------------------------------------------------------------
 
-REGISTER = [add_policy_demo, add_train, add_replay, add_inspect]
+REGISTER = [add_policy_demo, add_train, add_replay, add_inspect, add_export_dataset]
 COMMANDS_GROUP = "vit_policy.commands"
 
 
@@ -176,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 USER_ERRORS = {
     "vit_policy.config.ConfigError", "vit_policy.data.bags.BagError", "vit_policy.model.encoders.WeightsError",
     "vit_policy.messages.MessageError", "vit_policy.images.ImageEncodingError", "vit_policy.geometry.PoseError",
-    "vit_policy.observation.ObservationError",
+    "vit_policy.observation.ObservationError", "vit_policy.data.lerobot.DatasetError",
 }
 # Paths given on the command line (a missing bag or checkpoint, an output that exists, a file where a directory belongs)
 USER_OS_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)

@@ -88,9 +88,17 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def expand_bags(patterns: list[str], field_name: str = "bags") -> list[Path]:
-    """Bag paths from paths or glob patterns, in sorted order; a pattern matching nothing is an error."""
+    """Bag paths from paths or glob patterns, in sorted order; a pattern matching nothing is an error.
+
+    ``hf://datasets/<org>/<name>`` is a LeRobot dataset on the Hugging Face hub: its local snapshot (downloaded once).
+    """
+    from vit_policy.data.lerobot import HUB_PREFIX, from_hub
+
     out: list[Path] = []
     for pat in patterns:
+        if pat.startswith(HUB_PREFIX):  # a LeRobot dataset on the hub (users who are online)
+            out.append(from_hub(pat))
+            continue
         hits = sorted(glob.glob(os.path.expanduser(pat))) if glob.has_magic(pat) else [os.path.expanduser(pat)]
         if not hits or not Path(hits[0]).exists():
             raise FileNotFoundError(f"{field_name}: {pat!r} matches no bag (give rosbag2 directories, .db3/.mcap files or a glob)")
@@ -244,8 +252,16 @@ def load_episodes(cfg: TrainConfig, image_size: tuple[int, int], ddp: Dist) -> t
     bags = expand_bags(cfg.bags)
     val_bags = expand_bags(cfg.val_bags, "val_bags") if cfg.val_bags else []
 
+    from vit_policy.data import lerobot
+
     def read(paths: list[Path]) -> list[Episode]:
-        return [ep for p in paths for ep in load_or_extract(p, cfg.data, cfg.policy.chunk_size, image_size, cfg.cache_dir)]
+        out: list[Episode] = []
+        for p in paths:  # a LeRobotDataset v3 directory is read directly (its features mapped through cfg.data)
+            if lerobot.is_dataset(p):
+                out += lerobot.read_episodes(p, cfg.data, cfg.policy.chunk_size, image_size)
+            else:
+                out += load_or_extract(p, cfg.data, cfg.policy.chunk_size, image_size, cfg.cache_dir)
+        return out
 
     if not ddp.main:
         ddp.barrier()
@@ -476,8 +492,13 @@ def cmd_train(args: Any) -> int:
     from vit_policy.config import load_train_config
     from vit_policy.data.inspect import check_bags
 
+    from vit_policy.data.lerobot import check_dataset, is_dataset
+
     cfg = load_train_config(args.config, args.overrides)
-    check_bags(expand_bags(cfg.bags) + expand_bags(cfg.val_bags, "val_bags"), cfg.data)  # a bad bag fails now, with its fix
+    paths = expand_bags(cfg.bags) + expand_bags(cfg.val_bags, "val_bags")
+    check_bags([p for p in paths if not is_dataset(p)], cfg.data)  # a bad bag fails now, with its fix
+    for p in filter(is_dataset, paths):
+        check_dataset(p, cfg.data)  # a LeRobot dataset without an EE pose or a mapped camera fails now
     if args.threads:
         torch.set_num_threads(args.threads)
     result = train(cfg)

@@ -48,7 +48,7 @@ class Episode:
 
     source: str
     stamps_ns: np.ndarray  # (T,) int64 observation stamps (the pose's)
-    images: dict[str, np.ndarray]  # camera -> (T, H, W, 3) uint8 RGB
+    images: dict[str, np.ndarray]  # camera -> (T, H, W, 3) uint8 RGB (a list of T undecoded Frames with decode=False)
     position: np.ndarray  # (T, 3)
     quaternion: np.ndarray  # (T, 4) x, y, z, w
     gripper: np.ndarray  # (T,) in [0, 1]
@@ -303,21 +303,26 @@ def dry_run(path: str | Path, data: DataConfig) -> dict[str, Any]:
 
 
 def extract_episodes(
-    path: str | Path, data: DataConfig, chunk_size: int, image_size: tuple[int, int] | None = None
+    path: str | Path, data: DataConfig, chunk_size: int, image_size: tuple[int, int] | None = None, decode: bool = True
 ) -> list[Episode]:
     """Read one bag into episodes (split at gaps longer than ``data.gap_split_s``).
 
     Messages go through the node's input path (:mod:`vit_policy.inputs`) in record order; every frame
     of the reference camera that the timing rule can pair with a pose becomes a sample. Images are
-    resized to ``image_size`` (H, W) when given (the encoder's input size, for the cache). Rejected
+    resized to ``image_size`` (H, W) when given (the encoder's input size, for the cache). With
+    ``decode=False`` each camera's images are a list of undecoded :class:`~vit_policy.inputs.Frame`
+    (the dataset export decodes them one at a time; a frame that cannot be decoded is then its to drop). Rejected
     messages and dropped frames are counted and logged, never fatal; a bag with no usable observation,
     a missing topic or an unsupported type raises BagError naming the bag.
     """
     p = read_inputs(path, data)
     path, sync, cmds, cmd_grips = p.path, p.sync, p.cmds, p.cmd_grips
-    samples: list[tuple[Resolved, dict[str, np.ndarray]]] = []
+    samples: list[tuple[Resolved, dict[str, Any]]] = []
     decoded: dict[int, np.ndarray] = {}
     for obs in p.pair():
+        if not decode:
+            samples.append((obs, dict(obs.frames)))
+            continue
         try:
             images = {c: _decode(f, image_size, decoded) for c, f in obs.frames.items()}
         except M.MessageError as exc:
@@ -337,7 +342,7 @@ def extract_episodes(
     cuts = np.flatnonzero(np.diff(stamps) > int(data.gap_split_s * 1e9)) + 1
     episodes = []
     for seg in np.split(np.arange(len(samples)), cuts):
-        ep = _episode(path, [samples[i] for i in seg], track, grip_t, grip_v, cmd, cmd_g, data, chunk_size)
+        ep = _episode(path, [samples[i] for i in seg], track, grip_t, grip_v, cmd, cmd_g, data, chunk_size, decode)
         if ep is not None:
             episodes.append(ep)
     if not episodes:
@@ -363,7 +368,7 @@ def _stream_end(stamps: np.ndarray, after: int, gap_ns: int) -> int:
 
 def _episode(
     path: Path, samples: list, track: _PoseTrack, grip_t: np.ndarray, grip_v: np.ndarray, cmd: _PoseTrack | None,
-    cmd_g: tuple[np.ndarray, np.ndarray] | None, data: DataConfig, k: int,
+    cmd_g: tuple[np.ndarray, np.ndarray] | None, data: DataConfig, k: int, stack: bool = True,
 ) -> Episode | None:
     stamps = np.array([o.stamp_ns for o, _ in samples], np.int64)
     pos = np.stack([o.pose[:3] for o, _ in samples])
@@ -397,7 +402,7 @@ def _episode(
     return Episode(
         source=str(path),
         stamps_ns=stamps[keep],
-        images={c: np.stack(v) for c, v in images.items()},
+        images={c: np.stack(v) if stack else v for c, v in images.items()},  # type: ignore[misc]
         position=pos[keep].astype(np.float64),
         quaternion=quat[keep].astype(np.float64),
         gripper=grip[keep].astype(np.float32),
