@@ -257,6 +257,11 @@ class PolicyNode:
             values.update({f"{name}.age_ms": _fmt(v["age_ms"]), f"{name}.rate_hz": _fmt(v["rate_hz"]),
                            f"{name}.received": v["received"], f"{name}.rejected": v["rejected"],
                            f"{name}.clock_offset_ms": _fmt(v["clock_offset_ms"])})
+        ood = d["ood"]  # out-of-distribution monitor (vit_policy/ood.py)
+        values.update({"ood.monitor": ood["monitor"], "ood.stop": ood["stop"], "ood.out": ood.get("out", "")})
+        for cam, v in ood.get("cameras", {}).items():
+            values.update({f"ood.{cam}.score": _fmt(v["score"]), f"ood.{cam}.threshold": _fmt(v["threshold"]),
+                           f"ood.{cam}.frames_out": v["frames_out"]})
         for name in set(self.runner.rejected) - set(d["inputs"]):
             values[f"{name}.rejected"] = self.runner.rejected[name]
         status_name = f"{node_path(self.t)}: policy"
