@@ -69,6 +69,8 @@ DESCRIPTIONS = {
     "safety.max_angular_speed": "EE angular speed limit (rad/s)",
     "safety.max_step": "largest EE translation commanded in one control tick (m)",
     "safety.stop_mode": "zero_twist (stop target follows the measured pose) or hold_pose (latched where the stop began)",
+    "safety.ood_stop": "stop while a camera's frame is out of distribution (needs the checkpoint's ood.safetensors)",
+    "safety.ood_margin": "a frame is out of distribution above this x the checkpoint's calibrated OOD threshold",
 }
 
 

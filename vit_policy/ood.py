@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
@@ -57,10 +58,11 @@ def pooled_features(tokens: torch.Tensor, num_prefix_tokens: int) -> torch.Tenso
 
 
 class FeatureCapture:
-    """Pooled features per camera of the policy forwards run inside ``with capture(policy) as cap``."""
+    """Pooled features per camera of the policy forwards this thread runs inside ``with capture(policy) as cap``."""
 
     def __init__(self, policy: "VisuomotorPolicy") -> None:
         self.cameras = list(policy.cfg.cameras)
+        self._thread = threading.get_ident()  # a forward of another thread (another capture) is not ours
         self._got: dict[str, torch.Tensor] = {}
         self._handles: list[Any] = []
         for key, enc in policy.encoders.items():
@@ -68,7 +70,8 @@ class FeatureCapture:
 
     def _hook(self, key: str, prefix: int) -> Any:
         def hook(module: torch.nn.Module, args: Any, out: torch.Tensor) -> None:
-            self._got[key] = pooled_features(out.detach(), prefix)
+            if threading.get_ident() == self._thread:
+                self._got[key] = pooled_features(out.detach(), prefix)
         return hook
 
     def close(self) -> None:

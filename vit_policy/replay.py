@@ -458,7 +458,7 @@ class _RecordingPolicy:
 
     def __init__(self, policy: "VisuomotorPolicy", clock: list[int]) -> None:
         self.policy, self.cfg, self._clock = policy, policy.cfg, clock
-        self.ood = policy.ood  # the runner scores (and with safety.ood_stop, stops) like the node's
+        self.ood = getattr(policy, "ood", None)  # the runner scores (and with safety.ood_stop, stops) like the node's
         self.chunks: list[tuple[int, ActionChunk]] = []  # (simulated time of the inference, chunk)
         self.latency_ms: list[float] = []
 
@@ -642,7 +642,7 @@ def evaluate(
             log.info("%s on %s: %d frames", name, bag, sum(len(e.stamps_ns) for e in episodes))
         ckpt = CheckpointResult(name, (paths or {}).get(name, name), per_bag)
         for mode in cfg.modes:
-            ckpt.metrics[mode] = _mode_metrics([r for r in per_bag if r.mode == mode], cfg, policy.ood)
+            ckpt.metrics[mode] = _mode_metrics([r for r in per_bag if r.mode == mode], cfg, getattr(policy, "ood", None))
         results.append(ckpt)
     settings = {"bags": ", ".join(map(str, bags)), "modes": ", ".join(cfg.modes), "labels": cfg.data.labels,
                 "latency (faithful)": "measured" if cfg.runtime.inference_latency_s is None else f"{cfg.runtime.inference_latency_s * 1e3:g} ms",
