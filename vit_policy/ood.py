@@ -53,8 +53,8 @@ CORRUPTIONS = ("blacked_out", "occluded", "brighter", "darker", "colour_swapped"
 
 def pooled_features(tokens: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
     """Encoder tokens (B, prefix + N, D) -> (B, 2D) float64: mean and std over the N patch tokens."""
-    patches = tokens[:, num_prefix_tokens:].double()
-    return torch.cat([patches.mean(1), patches.std(1, unbiased=False)], dim=1)
+    var, mean = torch.var_mean(tokens[:, num_prefix_tokens:].float(), dim=1, unbiased=False)
+    return torch.cat([mean, var.sqrt()], dim=1).double()
 
 
 class FeatureCapture:
@@ -168,7 +168,7 @@ class CameraStats:
 
     def score(self, features: np.ndarray) -> np.ndarray:
         d = np.asarray(features, np.float64) - self.mean
-        return np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", d, self.precision, d), 0.0))
+        return np.sqrt(np.maximum(np.einsum("ni,ni->n", d @ self.precision, d), 0.0))  # d @ P: one BLAS call
 
 
 def fit_camera(train: np.ndarray, val: np.ndarray, quantile: float) -> CameraStats:
@@ -255,10 +255,13 @@ class OODMonitor:
         dim = 2 * policy.encoder_for(cams[0]).embed_dim
         if any(s.mean.shape != (dim,) for s in self.cameras.values()):
             raise WeightsError(f"OOD statistics {src!r} hold features of another size than this encoder's {dim}; {FIT_FIX}")
-        now = encoder_fingerprint(policy)
-        if not np.isclose(now, self.fingerprint, rtol=1e-9, atol=0.0):
+        if not self.fitted_with(policy):
             raise WeightsError(f"OOD statistics {src!r} were fitted with other encoder weights (fingerprint {self.fingerprint:.9g}, "
-                               f"these weights {now:.9g}); {FIT_FIX}")
+                               f"these weights {encoder_fingerprint(policy):.9g}); {FIT_FIX}")
+
+    def fitted_with(self, policy: "VisuomotorPolicy") -> bool:
+        """Whether the statistics were fitted with ``policy``'s encoder weights (their fingerprint)."""
+        return bool(np.isclose(encoder_fingerprint(policy), self.fingerprint, rtol=1e-9, atol=0.0))
 
 
 def load_monitor(directory: str | Path, policy: "VisuomotorPolicy") -> OODMonitor | None:

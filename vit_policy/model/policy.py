@@ -477,9 +477,7 @@ class VisuomotorPolicy(nn.Module):
 
     def _save_ood(self, path: Path) -> None:
         """Write the OOD statistics when they were fitted with these weights; never leave stale ones beside new weights."""
-        from vit_policy.ood import encoder_fingerprint
-
-        if self.ood is not None and np.isclose(encoder_fingerprint(self), self.ood.fingerprint, rtol=1e-9, atol=0.0):
+        if self.ood is not None and self.ood.fitted_with(self):
             self.ood.save(path)
             return
         if self.ood is not None:
