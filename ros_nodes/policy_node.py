@@ -78,6 +78,8 @@ DESCRIPTIONS = {
     "safety.max_angular_speed": "EE angular speed limit (rad/s)",
     "safety.max_step": "largest EE translation commanded in one control tick (m)",
     "safety.stop_mode": "zero_twist (stop target follows the measured pose) or hold_pose (latched where the stop began)",
+    "safety.ood_stop": "stop while a camera's frame is out of distribution (needs the checkpoint's ood.safetensors)",
+    "safety.ood_margin": "a frame is out of distribution above this x the checkpoint's calibrated OOD threshold",
 }
 
 
@@ -302,6 +304,11 @@ class PolicyNode:
             values.update({f"{name}.age_ms": _fmt(v["age_ms"]), f"{name}.rate_hz": _fmt(v["rate_hz"]),
                            f"{name}.received": v["received"], f"{name}.rejected": v["rejected"],
                            f"{name}.clock_offset_ms": _fmt(v["clock_offset_ms"])})
+        ood = d["ood"]  # out-of-distribution monitor (vit_policy/ood.py)
+        values.update({"ood.monitor": ood["monitor"], "ood.stop": ood["stop"], "ood.out": ood.get("out", "")})
+        for cam, v in ood.get("cameras", {}).items():
+            values.update({f"ood.{cam}.score": _fmt(v["score"]), f"ood.{cam}.threshold": _fmt(v["threshold"]),
+                           f"ood.{cam}.frames_out": v["frames_out"]})
         for name in set(self.runner.rejected) - set(d["inputs"]):
             values[f"{name}.rejected"] = self.runner.rejected[name]
         status_name = f"{node_path(self.t)}: policy"

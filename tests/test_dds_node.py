@@ -244,6 +244,7 @@ def test_policy_node_end_to_end_over_dds(checkpoint: Path, tmp_path: Path):
         diag = rec.diags[-1]
         assert int(diag["camera/front.rejected"]) == 3, diag
         assert "step" in diag["last_rejection"] or "encoding" in diag["last_rejection"] or "data" in diag["last_rejection"]
+        assert diag["ood.monitor"].startswith("off: the checkpoint has no OOD statistics"), diag  # a checkpoint without ood.safetensors
         t_ok = time.monotonic()
         wait_for(lambda: any(np.any(v != 0) for _, _, v in rec.since(t_ok)), 10, "commands after the malformed frames", proc)
         assert proc.poll() is None, "the node died"

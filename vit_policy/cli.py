@@ -169,10 +169,37 @@ def add_export_dataset(sub: argparse._SubParsersAction) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# fit-ood: the out-of-distribution monitor of existing checkpoints (vit_policy/ood.py)
+# --------------------------------------------------------------------------------------------------
+
+
+def cmd_fit_ood(args: argparse.Namespace) -> int:
+    from vit_policy.ood import cmd_fit_ood as run
+
+    return run(args)
+
+
+def add_fit_ood(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fit-ood", help="fit the out-of-distribution monitor of existing checkpoints on bags (writes ood.safetensors)")
+    p.add_argument("--checkpoint", nargs="+", required=True, metavar="DIR", help="checkpoint directories")
+    p.add_argument("--bags", nargs="+", required=True, metavar="PATH", help="rosbag2 recordings the policy was trained on (or globs)")
+    p.add_argument("--val-bags", nargs="+", metavar="PATH", help="held-out recordings for the threshold (default: --val-fraction of --bags)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="episodes of --bags set aside for the threshold (default 0.2)")
+    p.add_argument("--quantile", type=float, default=None, help="threshold = this quantile of the validation scores (default 0.99)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the episode split")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--data-config", metavar="YAML", help="train config (its data: section) or data YAML with the bag's topics "
+                   "(default: the checkpoint's metadata.json)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="data config override, e.g. data.pose_topic=/ee_pose")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(func=cmd_fit_ood)
+
+
+# --------------------------------------------------------------------------------------------------
 # Registration: the core's subcommands here, the other packages' through entry points
 # --------------------------------------------------------------------------------------------------
 
-REGISTER = [add_policy_demo, add_train, add_replay, add_inspect, add_export_dataset]
+REGISTER = [add_policy_demo, add_train, add_replay, add_inspect, add_export_dataset, add_fit_ood]
 COMMANDS_GROUP = "vit_policy.commands"
 
 

@@ -506,6 +506,8 @@ class TrainConfig:
     resume: str | None = None  # a 'last' checkpoint directory, or 'auto' for <out_dir>/last if it exists
     tensorboard: bool = True
     progress: bool = True  # tqdm bars
+    # at the end: fit the OOD monitor on the training split, threshold = this quantile of the validation scores (null: none)
+    ood_quantile: float | None = 0.99
 
     def __post_init__(self) -> None:
         if not self.bags:
@@ -530,6 +532,8 @@ class TrainConfig:
             raise ConfigError("lr_encoder must be >= 0 and lr_head > 0")
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.num_workers < 0 or self.log_every < 1:
             raise ConfigError("warmup_steps, grad_clip, num_workers must be >= 0 and log_every >= 1")
+        if self.ood_quantile is not None and not 0.0 < self.ood_quantile <= 1.0:
+            raise ConfigError(f"ood_quantile: {self.ood_quantile} must be in (0, 1] (e.g. 0.99), or null to fit no OOD monitor")
 
 
 def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
@@ -585,6 +589,8 @@ class SafetyConfig:
     max_angular_speed: float = 1.0  # rad/s
     max_step: float = 0.05  # m: largest position change commanded in one control tick
     stop_mode: Literal["zero_twist", "hold_pose"] = "zero_twist"
+    ood_stop: bool = False  # stop while a camera's frame is out of distribution (needs the checkpoint's OOD statistics)
+    ood_margin: float = 1.0  # a frame is out of distribution above margin x the checkpoint's calibrated threshold
 
     def __post_init__(self) -> None:
         for name in ("workspace_min", "workspace_max"):
@@ -593,7 +599,7 @@ class SafetyConfig:
                 raise ConfigError(f"safety.{name}: expected 3 numbers [x, y, z] in metres, got {value}")
         if any(lo >= hi for lo, hi in zip(self.workspace_min, self.workspace_max)):
             raise ConfigError(f"safety.workspace_min {self.workspace_min} must be below workspace_max {self.workspace_max} on every axis")
-        for name in ("max_linear_speed", "max_angular_speed", "max_step"):
+        for name in ("max_linear_speed", "max_angular_speed", "max_step", "ood_margin"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"safety.{name}: {getattr(self, name)} must be > 0")
 

@@ -98,6 +98,7 @@ class ActionChunk:
     delta_rotation: np.ndarray  # (K, 3) rotation vectors, applied on the left
     gripper: np.ndarray  # (K,) targets in [0, 1]
     attention: dict[str, np.ndarray] | None = field(default=None, repr=False)
+    ood: dict[str, float] | None = None  # out-of-distribution score per camera (vit_policy/ood.py); None: no monitor
 
     def __len__(self) -> int:
         return int(self.delta_position.shape[0])

@@ -66,6 +66,7 @@ class Predictions:
     true_dr: np.ndarray
     true_gripper: np.ndarray
     mask: np.ndarray  # (N, K) bool, False past the episode end
+    ood_score: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (N, cameras) OOD scores; (N, 0) without a monitor
 
     def __len__(self) -> int:
         return int(self.stamps_ns.shape[0])
@@ -93,6 +94,8 @@ class Predictions:
             true_dr=rot6d_to_rotvec(action[..., 3:9]) if len(index) else empty,
             true_gripper=action[..., 9].astype(np.float64),
             mask=np.asarray(episode.action_mask, bool)[index],
+            ood_score=np.array([list(c.ood.values()) for c in chunks], np.float64).reshape(len(index), -1)
+            if chunks and chunks[0].ood else np.zeros((len(index), 0)),
         )
 
     @classmethod
@@ -455,6 +458,7 @@ class _RecordingPolicy:
 
     def __init__(self, policy: "VisuomotorPolicy", clock: list[int]) -> None:
         self.policy, self.cfg, self._clock = policy, policy.cfg, clock
+        self.ood = getattr(policy, "ood", None)  # the runner scores (and with safety.ood_stop, stops) like the node's
         self.chunks: list[tuple[int, ActionChunk]] = []  # (simulated time of the inference, chunk)
         self.latency_ms: list[float] = []
 
@@ -531,7 +535,7 @@ def run_faithful(policy: "VisuomotorPolicy", bag: str | Path, episodes: list["Ep
     preds, unmatched = _match_chunks([c for _, c in recorder.chunks], episodes)
     lost = {"ticks": len(commands), "commanding": int((~stream.is_stop).sum()),
             "waiting": stream.status.count("waiting"), "stale": stream.status.count("stale"),
-            "fault": stream.status.count("fault"), "rejected_inputs": int(sum(runner.rejected.values())),
+            "fault": stream.status.count("fault"), "ood": stream.status.count("ood"), "rejected_inputs": int(sum(runner.rejected.values())),
             "inferences": len(recorder.chunks), "unmatched_chunks": unmatched}
     result = BagResult(str(bag), "faithful", preds, [], commands=stream, latencies_ms=np.asarray(recorder.latency_ms),
                        frames_lost=lost, seconds=seconds, bag_seconds=(last - (first or last)) / 1e9)
@@ -562,10 +566,13 @@ def _match_chunks(chunks: list[ActionChunk], episodes: list["Episode"]) -> tuple
 # --------------------------------------------------------------------------------------------------
 
 
-def _mode_metrics(results: list[BagResult], cfg: ReplayConfig) -> dict[str, Any]:
-    """Metrics of one checkpoint in one mode over all bags."""
+def _mode_metrics(results: list[BagResult], cfg: ReplayConfig, monitor: Any = None) -> dict[str, Any]:
+    """Metrics of one checkpoint in one mode over all bags (``monitor``: its OOD monitor, or None)."""
+    from vit_policy.ood import replay_metrics
+
     preds = Predictions.concat([r.predictions for r in results])
     m = chunk_metrics(preds, cfg.tolerance_mm, cfg.tolerance_deg)
+    m["ood"] = replay_metrics(monitor, preds.ood_score, cfg.safety.ood_margin)
     seconds = sum(r.seconds for r in results)
     bag_seconds = sum(r.bag_seconds for r in results)
     m["wall_seconds"] = seconds
@@ -635,7 +642,7 @@ def evaluate(
             log.info("%s on %s: %d frames", name, bag, sum(len(e.stamps_ns) for e in episodes))
         ckpt = CheckpointResult(name, (paths or {}).get(name, name), per_bag)
         for mode in cfg.modes:
-            ckpt.metrics[mode] = _mode_metrics([r for r in per_bag if r.mode == mode], cfg)
+            ckpt.metrics[mode] = _mode_metrics([r for r in per_bag if r.mode == mode], cfg, getattr(policy, "ood", None))
         results.append(ckpt)
     settings = {"bags": ", ".join(map(str, bags)), "modes": ", ".join(cfg.modes), "labels": cfg.data.labels,
                 "latency (faithful)": "measured" if cfg.runtime.inference_latency_s is None else f"{cfg.runtime.inference_latency_s * 1e3:g} ms",

@@ -135,6 +135,26 @@ def plot_latency(latencies: dict[str, np.ndarray], path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_ood(result: "BagResult", ood: dict[str, Any], title: str, path: Path) -> Path | None:
+    """Each camera's out-of-distribution score over bag time against its threshold (dashed)."""
+    scores = result.predictions.ood_score
+    cams = list(ood.get("cameras", {}))
+    if scores.size == 0 or not cams:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    t = (result.predictions.stamps_ns - result.t0_ns) / 1e9
+    order = np.argsort(t)
+    for i, cam in enumerate(cams):
+        line, = ax.plot(t[order], scores[order, i], ".-", ms=3, lw=0.8, label=f"{cam} score")
+        ax.axhline(ood["cameras"][cam]["threshold"], color=line.get_color(), ls="--", lw=1, label=f"{cam} threshold")
+    ax.set(xlabel="bag time (s)", ylabel="OOD score (Mahalanobis)", title=title)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def attention_overlay(image: np.ndarray, attention: np.ndarray) -> np.ndarray:
     """Upsample a (gh, gw) attention map to the image (nearest patch) and normalise it to [0, 1]."""
     h, w = image.shape[:2]
@@ -203,6 +223,9 @@ ROWS = [  # (label, path in the metrics dict, format)
     ("jerk RMS within chunks (m/s^3)", ("executed", "jerk_rms_within"), "{:.3g}"),
     ("jerk RMS of the recording (m/s^3)", ("executed", "jerk_rms_recorded"), "{:.3g}"),
     ("chunk release delay used (ms)", ("executed", "latency_used_ms"), "{:.1f}"),
+    ("frames out of distribution (any camera)", ("ood", "fraction_out"), "{:.3f}"),
+    ("OOD score p99 / threshold (worst camera)", ("ood", "p99_over_threshold"), "{:.2f}"),
+    ("ticks stopped: out of distribution", ("frames_lost", "ood"), "{:.0f}"),
     ("inference latency p50 (ms)", ("latency_ms", "p50"), "{:.1f}"),
     ("inference latency p99 (ms)", ("latency_ms", "p99"), "{:.1f}"),
     ("control ticks", ("frames_lost", "ticks"), "{:.0f}"),
@@ -274,6 +297,10 @@ def write_report(out_dir: str | Path, checkpoints: list["CheckpointResult"], set
             p = plot_trajectory(res, f"{c.name} - {name} ({res.mode})",
                                 plots / f"trajectory_{_slug(c.name)}_{_slug(name)}_{res.mode}.png")
             figs.append(_figure(p, out, f"{c.name}: predicted vs recorded, {name}, {res.mode} mode"))
+            p = plot_ood(res, c.metrics.get(res.mode, {}).get("ood", {}), f"{c.name} - {name} ({res.mode}): out-of-distribution score",
+                         plots / f"ood_{_slug(c.name)}_{_slug(name)}_{res.mode}.png")
+            if p is not None:
+                figs.append(_figure(p, out, f"{c.name}: out-of-distribution score per camera, {name}, {res.mode} mode"))
         samples = [s for res in c.results for s in res.attention]
         p = plot_attention(samples, f"{c.name}: attention of the action queries (mean over the chunk)",
                            plots / f"attention_{_slug(c.name)}.png")
@@ -281,7 +308,9 @@ def write_report(out_dir: str | Path, checkpoints: list["CheckpointResult"], set
             figs.append(_figure(p, out, f"{c.name}: attention overlays on sampled frames"))
         else:
             figs.append("<p class='note'>No attention maps: this encoder's token mode has no spatial tokens.</p>")
-        sections.append(f"<h2>{html.escape(c.name)}</h2><p class='note'>{html.escape(str(c.path))}</p>{''.join(figs)}")
+        monitor = next((m["ood"]["monitor"] for m in c.metrics.values() if "ood" in m), "not evaluated")
+        sections.append(f"<h2>{html.escape(c.name)}</h2><p class='note'>{html.escape(str(c.path))}</p>"
+                        f"<p class='note'>Out-of-distribution monitor: {html.escape(monitor)}</p>{''.join(figs)}")
     settings_rows = "".join(f"<tr><th class='l'>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in settings.items())
     page = f"""<!DOCTYPE html><html><head><meta charset='utf-8'><title>vit-policy replay report</title>
 <style>{CSS}</style></head><body><h1>Offline replay evaluation</h1>

@@ -40,6 +40,7 @@ from vit_policy.config import RuntimeConfig, SafetyConfig
 from vit_policy.images import resize_uint8
 from vit_policy.inputs import GRIPPER, POSE, Frame, InputRouter, InputSpec, Resolved, Synchronizer, SyncRule, camera_key
 from vit_policy.observation import ActionChunk, Observation, ObservationError, check_image
+from vit_policy.ood import OODState
 from vit_policy.safety import Command, SafetyFilter
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ class PolicyRunner:
             inputs = InputSpec(**{**inputs.__dict__, "cameras": {c: inputs.cameras[c] for c in self.cameras}})
             self.router = InputRouter(inputs)
         self.sync = Synchronizer(self.cameras, SyncRule.of(runtime), gripper=inputs is None or inputs.gripper_topic is not None)
+        self.ood = OODState(getattr(policy, "ood", None), safety, self.cameras)
 
         self._lock = threading.Condition()
         self._infer_lock = threading.Lock()  # one inference at a time (worker or inline)
@@ -249,6 +251,7 @@ class PolicyRunner:
             self.sync.reset()
             self._bad.clear()
             self._fault = None
+            self.ood.clear()
             self._last_obs_ns = self._last_infer_ns = None
             self._last_gripper = None
             self.safety.release()
@@ -314,6 +317,8 @@ class PolicyRunner:
                 self._infer(now_ns, obs)
             if self._fault:
                 return self._stop_command(now_ns, "fault", f"{self._fault}; reset to clear")
+        if self.ood.stopping:
+            return self._stop_command(now_ns, "ood", self.ood.reason)
         with self._lock:
             self._release_pending(now_ns)
             latest = self.sync.latest_pose()
@@ -436,6 +441,10 @@ class PolicyRunner:
             return
         plan = _Plan.of(chunk)
         with self._lock:
+            if self.ood.update(chunk):  # safety.ood_stop: no chunk of an out-of-distribution frame is ever executed
+                self._plans.clear()
+                self._pending.clear()
+                return
             if not self._enabled:  # disabled while the model ran: the chunk belongs to the old session
                 return
             if self.cfg.synchronous and self.cfg.inference_latency_s:
@@ -485,6 +494,7 @@ class PolicyRunner:
                 "input_lag_ms_p99": float(np.percentile(lag, 99)) if lag is not None else None,
                 "latency_ms_p50": float(np.percentile(lat, 50)) if lat is not None else None,
                 "latency_ms_p99": float(np.percentile(lat, 99)) if lat is not None else None,
+                "ood": self.ood.diagnostics(),
             }
 
     @property

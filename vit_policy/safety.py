@@ -19,7 +19,7 @@ from vit_policy.config import SafetyConfig
 from vit_policy.geometry import canonical_quat
 from vit_policy.observation import ActionChunk
 
-STATUSES = ("ok", "disabled", "waiting", "stale", "fault", "shutdown")
+STATUSES = ("ok", "disabled", "waiting", "stale", "fault", "shutdown", "ood")  # ood: safety.ood_stop (vit_policy/ood.py)
 
 
 @dataclass

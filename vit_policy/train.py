@@ -474,12 +474,27 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> TrainResult:
         bar.close()
     if step == stop and step % steps_per_epoch and step != total and ddp.main:
         checkpoint("last", {"step": float(step)}, with_state=True)  # interrupted mid-epoch: resumable
+    if ddp.main and step == total and cfg.ood_quantile is not None:
+        fit_ood(out_dir, train_eps, val_eps, cfg.ood_quantile)
     ddp.barrier()
     if writer is not None:
         writer.close()
     last = out_dir / "last" if ddp.main else None
     best = out_dir / "best" if ddp.main and (out_dir / "best").is_dir() else None
     return TrainResult(out_dir, step, last, best, history, samples_seen)
+
+
+def fit_ood(out_dir: Path, train_eps: list[Episode], val_eps: list[Episode], quantile: float) -> None:
+    """The OOD monitor of ``best`` and ``last``, each with its own weights (vit_policy/ood.py)."""
+    from vit_policy.ood import fit_checkpoint
+
+    if not val_eps:
+        log.warning("no validation split: no OOD monitor fitted (vit-policy fit-ood --val-bags fits one later)")
+        return
+    for name in ("best", "last"):
+        if (out_dir / name).is_dir():
+            monitor, _ = fit_checkpoint(out_dir / name, train_eps, val_eps, quantile)
+            log.info("OOD monitor of %s: thresholds %s", name, {c: round(t, 2) for c, t in monitor.thresholds.items()})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -195,6 +195,7 @@ class ImageEncoder(nn.Module):
             raise ConfigError(f"encoder.family: {cfg.family!r} is not 'timm' or 'open_clip'")
         self.num_patches = self.grid[0] * self.grid[1]
         self.pool = AttentionPool(self.embed_dim, cfg.num_pooled_tokens) if cfg.token_mode == "pooled" else None
+        self.tap = nn.Identity()  # every forward's backbone tokens pass here: the OOD monitor's hook reads them (vit_policy/ood.py)
         self._apply_freeze(cfg)
 
     # ---- construction ------------------------------------------------------------------------------
@@ -284,7 +285,7 @@ class ImageEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Tokens for the policy (B, T, D) and, for ``pooled``, the pool's attention over patches."""
-        feats = self.forward_features(x)
+        feats = self.tap(self.forward_features(x))
         patches = feats[:, self.num_prefix_tokens :]
         mode = self.cfg.token_mode
         if mode == "cls":

@@ -15,6 +15,7 @@ to the observed pose, rot6d turned into a rotation vector (ARCHITECTURE.md actio
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -33,6 +34,7 @@ from vit_policy.model.encoders import (
 )
 from vit_policy.model.pose_tokens import PoseTokenizer, pose_features
 from vit_policy.observation import ActionChunk, Observation, ObservationError
+from vit_policy.ood import OOD_FILE, OODMonitor, capture, load_monitor
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +158,7 @@ class VisuomotorPolicy(nn.Module):
         self.head_norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, ACTION_DIM)
         self.stats: dict[str, NormStats] | None = None
+        self.ood: OODMonitor | None = None  # out-of-distribution monitor (vit_policy/ood.py): from the checkpoint, or None
         for name in ("state_center", "state_scale", "action_center", "action_scale"):
             self.register_buffer(name, torch.empty(0), persistent=False)  # filled by set_stats
 
@@ -421,10 +424,13 @@ class VisuomotorPolicy(nn.Module):
         batch = self.observation_batch([obs] if single else obs) if isinstance(obs, (Observation, list)) else obs
         was_training = self.training
         self.eval()
+        monitor = self.ood
         try:
-            out = self.forward(batch, return_attention)
+            with capture(self) if monitor is not None else contextlib.nullcontext() as cap:
+                out = self.forward(batch, return_attention)
         finally:
             self.train(was_training)
+        scores = monitor.score(cap.features()) if monitor is not None else None
         actions = self.decode_actions(out["action"], batch)
         pos = batch["position"].double().cpu().numpy()
         quat = batch["quaternion"].double().cpu().numpy()
@@ -443,6 +449,7 @@ class VisuomotorPolicy(nn.Module):
                     delta_rotation=rot6d_to_rotvec(actions[i, :, 3:9]),
                     gripper=actions[i, :, 9],
                     attention=attn,
+                    ood={c: float(v[i]) for c, v in scores.items()} if scores is not None else None,
                 )
             )
         return chunks[0] if single else chunks
@@ -463,13 +470,26 @@ class VisuomotorPolicy(nn.Module):
         for key, st in (self.stats or {}).items():
             tensors.update(st.to_tensors(key))
         save_file(tensors, str(directory / STATS_FILE))
+        self._save_ood(directory / OOD_FILE)
         if metadata is not None:
             (directory / "metadata.json").write_text(json.dumps(metadata, indent=2, default=str))
         return directory
 
+    def _save_ood(self, path: Path) -> None:
+        """Write the OOD statistics when they were fitted with these weights; never leave stale ones beside new weights."""
+        if self.ood is not None and self.ood.fitted_with(self):
+            self.ood.save(path)
+            return
+        if self.ood is not None:
+            log.warning("OOD statistics not saved: the encoder weights changed since they were fitted (vit-policy fit-ood fits them again)")
+        path.unlink(missing_ok=True)
+
     @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "VisuomotorPolicy":
-        """Load a checkpoint directory written by ``save_pretrained``; nothing is unpickled."""
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu", ood: bool = True) -> "VisuomotorPolicy":
+        """Load a checkpoint directory written by ``save_pretrained``; nothing is unpickled.
+
+        Its OOD statistics (``ood.safetensors``, when present and ``ood``) become ``policy.ood``.
+        """
         from safetensors.torch import load_file
 
         directory = Path(directory)
@@ -503,6 +523,7 @@ class VisuomotorPolicy(nn.Module):
             model.set_stats({k: NormStats.from_tensors(raw, k, src) for k in ("state", "action")})
         except (KeyError, ValueError) as exc:
             raise WeightsError(f"checkpoint statistics {src!r} do not fit the model: {exc.args[0] if exc.args else exc}; {fix}") from None
+        model.ood = load_monitor(directory, model) if ood else None
         return model.to(map_location).eval()
 
 
