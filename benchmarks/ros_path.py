@@ -22,7 +22,8 @@ of resident memory or latency over the soak.
   one peer, the DDS backend (Cyclone; it matches Fast DDS, the rclpy wheels' middleware), with one
   30 Hz 640x480 bgr8 camera and a 100 Hz pose. The rclpy node runs with
   ``configs/ros/fastdds_large_buffers.xml`` (4 MiB socket buffers): with the kernel's default receive
-  buffer Fast DDS loses most 640x480 frames sent by Cyclone. ``--executors`` picks the rclpy node's
+  buffer Fast DDS loses most 640x480 frames sent by Cyclone (``--fastdds-profile ''`` shows it: the
+  "camera Hz" column is the rate the node received frames at). ``--executors`` picks the rclpy node's
   executor(s) (``VIT_POLICY_EXECUTOR``; default the node's own, ``events``).
   Hit ratio: commands received by the peer in the measured window / (control rate x window); the
   overrun share is the node's own count (``overruns`` in /diagnostics: ticks more than 1.5 periods after
@@ -344,7 +345,8 @@ def enable_rclpy(service: str) -> None:
     rclpy.try_shutdown()
 
 
-def bench_backends(backends: list[str], executors: list[str], rates: list[float], seconds: float, img_size: int) -> list[tuple[str, ...]]:
+def bench_backends(backends: list[str], executors: list[str], rates: list[float], seconds: float, img_size: int,
+                   fastdds_profile: str = str(FASTDDS_PROFILE)) -> list[tuple[str, ...]]:
     """The node on each backend (rclpy: under each executor) at each control rate: hit ratio, overruns, pose -> command latency."""
     out = []
     params = {"output_mode": "pose", "safety": {"max_step": MAX_STEP_M}}
@@ -353,7 +355,7 @@ def bench_backends(backends: list[str], executors: list[str], rates: list[float]
     for rate in rates:
         for backend, executor in runs:
             # Fast DDS 3 (the wheels, Jazzy and later); Humble's Fast DDS 2 reads FASTRTPS_DEFAULT_PROFILES_FILE
-            env = {"FASTDDS_DEFAULT_PROFILES_FILE": str(FASTDDS_PROFILE), "VIT_POLICY_EXECUTOR": executor} if backend == "rclpy" else {}
+            env = {"FASTDDS_DEFAULT_PROFILES_FILE": fastdds_profile, "VIT_POLICY_EXECUTOR": executor} if backend == "rclpy" else {}
             node = FedNode(["front"], (640, 480), img_size, camera_hz=30.0, pose_hz=100.0, transport=backend,
                            control_hz=rate, params=params, pose_seq=True, env=env)
             try:
@@ -373,7 +375,8 @@ def bench_backends(backends: list[str], executors: list[str], rates: list[float]
                     lat.append((arrival - node.pose_sent[n]) / 1e6)
                     lat_in.append((stamp - node.pose_sent[n]) / 1e6)
                     lat_out.append((arrival - stamp) / 1e6)
-            out.append((f"{backend} ({executor})" if executor else backend, f"{rate:g}", f"{got / (t1 - t0):.1f}", f"{got / (rate * (t1 - t0)):.2f}",
+            out.append((f"{backend} ({executor})" if executor else backend, f"{rate:g}", d1.get("front.rate_hz", "n/a"),
+                        f"{got / (t1 - t0):.1f}", f"{got / (rate * (t1 - t0)):.2f}",
                         f"{over / ticks:.2f}" if ticks else "n/a", f"{pct(lat, 50):.1f}", f"{pct(lat, 99):.1f}",
                         f"{pct(lat_in, 50):.1f}", f"{pct(lat_out, 50):.1f}", f"{pct(lat_out, 99):.1f}"))
             print("  ".join(f"{v:>14}" for v in out[-1]), flush=True)
@@ -395,6 +398,8 @@ def main() -> int:
     parser.add_argument("--rates", nargs="+", type=float, default=[10.0, 30.0, 100.0], help="control rates of --backends (Hz)")
     parser.add_argument("--executors", nargs="+", choices=["events", "single", "multi"], default=["events"],
                         help="the rclpy node's executors of --backends (VIT_POLICY_EXECUTOR; default events, the node's own)")
+    parser.add_argument("--fastdds-profile", default=str(FASTDDS_PROFILE),
+                        help="Fast DDS XML profile of the rclpy node of --backends ('' for none: the kernel's default socket buffers)")
     parser.add_argument("--echo", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--enable-rclpy", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -405,10 +410,11 @@ def main() -> int:
         enable_rclpy(args.enable_rclpy)
         return 0
     if args.backends is not None:
-        head = ("backend", "control Hz", "commands/s", "hit ratio", "overruns", "lat p50", "lat p99", "in p50", "out p50", "out p99")
+        head = ("backend", "control Hz", "camera Hz", "commands/s", "hit ratio", "overruns", "lat p50", "lat p99", "in p50", "out p50", "out p99")
         print("  ".join(f"{h:>14}" for h in head), flush=True)
-        table = bench_backends(args.backends or ["dds", "rclpy"], args.executors, args.rates, args.seconds, args.img_size)
-        print("\n| backend | control Hz | commands/s | hit ratio | overrun share | pose->cmd p50 ms | p99 ms "
+        table = bench_backends(args.backends or ["dds", "rclpy"], args.executors, args.rates, args.seconds, args.img_size,
+                               args.fastdds_profile)
+        print("\n| backend | control Hz | camera Hz at the node | commands/s | hit ratio | overrun share | pose->cmd p50 ms | p99 ms "
               "| pose->tick p50 ms | tick->cmd p50 ms | tick->cmd p99 ms |")
         print("| --- " * len(head) + "|")
         for row in table:
