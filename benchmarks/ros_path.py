@@ -348,6 +348,8 @@ def enable_rclpy(service: str) -> None:
 def bench_backends(backends: list[str], executors: list[str], rates: list[float], seconds: float, img_size: int,
                    fastdds_profile: str = str(FASTDDS_PROFILE)) -> list[tuple[str, ...]]:
     """The node on each backend (rclpy: under each executor) at each control rate: hit ratio, overruns, pose -> command latency."""
+    from vit_policy.inputs import camera_key
+
     out = []
     params = {"output_mode": "pose", "safety": {"max_step": MAX_STEP_M}}
     runs = [("dds", "")] if "dds" in backends else []
@@ -375,7 +377,7 @@ def bench_backends(backends: list[str], executors: list[str], rates: list[float]
                     lat.append((arrival - node.pose_sent[n]) / 1e6)
                     lat_in.append((stamp - node.pose_sent[n]) / 1e6)
                     lat_out.append((arrival - stamp) / 1e6)
-            out.append((f"{backend} ({executor})" if executor else backend, f"{rate:g}", d1.get("front.rate_hz", "n/a"),
+            out.append((f"{backend} ({executor})" if executor else backend, f"{rate:g}", d1.get(f"{camera_key('front')}.rate_hz", "n/a"),
                         f"{got / (t1 - t0):.1f}", f"{got / (rate * (t1 - t0)):.2f}",
                         f"{over / ticks:.2f}" if ticks else "n/a", f"{pct(lat, 50):.1f}", f"{pct(lat, 99):.1f}",
                         f"{pct(lat_in, 50):.1f}", f"{pct(lat_out, 50):.1f}", f"{pct(lat_out, 99):.1f}"))
