@@ -20,9 +20,9 @@ built from their definitions at first use (:mod:`ros_nodes.transport.rclpy_types
   handing the message on (subscriptions route it to the latest-value buffers, the control tick takes
   the command PolicyRunner's inference worker thread computed, services flip a flag), so one thread
   keeps up, and it avoids what a ``MultiThreadedExecutor`` costs in Python: a thread-pool hand-off per
-  callback and all threads fighting for the GIL with the inference worker, which held a 100 Hz control
-  rate to a quarter of its ticks and put ~50 ms between a pose and the command computed from it
-  (``benchmarks/ros_path.py --backends``). The environment variable ``VIT_POLICY_EXECUTOR``
+  callback and all threads fighting for the GIL with the inference worker, which made a pose's way to
+  the command computed from it 2-5x longer (``benchmarks/ros_path.py --backends``; README, "rclpy and
+  DDS side by side"). The environment variable ``VIT_POLICY_EXECUTOR``
   (``events``, ``single`` or ``multi``: four threads) picks another executor, for that benchmark.
   The timers and the subscriptions keep their own mutually exclusive callback groups, so ``multi`` never
   runs two of one kind at once.
