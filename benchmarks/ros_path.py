@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/ros_path.py                 # everything, 60 s soak
     .venv/bin/python benchmarks/ros_path.py --soak 20 --skip-transport
     .venv/bin/python benchmarks/ros_path.py --resolutions            # the node at 640x480 .. 1920x1080, 1 and 2 cameras
+    .venv/bin/python benchmarks/ros_path.py --backends --seconds 10  # DDS and rclpy nodes side by side at 10, 30, 100 Hz
 
 Prints one table. Targets (issue 3): conversion <= 2 ms, transport overhead p99 <= 5 ms, no growth
 of resident memory or latency over the soak.
@@ -16,6 +17,24 @@ of resident memory or latency over the soak.
 * soak: ``vit-policy serve --transport dds`` with a tiny random-init checkpoint, enabled, fed two 30 Hz
   640x480 cameras and a 100 Hz pose; resident memory, command rate and inference latency in the
   first and the last 10 s.
+* backends (``--backends [dds] [rclpy] [--rates 10 30 100] [--executors events multi] [--seconds N]``):
+  ``vit-policy serve --transport dds|rclpy`` (tiny random-init checkpoint, enabled, pose output) fed by
+  one peer, the DDS backend (Cyclone; it matches Fast DDS, the rclpy wheels' middleware), with one
+  30 Hz 640x480 bgr8 camera and a 100 Hz pose. The rclpy node runs with
+  ``configs/ros/fastdds_large_buffers.xml`` (4 MiB socket buffers): with the kernel's default receive
+  buffer Fast DDS loses about two thirds of the 640x480 frames sent by Cyclone (``--fastdds-profile ''``
+  shows it: the "camera Hz" column is the rate the node received frames at). ``--executors`` picks the rclpy node's
+  executor(s) (``VIT_POLICY_EXECUTOR``; default the node's own, ``events``).
+  Hit ratio: commands received by the peer in the measured window / (control rate x window); the
+  overrun share is the node's own count (``overruns`` in /diagnostics: ticks more than 1.5 periods after
+  the previous one) over its ticks. Pose in -> command out: pose n carries its sequence number in
+  ``position.x`` (0.3 m + n x 10 um, 1 mm/s of motion) and ``safety.max_step`` is 0.1 um, so every
+  ``cmd/pose`` target is the measured pose its tick used, to 0.1 um (the clamp to ``max_step`` from the
+  measured pose is the last thing a tick does, whatever the model said), which names the pose n. The
+  latency is the command's arrival at the peer minus the peer's publish time of pose n (one host, one
+  clock); it contains the wait for the next tick (up to one control period plus one pose period), so
+  it also splits at the command's stamp (the tick's node time) into "in" (pose published -> tick) and
+  "out" (tick -> command received, the node's own path to the wire).
 """
 
 from __future__ import annotations
@@ -135,16 +154,24 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+POSE_X0, POSE_STEP_M = 0.3, 1e-5  # --backends: pose n is at x = 0.3 m + n * 10 um
+MAX_STEP_M = 1e-7  # --backends: safety.max_step, so a commanded target is the measured pose it started from, to 0.1 um
+FASTDDS_PROFILE = ROOT / "configs" / "ros" / "fastdds_large_buffers.xml"
+
+
 class FedNode:
-    """``vit-policy serve --transport dds`` (tiny random-init checkpoint, enabled) fed by cameras and a pose.
+    """``vit-policy serve --transport dds|rclpy`` (tiny random-init checkpoint, enabled) fed by cameras and a pose.
 
     Cameras publish at ``camera_hz`` with frames stamped ``lead_s`` before publication (exposure plus
     driver latency), each message built once per camera (a driver's cost is not the node's); the pose
-    publishes at ``pose_hz`` stamped at publication.
+    publishes at ``pose_hz`` stamped at publication. The feeder is always the DDS backend. With
+    ``pose_seq`` pose n is at ``x = POSE_X0 + n * POSE_STEP_M`` and ``pose_sent[n]`` is its publish time.
+    ``env`` is added to the node's environment.
     """
 
     def __init__(self, cameras: list[str], size_wh: tuple[int, int], img_size: int, camera_hz: float = 30.0,
-                 pose_hz: float = 100.0, lead_s: float = 0.0) -> None:
+                 pose_hz: float = 100.0, lead_s: float = 0.0, transport: str = "dds", control_hz: float = 10.0,
+                 params: dict | None = None, pose_seq: bool = False, env: dict[str, str] | None = None) -> None:
         import torch
         import yaml
 
@@ -159,19 +186,33 @@ class FedNode:
         policy = VisuomotorPolicy.from_config(cfg)
         policy.set_stats(identity_stats(cfg))
         ckpt = policy.save_pretrained(tmp / "ckpt")
-        (tmp / "node.yaml").write_text(yaml.safe_dump({"policy_node": {"ros__parameters": {
-            "checkpoint": str(ckpt), "threads": 1, "diagnostics_rate_hz": 2.0, "runtime": {"control_rate_hz": 10.0}}}}))
-        domain = 100 + (os.getpid() + len(cameras) * 7 + size_wh[0]) % 100
-        env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "vit_policy.cli", "serve", "--transport", "dds", "--config",
-                                      str(tmp / "node.yaml")], env=env, cwd=ROOT)
+        node_params: dict = {"checkpoint": str(ckpt), "threads": 1, "diagnostics_rate_hz": 2.0, "runtime": {"control_rate_hz": float(control_hz)}}
+        for key, value in (params or {}).items():  # {"safety": {...}} merges into that section
+            if isinstance(value, dict):
+                node_params.setdefault(key, {}).update(value)
+            else:
+                node_params[key] = value
+        (tmp / "node.yaml").write_text(yaml.safe_dump({"policy_node": {"ros__parameters": node_params}}))
+        self.transport = transport
+        self.domain = domain = 100 + (os.getpid() + len(cameras) * 7 + size_wh[0] + int(control_hz) + len(transport)) % 100
+        self.env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+        self.proc = subprocess.Popen([sys.executable, "-m", "vit_policy.cli", "serve", "--transport", transport, "--config",
+                                      str(tmp / "node.yaml")], env=self.env, cwd=ROOT)
         self.t = DDSTransport("feeder", domain_id=domain)
         f = self.t.factory
         self.diags: list[tuple[float, dict[str, str]]] = []
-        self.cmds: list[float] = []
+        self.cmds: list[float] = []  # arrival (monotonic) of each command
+        self.poses_out: list[tuple[int, int, float]] = []  # cmd/pose: (arrival time_ns, stamp ns, position.x)
         self.t.create_subscription("diagnostic_msgs/msg/DiagnosticArray", "/diagnostics",
                                    lambda m: self.diags.append((time.monotonic(), M.diagnostic_values(m))))
-        self.t.create_subscription("trajectory_msgs/msg/MultiDOFJointTrajectory", "/policy/chunk", lambda m: self.cmds.append(time.monotonic()))
+        if node_params.get("output_mode") == "pose":
+            def on_pose_cmd(m) -> None:
+                self.poses_out.append((time.time_ns(), M.stamp_to_ns(m.header.stamp), m.pose.position.x))
+                self.cmds.append(time.monotonic())
+
+            self.t.create_subscription("geometry_msgs/msg/PoseStamped", "/cmd/pose", on_pose_cmd)
+        else:
+            self.t.create_subscription("trajectory_msgs/msg/MultiDOFJointTrajectory", "/policy/chunk", lambda m: self.cmds.append(time.monotonic()))
         pubs = {c: self.t.create_publisher("sensor_msgs/msg/Image", f"/camera/{c}/image_raw", "sensor_data") for c in cameras}
         pose = self.t.create_publisher("geometry_msgs/msg/PoseStamped", "/ee_pose")
         self.enable = self.t.create_publisher("std_msgs/msg/Bool", "/policy/enable")
@@ -179,10 +220,17 @@ class FedNode:
         rgb = np.random.default_rng(0).integers(0, 256, (size_wh[1], size_wh[0], 3), dtype=np.uint8)
         msgs = {c: M.rgb_to_image(f, rgb, 0, c, "bgr8") for c in cameras}
         lead = int(lead_s * 1e9)
+        self.pose_sent: list[int] = []  # publish time_ns of pose n
 
         def frame(c: str) -> None:
             msgs[c].header.stamp = M.ns_to_stamp(f, time.time_ns() - lead)
             pubs[c].publish(msgs[c])
+
+        def pose_once() -> None:
+            x = POSE_X0 + len(self.pose_sent) * POSE_STEP_M if pose_seq else 0.4
+            msg = M.make_pose_stamped(f, time.time_ns(), "base_link", [x, 0, 0.3], [1.0, 0, 0, 0])
+            self.pose_sent.append(time.time_ns())  # just before the publish call
+            pose.publish(msg)
 
         def loop(period: float, fn) -> None:
             nxt = time.monotonic()
@@ -192,8 +240,7 @@ class FedNode:
                 self.stop.wait(max(0.0, nxt - time.monotonic()))
 
         self.threads = [threading.Thread(target=loop, args=(1 / camera_hz, lambda c=c: frame(c)), daemon=True) for c in cameras]
-        self.threads.append(threading.Thread(target=loop, args=(1 / pose_hz, lambda: pose.publish(
-            M.make_pose_stamped(f, time.time_ns(), "base_link", [0.4, 0, 0.3], [1.0, 0, 0, 0]))), daemon=True))
+        self.threads.append(threading.Thread(target=loop, args=(1 / pose_hz, pose_once), daemon=True))
         for th in self.threads:
             th.start()
 
@@ -201,11 +248,16 @@ class FedNode:
         """Wait for the node, enable it, wait for its first command and a warm-up."""
         end = time.monotonic() + 120
         while not self.diags and time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the {self.transport} node exited with {self.proc.returncode} before its first diagnostics")
             time.sleep(0.2)
-        for _ in range(3):
-            self.enable.publish(self.t.factory("std_msgs/msg/Bool")(data=True))
-            time.sleep(0.2)
-        while not self.cmds and time.monotonic() < end:
+        if self.transport == "rclpy":  # ~/enable is a service there: a one-shot rclpy client process
+            subprocess.run([sys.executable, __file__, "--enable-rclpy", "/policy_node/enable"], env=self.env, cwd=ROOT, timeout=90, check=True)
+        else:
+            for _ in range(3):
+                self.enable.publish(self.t.factory("std_msgs/msg/Bool")(data=True))
+                time.sleep(0.2)
+        while not (self.cmds and self.latest().get("enabled") == "True") and time.monotonic() < end:
             time.sleep(0.2)
         time.sleep(warmup_s)
 
@@ -273,6 +325,66 @@ def bench_resolutions(seconds: float, img_size: int, sizes: list[str]) -> list[t
     return out
 
 
+def enable_rclpy(service: str) -> None:
+    """--backends helper process: call the rclpy node's ``~/enable`` (std_srvs/SetBool) once."""
+    import rclpy
+    from std_srvs.srv import SetBool
+
+    from ros_nodes.transport.rclpy_backend import NO_SIGNAL_HANDLERS
+
+    rclpy.init(**NO_SIGNAL_HANDLERS)
+    node = rclpy.create_node("ros_path_enable")
+    client = node.create_client(SetBool, service)
+    if not client.wait_for_service(timeout_sec=60.0):
+        raise SystemExit(f"{service}: no such service after 60 s")
+    future = client.call_async(SetBool.Request(data=True))
+    rclpy.spin_until_future_complete(node, future, timeout_sec=30.0)
+    if not (future.done() and future.result().success):
+        raise SystemExit(f"{service}: the call did not succeed")
+    node.destroy_node()
+    rclpy.try_shutdown()
+
+
+def bench_backends(backends: list[str], executors: list[str], rates: list[float], seconds: float, img_size: int,
+                   fastdds_profile: str = str(FASTDDS_PROFILE)) -> list[tuple[str, ...]]:
+    """The node on each backend (rclpy: under each executor) at each control rate: hit ratio, overruns, pose -> command latency."""
+    from vit_policy.inputs import camera_key
+
+    out = []
+    params = {"output_mode": "pose", "safety": {"max_step": MAX_STEP_M}}
+    runs = [("dds", "")] if "dds" in backends else []
+    runs += [("rclpy", ex) for ex in executors] if "rclpy" in backends else []
+    for rate in rates:
+        for backend, executor in runs:
+            # Fast DDS 3 (the wheels, Jazzy and later); Humble's Fast DDS 2 reads FASTRTPS_DEFAULT_PROFILES_FILE
+            env = {"FASTDDS_DEFAULT_PROFILES_FILE": fastdds_profile, "VIT_POLICY_EXECUTOR": executor} if backend == "rclpy" else {}
+            node = FedNode(["front"], (640, 480), img_size, camera_hz=30.0, pose_hz=100.0, transport=backend,
+                           control_hz=rate, params=params, pose_seq=True, env=env)
+            try:
+                node.start(warmup_s=2.0)
+                d0, c0, t0 = node.latest(), len(node.poses_out), time.monotonic()
+                time.sleep(seconds)
+                d1, c1, t1 = node.latest(), len(node.poses_out), time.monotonic()
+            finally:
+                node.close()
+            got = sum(t0 <= c < t1 for c in node.cmds)
+            ticks = int(d1.get("ticks", 0)) - int(d0.get("ticks", 0))
+            over = int(d1.get("overruns", 0)) - int(d0.get("overruns", 0))
+            lat, lat_in, lat_out = [], [], []
+            for arrival, stamp, x in node.poses_out[c0:c1]:
+                n = int(round((x - POSE_X0) / POSE_STEP_M))
+                if 0 <= n < len(node.pose_sent):
+                    lat.append((arrival - node.pose_sent[n]) / 1e6)
+                    lat_in.append((stamp - node.pose_sent[n]) / 1e6)
+                    lat_out.append((arrival - stamp) / 1e6)
+            out.append((f"{backend} ({executor})" if executor else backend, f"{rate:g}", d1.get(f"{camera_key('front')}.rate_hz", "n/a"),
+                        f"{got / (t1 - t0):.1f}", f"{got / (rate * (t1 - t0)):.2f}",
+                        f"{over / ticks:.2f}" if ticks else "n/a", f"{pct(lat, 50):.1f}", f"{pct(lat, 99):.1f}",
+                        f"{pct(lat_in, 50):.1f}", f"{pct(lat_out, 50):.1f}", f"{pct(lat_out, 99):.1f}"))
+            print("  ".join(f"{v:>14}" for v in out[-1]), flush=True)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=200)
@@ -282,11 +394,36 @@ def main() -> int:
     parser.add_argument("--skip-transport", action="store_true")
     parser.add_argument("--resolutions", nargs="*", choices=sorted(RESOLUTIONS), metavar="WxH",
                         help="only the node under 30 Hz cameras at these sizes (default all), 1 and 2 cameras, 200 Hz pose")
-    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per --resolutions row")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per --resolutions / --backends row")
+    parser.add_argument("--backends", nargs="*", choices=["dds", "rclpy"],
+                        help="only the node on these transports (default both) at --rates: hit ratio, overruns, pose -> command latency")
+    parser.add_argument("--rates", nargs="+", type=float, default=[10.0, 30.0, 100.0], help="control rates of --backends (Hz)")
+    parser.add_argument("--executors", nargs="+", choices=["events", "single", "multi"], default=["events"],
+                        help="the rclpy node's executors of --backends (VIT_POLICY_EXECUTOR; default events, the node's own)")
+    parser.add_argument("--fastdds-profile", default=str(FASTDDS_PROFILE),
+                        help="Fast DDS XML profile of the rclpy node of --backends ('' for none: the kernel's default socket buffers)")
     parser.add_argument("--echo", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--enable-rclpy", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo is not None:
         echo(args.echo)
+        return 0
+    if args.enable_rclpy:
+        enable_rclpy(args.enable_rclpy)
+        return 0
+    if args.backends is not None:
+        head = ("backend", "control Hz", "camera Hz", "commands/s", "hit ratio", "overruns", "lat p50", "lat p99", "in p50", "out p50", "out p99")
+        print("  ".join(f"{h:>14}" for h in head), flush=True)
+        table = bench_backends(args.backends or ["dds", "rclpy"], args.executors, args.rates, args.seconds, args.img_size,
+                               args.fastdds_profile)
+        print("\n| backend | control Hz | camera Hz at the node | commands/s | hit ratio | overrun share | pose->cmd p50 ms | p99 ms "
+              "| pose->tick p50 ms | tick->cmd p50 ms | tick->cmd p99 ms |")
+        print("| --- " * len(head) + "|")
+        for row in table:
+            print("| " + " | ".join(row) + " |")
+        print(f"(one peer: a 640x480 bgr8 camera at 30 Hz and a 100 Hz pose over the DDS backend; {args.seconds:g} s per row after "
+              f"a 2 s warm-up; tiny ViT at {args.img_size} px, 1 torch thread; {os.cpu_count()} CPUs, load average "
+              f"{os.getloadavg()[0]:.1f}; {time.strftime('%Y-%m-%d %H:%M:%S')})")
         return 0
     if args.resolutions is not None:
         table = bench_resolutions(args.seconds, args.img_size, args.resolutions or list(RESOLUTIONS))

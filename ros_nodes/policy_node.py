@@ -420,7 +420,12 @@ def serve(transport: str, config: str | None = None, overrides: list[str] | None
 
 
 def spawn_dds_node(params: dict[str, Any], workdir: Path, domain_id: int, threads: int = 1) -> "subprocess.Popen[str]":
-    """``vit-policy serve --transport dds`` in its own process on DDS domain ``domain_id``.
+    """``vit-policy serve --transport dds`` in its own process on DDS domain ``domain_id`` (:func:`spawn_node`)."""
+    return spawn_node(params, workdir, domain_id, threads, transport="dds")
+
+
+def spawn_node(params: dict[str, Any], workdir: Path, domain_id: int, threads: int = 1, transport: str = "dds") -> "subprocess.Popen[str]":
+    """``vit-policy serve --transport <transport>`` in its own process on DDS / ROS domain ``domain_id``.
 
     ``params`` is a ROS 2 parameter file's content (``{node: {ros__parameters: ...}}``); it is written to
     ``workdir/policy_node.yaml``. Output (stdout and stderr) is collected by :func:`stop_node`.
@@ -435,7 +440,7 @@ def spawn_dds_node(params: dict[str, Any], workdir: Path, domain_id: int, thread
     path.write_text(yaml.safe_dump(params))
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "ROS_DOMAIN_ID": str(domain_id), "PYTHONPATH": str(root), "OMP_NUM_THREADS": str(threads)}
-    return subprocess.Popen([sys.executable, "-m", "vit_policy.cli", "serve", "--transport", "dds", "--config", str(path)],
+    return subprocess.Popen([sys.executable, "-m", "vit_policy.cli", "serve", "--transport", transport, "--config", str(path)],
                             env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -8,9 +8,14 @@ latest command it received and publishes what a robot driver publishes, stamped 
   /joint_states            sensor_msgs/JointState (the two finger joints)
 
 and subscribes to the node's ``/cmd/pose`` (PoseStamped target) and ``/cmd/gripper`` (Float64). The
-node is ``vit-policy serve --transport dds`` started with :func:`start_node`, in another process, so
-the messages cross a real DDS participant boundary (CycloneDDS on loopback) in ROS 2 wire format. It
-is enabled and reset through its ``/policy/enable`` and ``/policy/reset`` topics.
+bridge always speaks CycloneDDS (the DDS backend). The node is ``vit-policy serve --transport dds`` or
+``--transport rclpy`` (Fast DDS, the middleware of ROS 2's default install and of the pip wheels)
+started with :func:`start_node`, in another process, so the messages cross a real DDS participant
+boundary on loopback in ROS 2 wire format; with rclpy, between two DDS implementations (the DDS
+backend applies Cyclone's ``IgnoreTypeInformation`` setting so that Fast DDS's images and joint states
+match). The DDS node is enabled and reset through its ``/policy/enable`` and ``/policy/reset`` topics,
+the rclpy node through its ``/policy_node/enable`` and ``/policy_node/reset`` services, called by an
+rclpy client in the bridge's process (:class:`RclpySwitches`), as an operator's ``ros2 service call``.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ros_nodes.policy_node import spawn_dds_node, stop_node
+from ros_nodes.policy_node import spawn_node, stop_node
 from sim_tests.fetch_env import FINGER_JOINTS, FINGER_SUM_OPEN, ArmCommand, FetchSim
 from sim_tests.record import camera_topic
 from vit_policy import messages as M
@@ -46,9 +51,54 @@ def node_parameters(cfg: SimConfig, checkpoint: str | Path, threads: int = 1) ->
     }}}
 
 
-def start_node(cfg: SimConfig, checkpoint: str | Path, workdir: Path, domain_id: int, threads: int = 1) -> subprocess.Popen:
-    """The policy node for this simulator in its own process, on DDS domain ``domain_id``."""
-    return spawn_dds_node(node_parameters(cfg, checkpoint, threads), workdir, domain_id, threads)
+def start_node(cfg: SimConfig, checkpoint: str | Path, workdir: Path, domain_id: int, threads: int = 1,
+               transport: str = "dds") -> subprocess.Popen:
+    """The policy node for this simulator in its own process (``vit-policy serve --transport``), on domain ``domain_id``."""
+    return spawn_node(node_parameters(cfg, checkpoint, threads), workdir, domain_id, threads, transport=transport)
+
+
+class RclpySwitches:
+    """The rclpy node's ``~/enable`` (std_srvs/SetBool) and ``~/reset`` (std_srvs/Trigger) services, called
+    from a plain rclpy node on its own context; each call waits for the node's answer."""
+
+    def __init__(self, domain_id: int, node: str = "/policy_node", timeout_s: float = 60.0) -> None:
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        from std_srvs.srv import SetBool, Trigger
+
+        from ros_nodes.transport.rclpy_backend import NO_SIGNAL_HANDLERS
+
+        self.timeout_s = timeout_s
+        self.context = Context()
+        rclpy.init(context=self.context, domain_id=domain_id, **NO_SIGNAL_HANDLERS)
+        self.node = rclpy.create_node("fetch_sim_switches", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.SetBool, self.Trigger = SetBool, Trigger
+        self.enable = self.node.create_client(SetBool, f"{node}/enable")
+        self.reset = self.node.create_client(Trigger, f"{node}/reset")
+
+    def _call(self, client: Any, request: Any) -> None:
+        if not client.wait_for_service(timeout_sec=self.timeout_s):
+            raise TimeoutError(f"service {client.srv_name} did not appear within {self.timeout_s:.0f} s")
+        future = client.call_async(request)
+        self.executor.spin_until_future_complete(future, timeout_sec=self.timeout_s)
+        if not future.done() or not future.result().success:
+            raise RuntimeError(f"service {client.srv_name}: {'no answer' if not future.done() else future.result().message}")
+
+    def set_enabled(self, on: bool) -> None:
+        self._call(self.enable, self.SetBool.Request(data=bool(on)))
+
+    def reset_node(self) -> None:
+        self._call(self.reset, self.Trigger.Request())
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
 
 
 @dataclass
@@ -67,7 +117,7 @@ class BridgeEpisode:
 class DDSSimBridge:
     """The simulated arm on DDS: sensors out, commands in, at the simulator's 25 Hz in wall time."""
 
-    def __init__(self, cfg: SimConfig, domain_id: int) -> None:
+    def __init__(self, cfg: SimConfig, domain_id: int, switches: RclpySwitches | None = None) -> None:
         from ros_nodes.transport.dds_backend import DDSTransport
 
         self.cfg = cfg
@@ -80,6 +130,7 @@ class DDSSimBridge:
         self.pub_joints = self.t.create_publisher("sensor_msgs/msg/JointState", "/joint_states", "reliable")
         self.pub_enable = self.t.create_publisher("std_msgs/msg/Bool", "/policy/enable", "reliable")
         self.pub_reset = self.t.create_publisher("std_msgs/msg/Empty", "/policy/reset", "reliable")
+        self.switches = switches  # None: the DDS node's topics
         self._lock = threading.Lock()
         self.target: tuple[int, np.ndarray] | None = None  # (arrival ns, position + quaternion x y z w)
         self.gripper: float | None = None
@@ -129,7 +180,16 @@ class DDSSimBridge:
         self.pub_pose.publish(M.make_pose_stamped(self.f, now, self.cfg.base_frame, frame.position, frame.quaternion))
 
     def set_enabled(self, on: bool) -> None:
-        self.pub_enable.publish(self.f("std_msgs/msg/Bool")(data=bool(on)))
+        if self.switches is not None:
+            self.switches.set_enabled(on)
+        else:
+            self.pub_enable.publish(self.f("std_msgs/msg/Bool")(data=bool(on)))
+
+    def reset_node(self) -> None:
+        if self.switches is not None:
+            self.switches.reset_node()
+        else:
+            self.pub_reset.publish(self.f("std_msgs/msg/Empty")(structure_needs_at_least_one_member=0))
 
     def wait_for_node(self, proc: subprocess.Popen | None, timeout_s: float = 120.0) -> None:
         """Stream the reset pose until the node answers with commands (it publishes stops while disabled)."""
@@ -147,7 +207,7 @@ class DDSSimBridge:
         """Reset the sim and the node, enable it, run ``episode_steps`` steps paced at 40 ms of wall time."""
         frame = self.sim.reset(seed=seed)
         self.set_enabled(False)
-        self.pub_reset.publish(self.f("std_msgs/msg/Empty")(structure_needs_at_least_one_member=0))
+        self.reset_node()
         with self._lock:
             self.target, self.gripper = None, None
         t_end = time.monotonic() + settle_s  # let the reset land; keep the sensors streaming meanwhile
@@ -182,25 +242,33 @@ class DDSSimBridge:
         return BridgeEpisode(seed, bool(frame.success), reached, first, self.sim.steps, cmds, chunks, bad, late)
 
     def close(self) -> None:
-        self.set_enabled(False)
-        self.t.shutdown()
-        self.sim.close()
+        try:
+            self.set_enabled(False)
+        finally:
+            if self.switches is not None:
+                self.switches.close()
+            self.t.shutdown()
+            self.sim.close()
 
 
 def run_sim_in_the_loop(cfg: SimConfig, checkpoint: str | Path, episodes: int, workdir: Path, domain_id: int,
-                        seed: int = 0, same_seed: bool = False) -> tuple[list[BridgeEpisode], str]:
-    """Start the node, run ``episodes`` episodes (seeds seed, seed+1... or all ``seed``) over DDS.
+                        seed: int = 0, same_seed: bool = False, transport: str = "dds") -> tuple[list[BridgeEpisode], str]:
+    """Start the node (on ``transport``), run ``episodes`` episodes (seeds seed, seed+1... or all ``seed``) over DDS.
 
     Returns the episodes and the node's log.
     """
-    proc = start_node(cfg, checkpoint, workdir, domain_id)
-    bridge = DDSSimBridge(cfg, domain_id)
+    proc = start_node(cfg, checkpoint, workdir, domain_id, transport=transport)
+    bridge = None
     results: list[BridgeEpisode] = []
     try:
+        bridge = DDSSimBridge(cfg, domain_id, RclpySwitches(domain_id) if transport == "rclpy" else None)
         bridge.wait_for_node(proc)
         for i in range(episodes):
             results.append(bridge.run_episode(seed if same_seed else seed + i))
     finally:
-        bridge.close()
-        out = stop_node(proc)
+        try:
+            if bridge is not None:
+                bridge.close()
+        finally:
+            out = stop_node(proc)
     return results, out

@@ -22,7 +22,7 @@ from rosbags.typesys import Stores, get_typestore
 pytest.importorskip("cyclonedds", reason="the DDS backend needs the 'dds' extra: pip install -e .[dds]")
 
 from ros_nodes.policy_node import spawn_dds_node, stop_node  # noqa: E402
-from ros_nodes.transport.dds_backend import DDSTransport, resolve_name, shared_types  # noqa: E402
+from ros_nodes.transport.dds_backend import DDSTransport, next_beat, resolve_name, shared_types  # noqa: E402
 from vit_policy import messages as M  # noqa: E402
 from vit_policy.config import EncoderConfig, PolicyConfig  # noqa: E402
 from vit_policy.geometry import NormStats  # noqa: E402
@@ -45,6 +45,14 @@ def test_type_names_follow_ros2_conventions():
     assert resolve_name("cmd/twist", "/arm", "policy_node") == "/arm/cmd/twist"
     assert resolve_name("/diagnostics", "/arm", "policy_node") == "/diagnostics"
     assert resolve_name("~/enable", "arm", "policy_node") == "/arm/policy_node/enable"
+
+
+def test_timer_schedule_runs_a_late_beat_at_once_and_skips_missed_ones():
+    assert next_beat(10.0, 10.004, 0.01) == pytest.approx(10.01)  # on time: the next beat
+    assert next_beat(10.0, 10.013, 0.01) == pytest.approx(10.01)  # that beat has passed: run it now, not skip it
+    assert next_beat(10.0, 10.047, 0.01) == pytest.approx(10.04)  # 3 beats missed entirely: only the latest runs
+    late = next_beat(10.0, 10.013, 0.01)
+    assert next_beat(late, 10.0135, 0.01) == pytest.approx(10.02)  # the grid is kept: no drift after a late beat
 
 
 def test_cdr_bytes_equal_rosbags_serializer():

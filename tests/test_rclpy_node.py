@@ -11,8 +11,8 @@ test``) or from a sourced ROS 2 install. These tests never skip: without rclpy, 
   the node's name; the final stop on SIGINT, then exit 0.
 * ``vit-policy serve --transport rclpy``: compressed images, TF pose (tf2_msgs built from its
   definition), trajectory output, the final stop on SIGTERM, then exit 0.
-* In process: pose output, the lifecycle ``shutdown`` transition over its service, errors naming the
-  renamed node, tf2_msgs identical to the distribution's, rclpy starting with nothing sourced.
+* In process: pose output, the lifecycle ``shutdown`` transition over its service, the executor (one
+  thread unless ``VIT_POLICY_EXECUTOR`` says otherwise), errors naming the renamed node, tf2_msgs identical to the distribution's, rclpy starting with nothing sourced.
 
 Every command received is checked for NaN. The node processes talk to this one on a random
 ``ROS_DOMAIN_ID`` below 100 (the DDS tests use 100-232), discovery limited to this host.
@@ -493,6 +493,36 @@ def test_lifecycle_node_in_process_pose_output_and_shutdown_transition(checkpoin
             streamer.close()
         peer.executor.remove_node(node)
         node.destroy_node()
+
+
+def test_one_thread_runs_the_callbacks_unless_the_environment_picks_another_executor(monkeypatch: pytest.MonkeyPatch):
+    from rclpy.executors import SingleThreadedExecutor
+
+    from ros_nodes.transport.rclpy_backend import make_executor
+    from vit_policy.config import ConfigError
+
+    try:
+        from rclpy.experimental import EventsExecutor  # noqa: F401
+        default = "EventsExecutor"
+    except ImportError:  # Humble
+        default = "SingleThreadedExecutor"
+    context = Context()
+    rclpy.init(context=context, **NO_SIGNAL_HANDLERS)
+    try:
+        monkeypatch.delenv("VIT_POLICY_EXECUTOR", raising=False)
+        executors = [make_executor(context)]
+        assert type(executors[-1]).__name__ == default
+        for kind, cls in (("single", SingleThreadedExecutor), ("multi", MultiThreadedExecutor)):
+            monkeypatch.setenv("VIT_POLICY_EXECUTOR", kind)
+            executors.append(make_executor(context))
+            assert isinstance(executors[-1], cls)
+        monkeypatch.setenv("VIT_POLICY_EXECUTOR", "threads")
+        with pytest.raises(ConfigError, match="VIT_POLICY_EXECUTOR='threads': expected one of events, single, multi"):
+            make_executor(context)
+        for executor in executors:
+            executor.shutdown()
+    finally:
+        rclpy.try_shutdown(context=context)
 
 
 def test_errors_name_the_renamed_node(checkpoint: Path, peer: Peer):

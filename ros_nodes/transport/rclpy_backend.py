@@ -15,8 +15,17 @@ built from their definitions at first use (:mod:`ros_nodes.transport.rclpy_types
 * Parameters declared with descriptors (read only: they are fixed once configured).
 * Topic names are relative (remappable) except the absolute defaults of the inputs; image QoS is
   sensor data by default (parameter ``image_qos``), commands are reliable.
-* The control and diagnostics timers each have their own mutually exclusive callback group, the
-  subscriptions another, under a MultiThreadedExecutor: a slow callback never delays a tick.
+* One thread runs every callback: ``rclpy.experimental.EventsExecutor`` where the installed rclpy has
+  it (Jazzy and later), a ``SingleThreadedExecutor`` otherwise (Humble). No callback does work beyond
+  handing the message on (subscriptions route it to the latest-value buffers, the control tick takes
+  the command PolicyRunner's inference worker thread computed, services flip a flag), so one thread
+  keeps up, and it avoids what a ``MultiThreadedExecutor`` costs in Python: a thread-pool hand-off per
+  callback and all threads fighting for the GIL with the inference worker, which made a pose's way to
+  the command computed from it 2-5x longer (``benchmarks/ros_path.py --backends``; README, "rclpy and
+  DDS side by side"). The environment variable ``VIT_POLICY_EXECUTOR``
+  (``events``, ``single`` or ``multi``: four threads) picks another executor, for that benchmark.
+  The timers and the subscriptions keep their own mutually exclusive callback groups, so ``multi`` never
+  runs two of one kind at once.
 * Services ``~/enable`` (std_srvs/SetBool, default off) and ``~/reset`` (std_srvs/Trigger).
 * Commands are stamped with the node clock; ``use_sim_time`` is honoured by that clock.
 * SIGINT / SIGTERM: rclpy's own handlers would shut the context down before the final stop could be
@@ -31,6 +40,7 @@ from __future__ import annotations
 import array
 import importlib
 import logging
+import os
 import signal
 import threading
 from typing import Any, Callable
@@ -39,7 +49,7 @@ import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.duration import Duration
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import Executor, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
@@ -49,6 +59,7 @@ from ros_nodes.transport.base import Publisher, QoSKind, Transport, check_parame
 ROS_OWN_PARAMETERS = ("use_sim_time", "autostart", "start_type_description_service")
 SPIN_PERIOD_S = 0.1  # the main thread returns to Python this often, so a signal is handled within it
 FINAL_ACK_TIMEOUT_S = 1.0  # how long the final stop waits for reliable subscribers to acknowledge it
+EXECUTORS = ("events", "single", "multi")  # VIT_POLICY_EXECUTOR; the first is the default
 
 try:
     from rclpy.executors import ExternalShutdownException
@@ -344,7 +355,7 @@ class RclpyTransport(Transport):
 
     def spin(self) -> None:
         """Run callbacks until SIGINT / SIGTERM, :meth:`request_stop` or :meth:`shutdown`; the context stays up."""
-        executor = MultiThreadedExecutor(num_threads=4, context=self.node.context)
+        executor = make_executor(self.node.context)
         executor.add_node(self.node)
         self.install_signal_handlers()
         self._spinning = True
@@ -391,6 +402,26 @@ class RclpyTransport(Transport):
             self.node.destroy_node()
             if rclpy.ok():
                 rclpy.try_shutdown()
+
+
+def make_executor(context: Any, kind: str | None = None) -> Executor:
+    """The executor the node spins in: ``kind`` or ``$VIT_POLICY_EXECUTOR`` (``events`` by default; see the
+    module docstring). ``events`` falls back to a SingleThreadedExecutor where rclpy has no EventsExecutor."""
+    from vit_policy.config import ConfigError
+
+    kind = (kind or os.environ.get("VIT_POLICY_EXECUTOR") or EXECUTORS[0]).strip().lower()
+    if kind not in EXECUTORS:
+        raise ConfigError(f"VIT_POLICY_EXECUTOR={kind!r}: expected one of {', '.join(EXECUTORS)} (or unset: events)")
+    if kind == "multi":
+        return MultiThreadedExecutor(num_threads=4, context=context)
+    if kind == "events":
+        try:
+            from rclpy.experimental import EventsExecutor
+        except ImportError:  # Humble: no EventsExecutor
+            pass
+        else:
+            return EventsExecutor(context=context)
+    return SingleThreadedExecutor(context=context)
 
 
 def overrides(params: dict[str, Any] | None, use_sim_time: bool) -> list[Parameter]:
