@@ -1,4 +1,4 @@
-"""The ``vit-policy`` command: demo, train, replay, inspect, serve, sim-record, sim-pretrain, sim-eval.
+"""The ``vit-policy`` command: demo, train, replay, inspect, serve, sim-record, sim-pretrain, sim-eval, export.
 
 Each subcommand imports its module lazily, so ``vit-policy --help`` stays fast and the core never
 imports ROS, the simulator or the CLI.
@@ -266,10 +266,36 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# export: the policy step as ONNX (fp32 / int8) for runtime.backend: onnxruntime (vit_policy/deploy.py)
+# --------------------------------------------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from vit_policy.deploy import cli_export
+
+    return cli_export(args)
+
+
+def add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a checkpoint as an ONNX graph (fp32, --int8 too) for runtime.backend: onnxruntime, "
+                       "checked against torch on held-out frames")
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="trained checkpoint directory")
+    p.add_argument("--bags", nargs="+", required=True, metavar="PATH", help="held-out rosbag2 recordings: the frames the export is checked on")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: the checkpoint directory itself)")
+    p.add_argument("--int8", action="store_true", help="also write policy.int8.onnx (dynamic int8; kept only within 1 mm / 0.5 deg of torch)")
+    p.add_argument("--data-config", metavar="YAML", help="train config (its data: section) or data YAML with the bags' topics "
+                   "(default: the checkpoint's metadata.json)")
+    p.add_argument("--frames", type=int, default=64, help="frames checked, spread evenly over the bags (default 64)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(func=cmd_export)
+
+
+# --------------------------------------------------------------------------------------------------
 # Subcommands of the other modules register here: one add_<name>(sub) function each.
 # --------------------------------------------------------------------------------------------------
 
-REGISTER = [add_demo, add_policy_demo, add_train, add_replay, add_inspect, add_serve, add_sim_record, add_sim_pretrain, add_sim_eval]
+REGISTER = [add_demo, add_policy_demo, add_train, add_replay, add_inspect, add_serve, add_sim_record, add_sim_pretrain, add_sim_eval,
+            add_export]
 
 
 DEBUG_HELP = "on an error, show the Python traceback instead of the one-line message (before or after the subcommand)"
