@@ -168,6 +168,12 @@ def test_backend_errors_name_the_setting_and_the_fix(exported: dict, bag: Synthe
         load_policy(exported["out"], RuntimeConfig(backend="onnxruntime", providers=["CUDAExecutionProvider"]))
     with pytest.raises(ConfigError, match="runtime.onnx_file"):
         RuntimeConfig(onnx_file="../policy.pt")
+    cut = tmp_path / "cut"  # a copy cut short: the graph is named with the cause and the fix
+    cut.mkdir()
+    (cut / "config.yaml").write_bytes((exported["out"] / "config.yaml").read_bytes())
+    (cut / ONNX_FILE).write_bytes((exported["out"] / ONNX_FILE).read_bytes()[:5000])
+    with pytest.raises(ConfigError, match=r"cannot load ONNX graph .*policy.onnx.*vit-policy export"):
+        OnnxPolicy(cut)
     assert main(["export", "--checkpoint", str(tmp_path / "missing"), "--bags", str(bag.path)]) == 2
 
 
