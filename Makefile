@@ -19,7 +19,7 @@ $(STAMP): setup.py constraints.txt
 	    echo "       Free space there (old clones' .venv, outputs/), or set VENV=<path on a larger disk>." >&2; exit 1; fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --no-cache-dir --upgrade pip
-	$(PY) -m pip install -q --no-cache-dir -c constraints.txt -e '.[dev,dds,sim,ros,lerobot]'
+	$(PY) -m pip install -q --no-cache-dir -c constraints.txt -e '.[dev,dds,sim,ros,lerobot,deploy]'
 	touch $@
 
 # EGL + Mesa so MuJoCo renders on the CPU (Debian packages; installed only when missing)

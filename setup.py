@@ -82,6 +82,8 @@ setup(
         # ROS 2 from pip (Kilted wheels, Fast DDS) for machines WITHOUT a ROS install: rclpy and the message
         # packages the node imports. Skip it where /opt/ros is sourced: it would shadow the distro's rclpy.
         "ros": ROS_WHEELS,
+        # vit-policy export and runtime.backend: onnxruntime (onnxruntime-gpu instead for the CUDA / TensorRT providers)
+        "deploy": ["onnx>=1.16", "onnxruntime>=1.18"],
     },
     zip_safe=True,
     maintainer="vit_policy maintainers",

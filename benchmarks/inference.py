@@ -1,7 +1,13 @@
-"""Policy step latency against an encoder-only forward, and achieved GFLOP/s against a matmul peak.
+"""Policy step latency against an encoder-only forward, and achieved GFLOP/s against a matmul peak; then the
+inference backends (torch eager, ONNX Runtime fp32 and int8) and, when ``lerobot`` is importable, LeRobot ACT.
 
 Everything is measured in one run so the ratios hold even on a noisy machine:
   python benchmarks/inference.py [--threads 2] [--repeats 30] [--configs vit_tiny vit_small clip_b32] [--json]
+  python benchmarks/inference.py --backends [--configs vit_small] [--cameras 1 2] [--size 224]
+
+With --backends, each backend's step is timed against that backend's own encoder-only forward (the same
+encoder exported alone for ONNX Runtime), interleaved, and against ACT's ``select_action`` (ResNet18,
+random init, chunk 20, a new chunk every call) on the same frames when lerobot is importable.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,15 +96,137 @@ def bench(name: str, cameras: int, repeats: int) -> dict:
     }
 
 
+class _EncoderOnly(torch.nn.Module):
+    def __init__(self, enc: torch.nn.Module) -> None:
+        super().__init__()
+        self.enc = enc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.enc.forward_features(x)
+
+
+def act_step(cameras: int, size: int) -> Any:
+    """LeRobot ACT's select_action on random frames (None without lerobot): ResNet18 random init, a chunk per call."""
+    try:
+        from lerobot.configs.types import FeatureType, PolicyFeature
+        from lerobot.policies.act.configuration_act import ACTConfig
+        from lerobot.policies.act.modeling_act import ACTPolicy
+    except ImportError:
+        return None
+    feats = {f"observation.images.cam{i}": PolicyFeature(type=FeatureType.VISUAL, shape=(3, size, size)) for i in range(cameras)}
+    feats["observation.state"] = PolicyFeature(type=FeatureType.STATE, shape=(8,))
+    cfg = ACTConfig(input_features=feats, output_features={"action": PolicyFeature(type=FeatureType.ACTION, shape=(10,))},
+                    pretrained_backbone_weights=None, chunk_size=20, n_action_steps=1)
+    act = ACTPolicy(cfg).eval()
+    obs = {k: torch.rand(1, *f.shape) for k, f in feats.items()}
+
+    def step() -> None:
+        with torch.inference_mode():
+            act.select_action(obs)  # n_action_steps=1: the network runs on every call
+
+    return step
+
+
+def bench_backends(name: str, cameras: int, repeats: int, size: int | None) -> list[dict]:
+    """Step and encoder-only p50 per backend (torch eager, ONNX Runtime fp32 / int8) and ACT, interleaved in one run."""
+    import tempfile
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from vit_policy.config import save_config
+    from vit_policy.deploy import ONNX_FILE, ONNX_INT8_FILE, OnnxPolicy, export_onnx, quantize_encoder
+
+    overrides = [f"cameras={[f'cam{i}' for i in range(cameras)]}"] + ([f"encoder.img_size={size}"] if size else [])
+    cfg = load_policy_config(CONFIGS / f"{name}.yaml", overrides)
+    policy = VisuomotorPolicy.from_config(cfg).eval()
+    policy.set_stats(identity_stats(cfg))
+    h, w = policy.image_size
+    rng = np.random.default_rng(0)
+    obs = Observation(0, {c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in cfg.cameras},
+                      np.array([0.4, 0.0, 0.3]), np.array([0.0, 0.0, 0.0, 1.0]), 1.0)
+    enc = policy.encoder_for(cfg.cameras[0])
+    x = torch.cat([to_model_input(obs.images[c], enc.img_size, enc.mean, enc.std) for c in cfg.cameras])
+    tmp = Path(tempfile.mkdtemp(prefix="bench_onnx_"))
+    save_config(cfg, tmp / "config.yaml")
+    export_onnx(policy, tmp / ONNX_FILE, policy.observation_batch([obs]))
+    quantize_encoder(tmp / ONNX_FILE, tmp / ONNX_INT8_FILE, cfg)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_EncoderOnly(enc).eval(), (x,), str(tmp / "encoder.onnx"), dynamo=False, opset_version=17, input_names=["x"])
+    quantize_dynamic(str(tmp / "encoder.onnx"), str(tmp / "encoder.int8.onnx"), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    import onnxruntime as ort
+
+    def session(path: Path) -> Any:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = torch.get_num_threads(), 1
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    xs = {"x": x.numpy()}
+    ort_fp32, ort_int8 = OnnxPolicy(tmp, ONNX_FILE), OnnxPolicy(tmp, ONNX_INT8_FILE)
+    enc_fp32, enc_int8 = session(tmp / "encoder.onnx"), session(tmp / "encoder.int8.onnx")
+
+    def torch_encoder() -> None:
+        with torch.inference_mode():
+            enc.forward_features(x)
+
+    fns = {"torch eager": (lambda: policy.predict(obs), torch_encoder),
+           "onnxruntime fp32": (lambda: ort_fp32.predict(obs), lambda: enc_fp32.run(None, xs)),
+           "onnxruntime int8": (lambda: ort_int8.predict(obs), lambda: enc_int8.run(None, xs))}
+    act = act_step(cameras, h)
+    times: dict[str, list[float]] = {}
+    for _ in range(3):  # interleaved rounds: drift on a shared machine hits every row alike
+        for label, (step, encoder) in fns.items():
+            times.setdefault(label, []).extend(timeit(step, max(1, repeats // 3)))
+            times.setdefault(label + " enc", []).extend(timeit(encoder, max(1, repeats // 3)))
+        if act is not None:
+            times.setdefault("act", []).extend(timeit(act, max(1, repeats // 3)))
+    act_p50 = float(np.percentile(times["act"], 50)) if act is not None else None
+    rows = []
+    for label in fns:
+        step_p50, enc_p50 = float(np.percentile(times[label], 50)), float(np.percentile(times[label + " enc"], 50))
+        rows.append({"config": name, "cameras": cameras, "img": f"{h}x{w}", "backend": label, "step_p50_ms": step_p50,
+                     "step_p90_ms": float(np.percentile(times[label], 90)), "enc_p50_ms": enc_p50, "step_over_enc": step_p50 / enc_p50,
+                     "vs_act": step_p50 / act_p50 if act_p50 else None})
+    if act_p50 is not None:
+        rows.append({"config": "ACT (lerobot)", "cameras": cameras, "img": f"{h}x{w}", "backend": "torch eager select_action",
+                     "step_p50_ms": act_p50, "step_p90_ms": float(np.percentile(times["act"], 90)), "enc_p50_ms": None,
+                     "step_over_enc": None, "vs_act": 1.0})
+    return rows
+
+
+def print_backend_rows(rows: list[dict], threads: int) -> None:
+    print(f"batch 1, {threads} threads; step / enc: each backend's step against its own encoder-only forward")
+    head = f"{'config':<14} {'cams':>4} {'img':>7} {'backend':<27} {'step p50':>9} {'step p90':>9} {'enc p50':>8} {'step/enc':>8} {'x ACT':>6}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        enc = f"{r['enc_p50_ms']:>7.1f}ms" if r["enc_p50_ms"] is not None else f"{'-':>9}"
+        ratio = f"{r['step_over_enc']:>8.3f}" if r["step_over_enc"] is not None else f"{'-':>8}"
+        act = f"{r['vs_act']:>6.2f}" if r["vs_act"] is not None else f"{'-':>6}"
+        print(f"{r['config']:<14} {r['cameras']:>4} {r['img']:>7} {r['backend']:<27} {r['step_p50_ms']:>8.1f}ms "
+              f"{r['step_p90_ms']:>8.1f}ms {enc} {ratio} {act}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--backends", action="store_true", help="rows per inference backend (and ACT when lerobot is importable)")
+    ap.add_argument("--size", type=int, default=None, help="--backends: encoder input size (default: each config's)")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--configs", nargs="+", default=["vit_tiny", "vit_small", "clip_b32"])
     ap.add_argument("--cameras", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.backends:
+        rows = [r for name in args.configs for cams in args.cameras for r in bench_backends(name, cams, args.repeats, args.size)]
+        if args.json:
+            print(json.dumps({"threads": args.threads, "rows": rows}, indent=2))
+        else:
+            print_backend_rows(rows, args.threads)
+        return
     peak = matmul_peak_gflops(args.repeats)
     rows = [bench(name, cams, args.repeats) for name in args.configs for cams in args.cameras]
     for r in rows:

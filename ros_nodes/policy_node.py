@@ -72,6 +72,9 @@ DESCRIPTIONS = {
     "runtime.ensemble_m": "temporal ensembling weight exp(-m i), i = 0 for the oldest chunk",
     "runtime.inference_latency_s": "latency estimate for scheduling (s); negative: measured",
     "runtime.synchronous": "run inference inside the control tick (deterministic; blocks the tick)",
+    "runtime.backend": "inference backend: torch, or onnxruntime (the graph vit-policy export wrote into the checkpoint)",
+    "runtime.onnx_file": "onnxruntime: graph file in the checkpoint directory (policy.onnx, or policy.int8.onnx)",
+    "runtime.providers": "onnxruntime execution providers, e.g. [CUDAExecutionProvider, CPUExecutionProvider]; [auto]: GPU ones when present",
     "safety.workspace_min": "workspace box lower corner [x, y, z] in base_frame (m)",
     "safety.workspace_max": "workspace box upper corner [x, y, z] in base_frame (m)",
     "safety.max_linear_speed": "EE linear speed limit (m/s)",
@@ -194,9 +197,14 @@ def load_policy(cfg: NodeConfig, log: logging.Logger) -> tuple[Any, bool]:
 
     torch.set_num_threads(cfg.threads)
     if cfg.checkpoint:
-        policy = VisuomotorPolicy.from_pretrained(cfg.checkpoint, map_location=cfg.device)
-        log.info("loaded checkpoint %s", cfg.checkpoint)
-        return policy.eval(), False
+        from vit_policy.deploy import load_policy as load_backend
+
+        policy = load_backend(cfg.checkpoint, cfg.runtime, cfg.device)
+        log.info("loaded checkpoint %s (backend %s)", cfg.checkpoint, cfg.runtime.backend)
+        return policy, False
+    if cfg.runtime.backend != "torch":
+        raise ConfigError(f"runtime.backend: {cfg.runtime.backend} runs an exported checkpoint; allow_untrained builds a torch "
+                          "model: set runtime.backend: torch, or give checkpoint: <exported dir>")
     policy = VisuomotorPolicy.from_config(load_policy_config(cfg.policy_config)).to(cfg.device).eval()
     policy.set_stats(identity_stats(policy.cfg))
     log.warning("UNTRAINED policy from %s (random weights, identity statistics): for plumbing checks only", cfg.policy_config)

@@ -348,9 +348,9 @@ def cli_sim_eval(args: Any) -> int:
     else:
         if not args.checkpoint:
             raise ConfigError("--checkpoint: give a trained checkpoint directory (or --baseline expert|random)")
-        from vit_policy.model.policy import VisuomotorPolicy
+        from vit_policy.deploy import load_policy
 
-        policy = VisuomotorPolicy.from_pretrained(args.checkpoint).eval()
+        policy = load_policy(args.checkpoint, cfg.runtime)  # runtime.backend: torch or onnxruntime
         report = evaluate_policy(policy, cfg, args.episodes, args.seed, out, gifs, progress=True)
     print(report.table())
     print(f"report: {out / 'sim_eval.json'}" + (f", GIFs: {out / 'gifs'}" if gifs else ""))

@@ -196,10 +196,39 @@ def add_fit_ood(sub: argparse._SubParsersAction) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# export: the policy step as ONNX (fp32 / int8) for runtime.backend: onnxruntime (vit_policy/deploy.py)
+# --------------------------------------------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from vit_policy.deploy import cli_export
+
+    return cli_export(args)
+
+
+def add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a checkpoint as an ONNX graph (fp32, --int8 too) for runtime.backend: onnxruntime, "
+                       "checked against torch on held-out frames")
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="trained checkpoint directory")
+    p.add_argument("--bags", nargs="+", required=True, metavar="PATH", help="held-out rosbag2 recordings: the frames the export is checked on")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: the checkpoint directory itself)")
+    p.add_argument("--int8", action="store_true", help="also write policy.int8.onnx (dynamic int8; kept only within 1 mm / 0.5 deg of torch)")
+    p.add_argument("--data-config", metavar="YAML", help="train config (its data: section) or data YAML with the bags' topics "
+                   "(default: the checkpoint's metadata.json)")
+    p.add_argument("--frames", type=int, default=64, help="frames checked, spread evenly over the bags (default 64)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(func=cmd_export)
+
+
+# --------------------------------------------------------------------------------------------------
+# Subcommands of the other modules register here: one add_<name>(sub) function each.
+# --------------------------------------------------------------------------------------------------
+
+# --------------------------------------------------------------------------------------------------
 # Registration: the core's subcommands here, the other packages' through entry points
 # --------------------------------------------------------------------------------------------------
 
-REGISTER = [add_policy_demo, add_train, add_replay, add_inspect, add_export_dataset, add_fit_ood]
+REGISTER = [add_policy_demo, add_train, add_replay, add_inspect, add_export_dataset, add_fit_ood, add_export]
 COMMANDS_GROUP = "vit_policy.commands"
 
 

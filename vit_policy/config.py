@@ -560,8 +560,19 @@ class RuntimeConfig:
     ensemble_m: float = 0.1  # temporal ensembling weight exp(-m * i), i = 0 for the oldest chunk (ACT)
     inference_latency_s: float | None = None  # None: measured; a value is used as the latency estimate
     synchronous: bool = False  # inference inline in tick (replay / simulation determinism)
+    # Inference backend (vit_policy/deploy.py load_policy): torch, or onnxruntime on the graph that `vit-policy export`
+    # wrote into the checkpoint directory (onnx_file: policy.onnx, or policy.int8.onnx from --int8). providers:
+    # ONNX Runtime execution providers; auto = TensorRT and CUDA where this onnxruntime has them, then the CPU.
+    backend: Literal["torch", "onnxruntime"] = "torch"
+    onnx_file: str = "policy.onnx"
+    providers: list[str] = field(default_factory=lambda: ["auto"])
 
     def __post_init__(self) -> None:
+        if not self.onnx_file.endswith(".onnx") or "/" in self.onnx_file:
+            raise ConfigError(f"runtime.onnx_file: {self.onnx_file!r} must name a .onnx file in the checkpoint directory "
+                              "(policy.onnx or policy.int8.onnx)")
+        if not self.providers:
+            raise ConfigError("runtime.providers: list ONNX Runtime execution providers, or [auto]")
         if not self.control_rate_hz > 0:
             raise ConfigError(f"runtime.control_rate_hz: {self.control_rate_hz} must be > 0 Hz")
         if self.sync_tolerance_s < 0 or not self.max_age_s > 0:

@@ -363,8 +363,9 @@ def latency_summary(ms: np.ndarray) -> dict[str, float] | None:
 # --------------------------------------------------------------------------------------------------
 
 
-def check_checkpoints(paths: list[str | Path]) -> None:
-    """Every checkpoint directory exists and holds its three files; one error lists every problem."""
+def check_checkpoints(paths: list[str | Path], model_file: str | None = None) -> None:
+    """Every checkpoint directory exists and holds its three files (``model_file``: the backend's instead of
+    model.safetensors); one error lists every problem."""
     from vit_policy.model.policy import CONFIG_FILE, STATS_FILE, WEIGHTS_FILE
 
     problems = []
@@ -372,10 +373,11 @@ def check_checkpoints(paths: list[str | Path]) -> None:
         if not p.is_dir():
             problems.append(f"checkpoint directory {str(p)!r} does not exist")
             continue
-        missing = [n for n in (CONFIG_FILE, WEIGHTS_FILE, STATS_FILE) if not (p / n).is_file()]
+        missing = [n for n in (CONFIG_FILE, model_file or WEIGHTS_FILE, STATS_FILE) if not (p / n).is_file()]
         if missing:
             problems.append(f"checkpoint {str(p)!r} is incomplete: {', '.join(missing)} missing "
-                            "(a checkpoint is the directory written by save_pretrained / vit-policy train)")
+                            "(a checkpoint is the directory written by save_pretrained / vit-policy train"
+                            + (", and vit-policy export for runtime.backend: onnxruntime)" if model_file else ")"))
     if problems:
         raise FileNotFoundError("; ".join(problems))
 
@@ -646,7 +648,7 @@ def evaluate(
         results.append(ckpt)
     settings = {"bags": ", ".join(map(str, bags)), "modes": ", ".join(cfg.modes), "labels": cfg.data.labels,
                 "latency (faithful)": "measured" if cfg.runtime.inference_latency_s is None else f"{cfg.runtime.inference_latency_s * 1e3:g} ms",
-                "strategy": cfg.runtime.strategy, "tolerance": f"{cfg.tolerance_mm:g} mm and {cfg.tolerance_deg:g} deg"}
+                "strategy": cfg.runtime.strategy, "backend": cfg.runtime.backend, "tolerance": f"{cfg.tolerance_mm:g} mm and {cfg.tolerance_deg:g} deg"}
     doc = {"settings": settings, "checkpoints": {c.name: {"path": c.path, "metrics": c.metrics} for c in results}}
     (out / "metrics.json").write_text(json.dumps(doc, indent=2, default=_json_default))
     if report:
@@ -723,16 +725,16 @@ def load_data_config(path: str | Path | None, checkpoints: list[str | Path], ove
 
 def replay_checkpoints(checkpoints: list[str | Path], bags: list[str | Path], out_dir: str | Path, cfg: ReplayConfig) -> list[CheckpointResult]:
     """Load checkpoint directories (checked first, all of them) and evaluate them on the bags."""
-    from vit_policy.model.policy import VisuomotorPolicy
+    from vit_policy.deploy import load_policy
 
-    check_checkpoints(checkpoints)
+    check_checkpoints(checkpoints, cfg.runtime.onnx_file if cfg.runtime.backend == "onnxruntime" else None)
     names: dict[str, str] = {}
     for p in map(Path, checkpoints):
         name = p.resolve().name
         while name in names:
             name = f"{p.resolve().parent.name}/{name}"
         names[name] = str(p)
-    policies = {n: VisuomotorPolicy.from_pretrained(p) for n, p in names.items()}
+    policies = {n: load_policy(p, cfg.runtime) for n, p in names.items()}
     return evaluate(policies, bags, out_dir, cfg, paths=names)
 
 
@@ -747,8 +749,8 @@ def cli_replay(args: Any) -> int:
         overrides.append(f"runtime.inference_latency_s={args.latency_ms / 1e3}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    check_checkpoints(args.checkpoint)
     cfg = load_data_config(args.data_config, args.checkpoint, overrides)
+    check_checkpoints(args.checkpoint, cfg.runtime.onnx_file if cfg.runtime.backend == "onnxruntime" else None)
     from vit_policy.data.inspect import check_bags
 
     check_bags(args.bags, cfg.data)  # every bag would extract, before any checkpoint is loaded; else its reason and fix

@@ -394,27 +394,21 @@ class VisuomotorPolicy(nn.Module):
 
     # ---- inference ---------------------------------------------------------------------------------------
 
+    def decode_actions_t(self, out: torch.Tensor, position: torch.Tensor, quaternion: torch.Tensor) -> torch.Tensor:
+        """Normalised network output (B, K, 10) at the observed poses -> raw deltas [dp, rot6d, gripper prob] (B, K, 10), in torch
+        (the tail of the exported ONNX graph too)."""
+        raw = actions_from_frame(out[..., :9] * self.action_scale + self.action_center, position, quaternion, self.cfg.action_frame)
+        return torch.cat([raw, torch.sigmoid(out[..., 9:])], -1)
+
     def decode_actions(self, out: torch.Tensor, batch: Batch) -> np.ndarray:
         """Normalised network output (B, K, 10) for ``batch`` -> raw deltas [dp, rot6d, gripper prob] (B, K, 10)."""
-        raw = actions_from_frame(out[..., :9] * self.action_scale + self.action_center, *self._origin(batch), self.cfg.action_frame)
-        return torch.cat([raw, torch.sigmoid(out[..., 9:])], -1).detach().cpu().double().numpy()
+        return self.decode_actions_t(out, *self._origin(batch)).detach().cpu().double().numpy()
 
     def observation_batch(self, observations: list[Observation]) -> Batch:
-        """Validated observations -> a model batch (uint8 images, float poses)."""
-        obs = [o.validate(self.cfg.cameras) for o in observations]
-        batch: Batch = {
-            "images": {c: torch.from_numpy(np.stack([o.images[c] for o in obs])) for c in self.cfg.cameras},
-            "position": torch.tensor(np.stack([o.position for o in obs]), dtype=torch.float32),
-            "quaternion": torch.tensor(np.stack([o.quaternion for o in obs]), dtype=torch.float32),
-            "gripper": torch.tensor([o.gripper for o in obs], dtype=torch.float32),
-            "stamp_ns": torch.tensor([o.stamp_ns for o in obs], dtype=torch.int64),
-        }
-        if self.cfg.pose.history:
-            if any(o.history is None for o in obs):
-                raise ObservationError(f"observation.history: this policy needs the last {self.cfg.pose.history} poses")
-            batch["history"] = torch.tensor(np.stack([o.history for o in obs]), dtype=torch.float32)
+        """Validated observations -> a model batch (uint8 images, float poses, the instruction)."""
+        batch = observation_batch(self.cfg, observations)
         if self.language is not None:
-            batch["instruction"] = [o.instruction or self.cfg.language.instruction for o in obs]
+            batch["instruction"] = [o.instruction or self.cfg.language.instruction for o in observations]
         return batch
 
     @torch.inference_mode()
@@ -423,35 +417,23 @@ class VisuomotorPolicy(nn.Module):
         single = isinstance(obs, Observation)
         batch = self.observation_batch([obs] if single else obs) if isinstance(obs, (Observation, list)) else obs
         was_training = self.training
-        self.eval()
         monitor = self.ood
+        if was_training:  # toggling walks every module (a few ms a call): only when needed
+            self.eval()
         try:
             with capture(self) if monitor is not None else contextlib.nullcontext() as cap:
                 out = self.forward(batch, return_attention)
         finally:
-            self.train(was_training)
+            if was_training:
+                self.train(True)
         scores = monitor.score(cap.features()) if monitor is not None else None
-        actions = self.decode_actions(out["action"], batch)
-        pos = batch["position"].double().cpu().numpy()
-        quat = batch["quaternion"].double().cpu().numpy()
-        quat = quat / np.linalg.norm(quat, axis=-1, keepdims=True)
-        stamps = batch.get("stamp_ns")
-        chunks = []
-        for i in range(actions.shape[0]):
-            attn = {c: m[i].float().cpu().numpy() for c, m in out.get("attention", {}).items()} if return_attention else None
-            chunks.append(
-                ActionChunk(
-                    stamp_ns=int(stamps[i]) if stamps is not None else 0,
-                    dt_ns=self.cfg.control_dt_ns,
-                    origin_position=pos[i],
-                    origin_quaternion=quat[i],
-                    delta_position=actions[i, :, :3],
-                    delta_rotation=rot6d_to_rotvec(actions[i, :, 3:9]),
-                    gripper=actions[i, :, 9],
-                    attention=attn,
-                    ood={c: float(v[i]) for c, v in scores.items()} if scores is not None else None,
-                )
-            )
+        n = out["action"].shape[0]
+        attention = None
+        if return_attention:
+            attention = [{c: m[i].float().cpu().numpy() for c, m in out["attention"].items()} for i in range(n)]
+        ood = [{c: float(v[i]) for c, v in scores.items()} for i in range(n)] if scores is not None else None
+        chunks = chunks_from_actions(self.decode_actions(out["action"], batch), batch["position"].numpy(force=True),
+                                     batch["quaternion"].numpy(force=True), batch.get("stamp_ns"), self.cfg.control_dt_ns, attention, ood)
         return chunks[0] if single else chunks
 
     # ---- checkpoints -------------------------------------------------------------------------------------
@@ -525,6 +507,43 @@ class VisuomotorPolicy(nn.Module):
             raise WeightsError(f"checkpoint statistics {src!r} do not fit the model: {exc.args[0] if exc.args else exc}; {fix}") from None
         model.ood = load_monitor(directory, model) if ood else None
         return model.to(map_location).eval()
+
+
+def observation_batch(cfg: PolicyConfig, observations: list[Observation]) -> Batch:
+    """Validated observations -> a model batch (uint8 images, float poses) for the policy ``cfg`` describes, on any backend."""
+    obs = [o.validate(cfg.cameras) for o in observations]
+    batch: Batch = {
+        "images": {c: torch.from_numpy(np.stack([o.images[c] for o in obs])) for c in cfg.cameras},
+        "position": torch.tensor(np.stack([o.position for o in obs]), dtype=torch.float32),
+        "quaternion": torch.tensor(np.stack([o.quaternion for o in obs]), dtype=torch.float32),
+        "gripper": torch.tensor([o.gripper for o in obs], dtype=torch.float32),
+        "stamp_ns": torch.tensor([o.stamp_ns for o in obs], dtype=torch.int64),
+    }
+    if cfg.pose.history:
+        if any(o.history is None for o in obs):
+            raise ObservationError(f"observation.history: this policy needs the last {cfg.pose.history} poses")
+        batch["history"] = torch.tensor(np.stack([o.history for o in obs]), dtype=torch.float32)
+    return batch
+
+
+def chunks_from_actions(actions: np.ndarray, position: np.ndarray, quaternion: np.ndarray, stamps_ns: Any, dt_ns: int,
+                        attention: list[dict[str, np.ndarray]] | None = None,
+                        ood: list[dict[str, float]] | None = None) -> list[ActionChunk]:
+    """Decoded actions (B, K, 10) [dp, rot6d, gripper prob] at the observed poses -> one ActionChunk each.
+
+    The one place where network output becomes ActionChunks, for every inference backend (torch, ONNX Runtime).
+    ``stamps_ns`` may be None (stamp 0).
+    """
+    actions = np.asarray(actions, np.float64)
+    pos = np.asarray(position, np.float64)
+    quat = np.asarray(quaternion, np.float64)
+    quat = quat / np.linalg.norm(quat, axis=-1, keepdims=True)
+    rotvec = rot6d_to_rotvec(actions[..., 3:9])  # one conversion for the whole batch
+    stamps = [0] * len(actions) if stamps_ns is None else [int(s) for s in stamps_ns]
+    return [ActionChunk(stamp_ns=stamps[i], dt_ns=int(dt_ns), origin_position=pos[i], origin_quaternion=quat[i],
+                        delta_position=actions[i, :, :3], delta_rotation=rotvec[i], gripper=actions[i, :, 9],
+                        attention=None if attention is None else attention[i], ood=None if ood is None else ood[i])
+            for i in range(actions.shape[0])]
 
 
 def read_point_stats(path: str | Path, needed_by: str, fix: str = "") -> tuple[list[str], torch.Tensor, torch.Tensor]:

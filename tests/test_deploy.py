@@ -1,0 +1,219 @@
+"""ONNX export and the inference backends (vit_policy/deploy.py) on real bags, real graphs and real sessions.
+
+A tiny random-init policy (timm ``test_vit`` at 32 px) with statistics computed on a synthetic rosbag2
+recording is exported with ``vit-policy export``; the same replay then runs on every backend
+(torch | onnxruntime), and the node runs the exported graph.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from vit_policy.cli import main
+from vit_policy.config import ConfigError, DataConfig, EncoderConfig, GripperConfig, PolicyConfig, RuntimeConfig, to_dict
+from vit_policy.data.bags import extract_episodes
+from vit_policy.data.dataset import episode_history
+from vit_policy.data.synthetic import GRIPPER_JOINTS, SyntheticBag, write_synthetic_bag
+from vit_policy.geometry import NormStats
+from vit_policy.deploy import ONNX_FILE, ONNX_INT8_FILE, OnnxPolicy, load_policy
+from vit_policy.model.policy import VisuomotorPolicy, compute_norm_stats
+from vit_policy.observation import Observation
+
+IMG, K, DT = 32, 6, 0.1
+BACKENDS = ["torch", "onnxruntime"]  # both installed by the project (the deploy extra)
+
+
+def tiny_config(history: int = 0) -> PolicyConfig:
+    cfg = PolicyConfig(cameras=["front"], encoder=EncoderConfig(name="test_vit", img_size=IMG, token_mode="pooled"),
+                       d_model=32, n_heads=2, n_encoder_layers=1, n_decoder_layers=1, chunk_size=K, control_dt=DT)
+    cfg.pose.history = history
+    return cfg
+
+
+def data_config() -> DataConfig:
+    return DataConfig(cameras={"front": "/camera/front/image_raw"}, gripper=GripperConfig(joints=list(GRIPPER_JOINTS)), control_rate_hz=1 / DT)
+
+
+def save_checkpoint(path: Path, bag: SyntheticBag, history: int = 0, action_spread: float = 1.0) -> Path:
+    """A random-init policy with the statistics of the bag's labels (a trained checkpoint's scale), data config in its
+    metadata; ``action_spread`` widens the action statistics (actions that many times larger)."""
+    torch.manual_seed(0)
+    cfg = tiny_config(history)
+    policy = VisuomotorPolicy.from_config(cfg)
+    ep = extract_episodes(bag.path, data_config(), K, (IMG, IMG))[0]
+    hist = np.stack([episode_history(ep, t, history) for t in range(len(ep))]) if history else None
+    stats = compute_norm_stats(cfg, ep.position, ep.quaternion, ep.gripper, ep.action[..., :9], ep.action_mask, hist)
+    a = stats["action"]
+    stats["action"] = NormStats(a.mean.copy(), a.std * action_spread, a.min.copy(), a.max.copy())
+    policy.set_stats(stats)
+    return policy.save_pretrained(path, metadata={"data": to_dict(data_config())})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> object:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def bag(tmp_path_factory: pytest.TempPathFactory) -> SyntheticBag:
+    return write_synthetic_bag(tmp_path_factory.mktemp("bag") / "demo", image_size=(IMG, IMG), duration_s=2.5, seed=3, camera_hz=10.0)
+
+
+@pytest.fixture(scope="module")
+def exported(bag: SyntheticBag, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """`vit-policy export --int8` of the tiny policy into a directory of its own."""
+    root = tmp_path_factory.mktemp("export")
+    ckpt = save_checkpoint(root / "ckpt", bag)
+    out = root / "onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--bags", str(bag.path), "--out", str(out), "--int8"]) == 0
+    return {"ckpt": ckpt, "out": out}
+
+
+def test_export_writes_a_deployable_directory_checked_against_torch(exported: dict, bag: SyntheticBag) -> None:
+    out = exported["out"]
+    assert {ONNX_FILE, ONNX_INT8_FILE, "config.yaml", "stats.safetensors", "metadata.json", "export.json"} <= {p.name for p in out.iterdir()}
+    report = json.loads((out / "export.json").read_text())
+    assert report["frames"] >= 20 and report["inputs"] == ["image_front", "position", "quaternion", "gripper"]
+    assert report["fp32"]["normalized_abs_max"] <= 1e-4
+    assert report["int8"]["translation_mm_max"] <= 1.0 and report["int8"]["rotation_deg_max"] <= 0.5
+    int8 = load_policy(out, RuntimeConfig(backend="onnxruntime", onnx_file=ONNX_INT8_FILE))
+    fp32 = load_policy(exported["ckpt"], RuntimeConfig(backend="torch"))
+    ep = extract_episodes(bag.path, data_config(), K, (IMG, IMG))[0]
+    obs = Observation(int(ep.stamps_ns[3]), {"front": ep.images["front"][3]}, ep.position[3], ep.quaternion[3], float(ep.gripper[3]))
+    a, b = int8.predict(obs), fp32.predict(obs)
+    assert np.linalg.norm(a.delta_position - b.delta_position, axis=-1).max() <= 1e-3  # the figure holds on a frame of its own
+
+
+def test_int8_beyond_tolerance_is_refused_with_its_figures(bag: SyntheticBag, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ckpt = save_checkpoint(tmp_path / "ckpt", bag, action_spread=1000.0)  # actions of metres: int8's error grows with them
+    assert main(["export", "--checkpoint", str(ckpt), "--bags", str(bag.path), "--int8", "--frames", "8"]) == 2  # --out: the checkpoint
+    err = capsys.readouterr().err
+    assert "--int8: the int8 graph is" in err and "tolerance 1 mm / 0.5 deg" in err and "policy.onnx (fp32)" in err
+    report = json.loads((ckpt / "export.json").read_text())
+    assert report["int8"]["translation_mm_max"] > 1.0 and report["fp32"]["normalized_abs_max"] <= 1e-4
+    assert (ckpt / ONNX_FILE).is_file() and not (ckpt / ONNX_INT8_FILE).exists()
+
+
+def test_onnxruntime_predict_matches_torch_for_any_batch_and_every_input(exported: dict, bag: SyntheticBag) -> None:
+    """Observations in a batch of 3 (the graph was traced with another size); each input changes the output as in torch."""
+    ort_policy = OnnxPolicy(exported["out"])
+    torch_policy = VisuomotorPolicy.from_pretrained(exported["ckpt"])
+    assert ort_policy.image_size == torch_policy.image_size == (IMG, IMG)
+    ep = extract_episodes(bag.path, data_config(), K, (IMG, IMG))[0]
+    obs = [Observation(int(ep.stamps_ns[i]), {"front": ep.images["front"][i]}, ep.position[i], ep.quaternion[i], float(ep.gripper[i]))
+           for i in (0, 5, 10)]
+    obs.append(Observation(obs[0].stamp_ns, obs[0].images, obs[0].position, obs[0].quaternion, 0.0))  # only the gripper differs
+    obs.append(Observation(obs[0].stamp_ns, {"front": 255 - obs[0].images["front"]}, obs[0].position, obs[0].quaternion, obs[0].gripper))
+    a, b = ort_policy.predict(obs), torch_policy.predict(obs)
+    for x, y in zip(a, b):
+        assert x.stamp_ns == y.stamp_ns
+        np.testing.assert_allclose(x.delta_position, y.delta_position, atol=1e-5)
+        np.testing.assert_allclose(x.delta_rotation, y.delta_rotation, atol=1e-4)
+        np.testing.assert_allclose(x.gripper, y.gripper, atol=1e-5)
+    for changed in (a[3], a[4]):  # the gripper and the image are live inputs of the graph, not constants of the trace
+        assert np.abs(changed.delta_position - a[0].delta_position).max() > 1e-6
+    frame = np.ascontiguousarray(np.repeat(np.repeat(ep.images["front"][0], 2, 0), 2, 1))  # 64 px: resized like the runner
+    single = ort_policy.predict(Observation(1, {"front": frame}, ep.position[0], ep.quaternion[0], 1.0))
+    assert single.delta_position.shape == (K, 3) and single.is_finite()
+
+
+@pytest.fixture(scope="module")
+def replays(exported: dict, bag: SyntheticBag, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    root = tmp_path_factory.mktemp("replay")
+    out: dict[str, dict] = {}
+    for backend in BACKENDS:
+        rc = main(["replay", "--checkpoint", str(exported["out"] if backend == "onnxruntime" else exported["ckpt"]),
+                   "--bags", str(bag.path), "--out", str(root / backend), "--latency-ms", "0", "--set", f"runtime.backend={backend}"])
+        assert rc == 0
+        out[backend] = json.loads((root / backend / "metrics.json").read_text())
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_replay_runs_on_each_backend(replays: dict[str, dict], backend: str) -> None:
+    doc = replays[backend]
+    assert doc["settings"]["backend"] == backend
+    (ckpt,) = doc["checkpoints"].values()
+    for mode in ("faithful", "batch"):
+        m = ckpt["metrics"][mode]
+        assert m["frames"] >= 20
+        ref = next(iter(replays["torch"]["checkpoints"].values()))["metrics"][mode]
+        assert m["translation_mae_mm"] == pytest.approx(ref["translation_mae_mm"], abs=1e-3)  # the same actions
+        assert m["rotation_error_deg"]["mean"] == pytest.approx(ref["rotation_error_deg"]["mean"], abs=1e-3)
+
+
+def test_backend_errors_name_the_setting_and_the_fix(exported: dict, bag: SyntheticBag, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(ConfigError, match="runtime.backend: 'tensorflow' is not one of"):
+        main(["replay", "--checkpoint", str(exported["ckpt"]), "--bags", str(bag.path), "--out", str(tmp_path / "r"),
+              "--set", "runtime.backend=tensorflow", "--debug"])
+    rc = main(["replay", "--checkpoint", str(exported["ckpt"]), "--bags", str(bag.path), "--out", str(tmp_path / "r"),
+               "--set", "runtime.backend=onnxruntime"])  # a torch checkpoint that was never exported
+    assert rc == 2 and "policy.onnx missing" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="vit-policy export --checkpoint"):
+        load_policy(exported["ckpt"], RuntimeConfig(backend="onnxruntime"))
+    with pytest.raises(ConfigError, match=r"runtime.providers: \['CUDAExecutionProvider'\] not available.*onnxruntime-gpu"):
+        load_policy(exported["out"], RuntimeConfig(backend="onnxruntime", providers=["CUDAExecutionProvider"]))
+    with pytest.raises(ConfigError, match="runtime.onnx_file"):
+        RuntimeConfig(onnx_file="../policy.pt")
+    cut = tmp_path / "cut"  # a copy cut short: the graph is named with the cause and the fix
+    cut.mkdir()
+    (cut / "config.yaml").write_bytes((exported["out"] / "config.yaml").read_bytes())
+    (cut / ONNX_FILE).write_bytes((exported["out"] / ONNX_FILE).read_bytes()[:5000])
+    with pytest.raises(ConfigError, match=r"cannot load ONNX graph .*policy.onnx.*vit-policy export"):
+        OnnxPolicy(cut)
+    assert main(["export", "--checkpoint", str(tmp_path / "missing"), "--bags", str(bag.path)]) == 2
+
+
+def test_history_policy_exports_its_history_input(bag: SyntheticBag, tmp_path: Path) -> None:
+    ckpt = save_checkpoint(tmp_path / "ckpt", bag, history=2)
+    assert main(["export", "--checkpoint", str(ckpt), "--bags", str(bag.path), "--frames", "6"]) == 0
+    report = json.loads((ckpt / "export.json").read_text())
+    assert report["inputs"][-1] == "history" and report["fp32"]["normalized_abs_max"] <= 1e-4
+
+
+def test_node_runs_the_exported_graph(exported: dict) -> None:
+    """The ROS node (CycloneDDS transport, in process) with runtime.backend: onnxruntime commands the arm from the graph."""
+    pytest.importorskip("cyclonedds", reason="the DDS transport needs the 'dds' extra (installed by make test)")
+    from ros_nodes.policy_node import PolicyNode, config_from_parameters, parameter_defaults
+    from ros_nodes.transport.dds_backend import DDSTransport
+    from vit_policy import messages as M
+
+    cfg = config_from_parameters({**parameter_defaults(), "checkpoint": str(exported["out"]), "threads": 1,
+                                  "runtime.backend": "onnxruntime", "runtime.synchronous": True, "runtime.max_age_s": 5.0,
+                                  "runtime.sync_tolerance_s": 1.0})
+    domain = random.Random(os.getpid() ^ time.time_ns()).randint(231, 232)
+    node_t = DDSTransport("policy_node", domain_id=domain)
+    node = PolicyNode(node_t, cfg)
+    peer = DDSTransport("peer", domain_id=domain)
+    try:
+        assert isinstance(node.policy, OnnxPolicy)
+        pub_img = peer.create_publisher("sensor_msgs/msg/Image", "/camera/front/image_raw", "sensor_data")
+        pub_pose = peer.create_publisher("geometry_msgs/msg/PoseStamped", "/ee_pose", "reliable")
+        rgb = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+        end = time.monotonic() + 15
+        while time.monotonic() < end and not (node.runner.received["pose"] and node.runner.received["camera/front"]):
+            now = time.time_ns()
+            pub_img.publish(M.rgb_to_image(peer.factory, rgb, now, "camera_front", "rgb8"))
+            pub_pose.publish(M.make_pose_stamped(peer.factory, now, "base_link", [0.4, 0.0, 0.3], [1.0, 0, 0, 0]))
+            time.sleep(0.05)
+        assert node.handle_enable(True)[0]
+        cmd = node.control_step()
+        assert cmd.status == "ok", cmd.reason
+        assert node.runner.inferences == 1 and cmd.is_finite()
+    finally:
+        node.shutdown()
+        peer.shutdown()
+        node_t.shutdown()
