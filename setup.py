@@ -93,7 +93,7 @@ setup(
     entry_points={
         "console_scripts": [
             "vit-policy = vit_policy.cli:main",
-            "policy_node = ros_nodes.policy_node:main",
+            "policy_node = ros_nodes.lifecycle_node:main",
         ],
         # subcommands of packages above the core (vit_policy/cli.py imports neither)
         "vit_policy.commands": [

@@ -16,10 +16,7 @@ import dataclasses
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_type_hints
-
-if TYPE_CHECKING:
-    import subprocess
+from typing import Any, get_type_hints
 
 import numpy as np
 
@@ -398,13 +395,6 @@ def run(transport: Transport) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``ros2 run vit_policy policy_node``: the rclpy backend (lifecycle node where available)."""
-    from ros_nodes.transport.rclpy_backend import main as rclpy_main
-
-    return rclpy_main(sys.argv if argv is None else argv)
-
-
 def serve(transport: str, config: str | None = None, overrides: list[str] | None = None, namespace: str = "",
           node_name: str = NODE_NAME, use_sim_time: bool = False) -> int:
     """``vit-policy serve``: parameters from a ROS 2 parameter file plus ``name=value`` overrides, then spin."""
@@ -427,44 +417,7 @@ def serve(transport: str, config: str | None = None, overrides: list[str] | None
     return run(t)
 
 
-def spawn_dds_node(params: dict[str, Any], workdir: Path, domain_id: int, threads: int = 1) -> "subprocess.Popen[str]":
-    """``vit-policy serve --transport dds`` in its own process on DDS domain ``domain_id`` (:func:`spawn_node`)."""
-    return spawn_node(params, workdir, domain_id, threads, transport="dds")
+if __name__ == "__main__":  # python -m ros_nodes.policy_node --ros-args ...: the rclpy lifecycle node
+    from ros_nodes.lifecycle_node import main
 
-
-def spawn_node(params: dict[str, Any], workdir: Path, domain_id: int, threads: int = 1, transport: str = "dds") -> "subprocess.Popen[str]":
-    """``vit-policy serve --transport <transport>`` in its own process on DDS / ROS domain ``domain_id``.
-
-    ``params`` is a ROS 2 parameter file's content (``{node: {ros__parameters: ...}}``); it is written to
-    ``workdir/policy_node.yaml``. Output (stdout and stderr) is collected by :func:`stop_node`.
-    """
-    import os
-    import subprocess
-
-    import yaml
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / "policy_node.yaml"
-    path.write_text(yaml.safe_dump(params))
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "ROS_DOMAIN_ID": str(domain_id), "PYTHONPATH": str(root), "OMP_NUM_THREADS": str(threads)}
-    return subprocess.Popen([sys.executable, "-m", "vit_policy.cli", "serve", "--transport", transport, "--config", str(path)],
-                            env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def stop_node(proc: "subprocess.Popen[str]", timeout_s: float = 20.0) -> str:
-    """SIGTERM (the node publishes a stop and shuts down), SIGKILL after ``timeout_s``; returns its output."""
-    import subprocess
-
-    proc.terminate()
-    try:
-        out, _ = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-    return out or ""
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
     sys.exit(main())

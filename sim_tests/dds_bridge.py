@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ros_nodes.policy_node import spawn_node, stop_node
+from sim_tests.node_process import spawn_node, stop_node
 from sim_tests.fetch_env import FINGER_JOINTS, FINGER_SUM_OPEN, ArmCommand, FetchSim
 from sim_tests.record import camera_topic
 from vit_policy import messages as M

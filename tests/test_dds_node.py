@@ -21,7 +21,7 @@ from rosbags.typesys import Stores, get_typestore
 
 pytest.importorskip("cyclonedds", reason="the DDS backend needs the 'dds' extra: pip install -e .[dds]")
 
-from ros_nodes.policy_node import spawn_dds_node, stop_node  # noqa: E402
+from sim_tests.node_process import spawn_dds_node, stop_node  # noqa: E402
 from ros_nodes.transport.dds_backend import DDSTransport, next_beat, resolve_name, shared_types  # noqa: E402
 from vit_policy import messages as M  # noqa: E402
 from vit_policy.config import EncoderConfig, PolicyConfig  # noqa: E402

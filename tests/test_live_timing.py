@@ -53,7 +53,7 @@ from cyclonedds.sub import DataReader  # noqa: E402
 from cyclonedds.topic import Topic  # noqa: E402
 from cyclonedds.util import duration  # noqa: E402
 
-from ros_nodes.policy_node import spawn_dds_node, stop_node  # noqa: E402
+from sim_tests.node_process import spawn_dds_node, stop_node  # noqa: E402
 
 pytestmark = pytest.mark.dds
 

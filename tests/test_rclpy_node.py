@@ -445,7 +445,7 @@ def test_lifecycle_node_in_process_pose_output_and_shutdown_transition(checkpoin
     from lifecycle_msgs.msg import Transition
     from rclpy.parameter import Parameter
 
-    from ros_nodes.transport.rclpy_backend import PolicyLifecycleNode
+    from ros_nodes.lifecycle_node import PolicyLifecycleNode
 
     node = PolicyLifecycleNode("policy_node", context=peer.context, cli_args=["--ros-args", "-r", "__node:=inproc"], parameter_overrides=[
         Parameter("checkpoint", value=str(checkpoint)), Parameter("output_mode", value="pose"), Parameter("threads", value=1),
@@ -529,7 +529,7 @@ def test_errors_name_the_renamed_node(checkpoint: Path, peer: Peer):
     from rclpy.parameter import Parameter
 
     from ros_nodes.policy_node import DESCRIPTIONS, parameter_defaults
-    from ros_nodes.transport.rclpy_backend import PolicyLifecycleNode
+    from ros_nodes.lifecycle_node import PolicyLifecycleNode
     from vit_policy.config import ConfigError
 
     node = PolicyLifecycleNode("policy_node", context=peer.context, cli_args=["--ros-args", "-r", "__node:=right_arm"],
