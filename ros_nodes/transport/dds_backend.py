@@ -253,7 +253,9 @@ class DDSTransport(Transport):
         cls = self.types(typename)
         log = self.log
 
-        def on_data(reader: DataReader) -> None:
+        def on_data(reader: DataReader | None) -> None:
+            if reader is None:  # data arriving while the reader is being deleted (shutdown): nothing to take
+                return
             for sample in reader.take(N=64):
                 if isinstance(sample, cls):
                     try:
