@@ -60,8 +60,11 @@ def matmul_peak_gflops(repeats: int) -> float:
     return best
 
 
-def bench(name: str, cameras: int, repeats: int) -> dict:
-    cfg = load_policy_config(CONFIGS / f"{name}.yaml", [f"cameras={[f'cam{i}' for i in range(cameras)]}"])
+def untrained(name: str, cameras: int, size: int | None = None) -> tuple[Any, VisuomotorPolicy, Observation, torch.Tensor]:
+    """A shipped policy config with ``cameras`` cameras (random init, identity statistics), one observation of
+    random frames, and the normalised encoder input of its frames."""
+    overrides = [f"cameras={[f'cam{i}' for i in range(cameras)]}"] + ([f"encoder.img_size={size}"] if size else [])
+    cfg = load_policy_config(CONFIGS / f"{name}.yaml", overrides)
     policy = VisuomotorPolicy.from_config(cfg).eval()
     policy.set_stats(identity_stats(cfg))
     h, w = policy.image_size
@@ -70,6 +73,13 @@ def bench(name: str, cameras: int, repeats: int) -> dict:
                       np.array([0.4, 0.0, 0.3]), np.array([0.0, 0.0, 0.0, 1.0]), 1.0)
     enc = policy.encoder_for(cfg.cameras[0])
     x = torch.cat([to_model_input(obs.images[c], enc.img_size, enc.mean, enc.std) for c in cfg.cameras])
+    return cfg, policy, obs, x
+
+
+def bench(name: str, cameras: int, repeats: int) -> dict:
+    cfg, policy, obs, x = untrained(name, cameras)
+    h, w = policy.image_size
+    enc = policy.encoder_for(cfg.cameras[0])
 
     def encoder_only():
         with torch.inference_mode():
@@ -136,16 +146,9 @@ def bench_backends(name: str, cameras: int, repeats: int, size: int | None) -> l
     from vit_policy.config import save_config
     from vit_policy.deploy import ONNX_FILE, ONNX_INT8_FILE, OnnxPolicy, export_onnx, quantize_encoder
 
-    overrides = [f"cameras={[f'cam{i}' for i in range(cameras)]}"] + ([f"encoder.img_size={size}"] if size else [])
-    cfg = load_policy_config(CONFIGS / f"{name}.yaml", overrides)
-    policy = VisuomotorPolicy.from_config(cfg).eval()
-    policy.set_stats(identity_stats(cfg))
+    cfg, policy, obs, x = untrained(name, cameras, size)
     h, w = policy.image_size
-    rng = np.random.default_rng(0)
-    obs = Observation(0, {c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in cfg.cameras},
-                      np.array([0.4, 0.0, 0.3]), np.array([0.0, 0.0, 0.0, 1.0]), 1.0)
     enc = policy.encoder_for(cfg.cameras[0])
-    x = torch.cat([to_model_input(obs.images[c], enc.img_size, enc.mean, enc.std) for c in cfg.cameras])
     tmp = Path(tempfile.mkdtemp(prefix="bench_onnx_"))
     save_config(cfg, tmp / "config.yaml")
     export_onnx(policy, tmp / ONNX_FILE, policy.observation_batch([obs]))

@@ -8,6 +8,7 @@ pooling plus one Mahalanobis distance per camera (the `score` column). Measured 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,20 +20,8 @@ from vit_policy.model.policy import VisuomotorPolicy, identity_stats
 from vit_policy.observation import Observation
 from vit_policy.ood import OODMonitor, encode_features, encoder_fingerprint, fit_camera, pooled_features
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "policy"
-
-
-def timeit(fn, repeats: int, warmup: int = 3) -> list[float]:
-    import time
-
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.inference import CONFIGS, timeit  # noqa: E402
 
 
 def bench(name: str, cameras: int, repeats: int) -> dict:

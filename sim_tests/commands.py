@@ -7,21 +7,30 @@ the simulator; each command imports its module only when it runs.
 from __future__ import annotations
 
 import argparse
+import importlib
+from typing import Callable
 
 
 SIM_TASKS = ["FetchReach-v4", "FetchPush-v4", "FetchPickAndPlace-v4", "FetchReachOrient"]  # keys of sim_tests.closed_loop.TASK_CONFIGS
 
 
-def cmd_sim_record(args: argparse.Namespace) -> int:
-    from sim_tests.record import cli_sim_record
+def lazy(module: str, function: str) -> Callable[[argparse.Namespace], int]:
+    """A subcommand's entry that imports its module only when it runs (``vit-policy --help`` stays fast)."""
 
-    return cli_sim_record(args)
+    def run(args: argparse.Namespace) -> int:
+        return int(getattr(importlib.import_module(module), function)(args) or 0)
+
+    return run
+
+
+def task_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", choices=SIM_TASKS, help="task (its configs/sim/ file is the default config)")
+    p.add_argument("--config", help="sim YAML (default: configs/sim/ of the task)")
 
 
 def add_sim_record(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sim-record", help="record scripted-expert demonstrations of a MuJoCo Fetch task as rosbag2")
-    p.add_argument("--task", choices=SIM_TASKS, help="task (its configs/sim/ file is the default config)")
-    p.add_argument("--config", help="sim YAML (default: configs/sim/ of the task)")
+    task_arguments(p)
     p.add_argument("--episodes", type=int, default=50, help="successful demonstrations to record")
     p.add_argument("--out", required=True, metavar="DIR", help="new directory for episode_000 ... and demos.yaml")
     p.add_argument("--seed", type=int, default=0)
@@ -31,40 +40,26 @@ def add_sim_record(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hold-steps", type=int, default=None, metavar="N",
                    help="end each bag N steps after the task is first achieved (default: the whole episode)")
     p.add_argument("overrides", nargs="*", help="sim config overrides, e.g. image_size=128 episode_steps=30")
-    p.set_defaults(func=cmd_sim_record)
-
-
-def cmd_sim_eval(args: argparse.Namespace) -> int:
-    from sim_tests.closed_loop import cli_sim_eval
-
-    return cli_sim_eval(args)
+    p.set_defaults(func=lazy("sim_tests.record", "cli_sim_record"))
 
 
 def add_sim_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sim-eval", help="closed-loop success rate of a checkpoint in a MuJoCo Fetch task, through PolicyRunner")
     p.add_argument("--checkpoint", metavar="DIR", help="trained checkpoint directory")
     p.add_argument("--baseline", choices=["expert", "random"], help="evaluate the scripted expert or random actions instead")
-    p.add_argument("--task", choices=SIM_TASKS)
-    p.add_argument("--config", help="sim YAML (default: configs/sim/ of the task)")
+    task_arguments(p)
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--seed", type=int, default=0, help="first episode seed (episodes use seed, seed+1, ...)")
     p.add_argument("--out", metavar="DIR", help="output directory (default outputs/sim_eval/<task>)")
     p.add_argument("--gifs", type=int, default=None, help="GIFs of the first N episodes (default: every episode)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("overrides", nargs="*", help="sim config overrides, e.g. runtime.strategy=receding episode_steps=80")
-    p.set_defaults(func=cmd_sim_eval)
-
-
-def cmd_sim_pretrain(args: argparse.Namespace) -> int:
-    from sim_tests.pretrain import cli_sim_pretrain
-
-    return cli_sim_pretrain(args)
+    p.set_defaults(func=lazy("sim_tests.closed_loop", "cli_sim_eval"))
 
 
 def add_sim_pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sim-pretrain", help="pretrain the sim policy's encoder on rendered frames labelled with goal / object / EE positions")
-    p.add_argument("--task", choices=SIM_TASKS)
-    p.add_argument("--config", help="sim YAML (default: configs/sim/ of the task)")
+    task_arguments(p)
     p.add_argument("--resets", type=int, default=2000, help="episodes of random reaching, each a new goal (and object)")
     p.add_argument("--frames-per-reset", type=int, default=8)
     p.add_argument("--expert-fraction", type=float, default=0.0, metavar="F",
@@ -73,13 +68,7 @@ def add_sim_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="FILE", help="the backbone's weights (.safetensors), for encoder.weights")
     p.add_argument("--policy", nargs="+", default=[], metavar="KEY=VALUE", help="configs/sim/policy.yaml overrides (the encoder to pretrain)")
     p.add_argument("overrides", nargs="*", help="sim config overrides, e.g. image_size=64")
-    p.set_defaults(func=cmd_sim_pretrain)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from sim_tests.demo import cli_demo
-
-    return cli_demo(args)
+    p.set_defaults(func=lazy("sim_tests.pretrain", "cli_sim_pretrain"))
 
 
 def add_demo(sub: argparse._SubParsersAction) -> None:
@@ -89,7 +78,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("policy_overrides", nargs="*", metavar="KEY=VALUE",
                    help="configs/sim/policy.yaml overrides for every task, e.g. encoder.name=vit_tiny_patch16_224 (needs a GPU or hours)")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=lazy("sim_tests.demo", "cli_demo"))
 
 
 
