@@ -9,9 +9,9 @@ from ros_nodes.policy_node import DESCRIPTIONS, parameter_defaults, parameter_ta
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_the_readme_parameter_table_is_the_generated_one() -> None:
-    readme = (ROOT / "README.md").read_text()
-    assert parameter_table() in readme, "README's parameter table is stale: paste ros_nodes.policy_node.parameter_table()"
+def test_the_parameter_reference_is_the_generated_one() -> None:
+    readme = (ROOT / "docs" / "parameters.md").read_text()
+    assert parameter_table() in readme, "docs/parameters.md is stale: paste ros_nodes.policy_node.parameter_table()"
 
 
 def test_every_parameter_is_described_and_the_shipped_file_sets_each_one() -> None:
