@@ -277,15 +277,3 @@ def check_plan(plan: DemoPlan) -> None:
         sim = load_sim_config(CONFIGS / "sim" / tp.sim_config, tp.sim_overrides)
         train_config_for(sim, ["not-read"], "unused", tp.max_steps, plan.batch_size, policy_overrides=[*tp.policy_overrides, *plan.policy_overrides],
                          overrides=tp.train_overrides)
-
-
-def cli_demo(args: Any) -> int:
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    plan = quick_plan() if args.quick else DemoPlan()
-    plan.policy_overrides = list(args.policy_overrides or [])
-    check_plan(plan)
-    run_demo(args.out, plan)
-    return 0

@@ -113,15 +113,3 @@ def pretrain_for_task(cfg: SimConfig, out: Path, resets: int, steps: int, policy
     result = pretrain_encoder(enc, images, points, names, out, steps, batch_size=batch_size, progress=tick)
     bar.close()
     return result
-
-
-def cli_sim_pretrain(args: object) -> int:
-    """``vit-policy sim-pretrain``: render labelled frames of a task and pretrain the sim policy's encoder on them."""
-    from sim_tests.closed_loop import load_task_config
-
-    cfg = load_task_config(args.task, args.config, args.overrides)  # type: ignore[attr-defined]
-    result = pretrain_for_task(cfg, Path(args.out), args.resets, args.steps, policy_overrides=args.policy,  # type: ignore[attr-defined]
-                               frames_per_reset=args.frames_per_reset, expert_fraction=args.expert_fraction)  # type: ignore[attr-defined]
-    print(result.table())
-    print(f"train on it with the policy override encoder.weights={result.path}")
-    return 0

@@ -233,24 +233,6 @@ def data_config_for(cfg: SimConfig, labels: Literal["command", "future_pose"] = 
     )
 
 
-def cli_sim_record(args: object) -> int:
-    """``vit-policy sim-record``: scripted-expert demonstrations of a task as rosbag2 bags."""
-    from sim_tests.closed_loop import load_task_config
-
-    cfg = load_task_config(args.task, args.config, args.overrides)  # type: ignore[attr-defined]
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=args.episodes, desc=f"record {cfg.task}", unit="ep", dynamic_ncols=True)  # type: ignore[attr-defined]
-    infos = record_demonstrations(cfg, args.out, args.episodes, args.seed, args.storage, progress=lambda _: bar.update(1),  # type: ignore[attr-defined]
-                                  action_noise_m=args.action_noise, hold_steps=args.hold_steps)  # type: ignore[attr-defined]
-    bar.close()
-    steps = sum(i.steps + 1 for i in infos)
-    print(f"{len(infos)} demonstrations of {cfg.task} ({steps} steps, cameras {sorted(cfg.cameras)}) in {args.out}")  # type: ignore[attr-defined]
-    print(f"train on them with data: {{cameras: {{{', '.join(f'{c}: {camera_topic(c)}' for c in cfg.cameras)}}}, "
-          f"gripper: {{joints: {list(FINGER_JOINTS)}, closed: 0.0, open: 0.1}}, control_rate_hz: {cfg.runtime.control_rate_hz:g}}}")
-    return 0
-
-
 def policy_config_for(cfg: SimConfig, path: str | Path | None = None, overrides: list[str] | None = None) -> PolicyConfig:
     """configs/sim/policy.yaml with this task's cameras, frame size and 40 ms control period."""
     from vit_policy.config import default_config

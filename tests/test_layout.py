@@ -64,6 +64,32 @@ def test_packages_above_the_core_do_not_import_the_cli(package: str, forbidden: 
     assert offending(library_files(package), forbidden) == []
 
 
+COMMAND_MODULES = {ROOT / "vit_policy" / "cli.py", ROOT / "ros_nodes" / "commands.py", ROOT / "sim_tests" / "commands.py"}
+
+
+@pytest.mark.parametrize("package", ["vit_policy", "ros_nodes", "sim_tests"])
+def test_only_the_command_modules_see_parsed_arguments(package: str) -> None:
+    """The CLI layer turns arguments into typed library calls: argparse and cmd_<name> functions live in it alone."""
+    found = []
+    for path in library_files(package):
+        if path in COMMAND_MODULES:
+            continue
+        found += [f"{path.name}:{line} imports {name}" for line, name in imports(path) if name.split(".")[0] == "argparse"]
+        found += [f"{path.name}:{node.lineno} defines {node.name}" for node in ast.walk(ast.parse(path.read_text()))
+                  if isinstance(node, ast.FunctionDef) and node.name.startswith(("cmd_", "cli_"))]
+    assert found == []
+
+
+def test_every_command_runs_a_cmd_function() -> None:
+    """One naming convention: each subcommand's ``func`` is a ``cmd_<name>`` of a command module."""
+    from vit_policy.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    funcs = {name: p.get_default("func") for name, p in commands.items()}
+    assert {n: f"{f.__module__}.{f.__name__}" for n, f in funcs.items() if not f.__name__.startswith("cmd_")} == {}
+    assert {f.__module__ for f in funcs.values()} <= {"vit_policy.cli", "ros_nodes.commands", "sim_tests.commands"}
+
+
 def test_the_checker_sees_lazy_and_relative_imports(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"  # as if it were vit_policy/data/probe.py
     probe.write_text("import numpy\ndef f():\n    from ..cli import main\n    import sim_tests.fetch_env\n")

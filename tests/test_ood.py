@@ -175,13 +175,13 @@ def test_statistics_of_other_weights_are_refused(run: dict, tmp_path: Path) -> N
 
 
 def test_replay_reports_the_ood_score(run: dict, tmp_path: Path) -> None:
-    from vit_policy.replay import evaluate
+    from vit_policy.replay import replay_policies
 
     policy = VisuomotorPolicy.from_pretrained(run["last"])
     cfg = ReplayConfig(data=data_config(), runtime=RuntimeConfig(inference_latency_s=0.0), safety=SafetyConfig(ood_stop=True),
                        attention_frames=0)
     bag = sorted((run["root"] / "held_out").iterdir())[0]
-    result = evaluate({"ckpt": policy}, [bag], tmp_path, cfg)[0]
+    result = replay_policies({"ckpt": policy}, [bag], tmp_path, cfg)[0]
     for mode in ("batch", "faithful"):
         ood = result.metrics[mode]["ood"]
         assert ood["monitor"].startswith("on: mahalanobis") and set(ood["cameras"]) == set(CAMS)

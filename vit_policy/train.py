@@ -495,33 +495,3 @@ def fit_ood(out_dir: Path, train_eps: list[Episode], val_eps: list[Episode], qua
         if (out_dir / name).is_dir():
             monitor, _ = fit_checkpoint(out_dir / name, train_eps, val_eps, quantile)
             log.info("OOD monitor of %s: thresholds %s", name, {c: round(t, 2) for c, t in monitor.thresholds.items()})
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------------
-
-
-def cmd_train(args: Any) -> int:
-    """``vit-policy train --config <yaml> [key=value ...]`` (also under torchrun)."""
-    from vit_policy.config import load_train_config
-    from vit_policy.data.inspect import check_bags
-
-    from vit_policy.data.lerobot import check_dataset, is_dataset
-
-    cfg = load_train_config(args.config, args.overrides)
-    paths = expand_bags(cfg.bags) + expand_bags(cfg.val_bags, "val_bags")
-    check_bags([p for p in paths if not is_dataset(p)], cfg.data)  # a bad bag fails now, with its fix
-    for p in filter(is_dataset, paths):
-        check_dataset(p, cfg.data)  # a LeRobot dataset without an EE pose or a mapped camera fails now
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    result = train(cfg)
-    if result.last is not None:
-        final = result.history[-1] if result.history else {}
-        print(f"trained {result.step} steps; last checkpoint {result.last}, best {result.best}")
-        if "val/loss" in final:
-            print(f"validation loss {final['val/loss']:.4f} (mean-action predictor {final.get('val/baseline_loss', float('nan')):.4f})")
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return 0
