@@ -25,7 +25,8 @@ def cmd_policy_demo(args: argparse.Namespace) -> int:
     """Build a policy from configs/, run it on a generated observation, print the chunk and latency."""
     import torch
 
-    from vit_policy.config import default_config, load_policy_config
+    from vit_policy.config import default_config
+    from vit_policy.model.configuration import load_policy_config
     from vit_policy.model.policy import VisuomotorPolicy, count_parameters, identity_stats
     from vit_policy.observation import Observation
 
