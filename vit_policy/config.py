@@ -192,9 +192,3 @@ def load_config(cls: type[T], path: str | Path, overrides: list[str] | None = No
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write a config dataclass as YAML (``load_config`` reads it back)."""
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
-
-def field_help(cls: type) -> dict[str, str]:
-    """A config dataclass's field descriptions (``metadata["help"]``) by field name; fields without one are left out."""
-    return {f.name: f.metadata["help"] for f in dataclasses.fields(cls) if "help" in f.metadata}
