@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vit_policy.config import load_policy_config
+from vit_policy.model.configuration import load_policy_config
 from vit_policy.data.synthetic import render
 from vit_policy.model.policy import VisuomotorPolicy, identity_stats
 from vit_policy.observation import Observation

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from vit_policy.config import AugmentConfig, DataConfig, EncoderConfig, GripperConfig, PolicyConfig
+from vit_policy.data.configuration import AugmentConfig, DataConfig, GripperConfig
+from vit_policy.model.configuration import EncoderConfig, PolicyConfig
 from vit_policy.data.cache import load_or_extract
 from vit_policy.data.dataset import EpisodeDataset, EpochBatchSampler, dataset_stats
 from vit_policy.data.synthetic import GRIPPER_JOINTS, write_synthetic_dataset

@@ -21,9 +21,10 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from sim_tests.configuration import SimConfig
 from sim_tests.experts import expert_command, make_expert
 from sim_tests.fetch_env import ArmCommand, FetchSim, SimFrame
-from vit_policy.config import ConfigError, SimConfig
+from vit_policy.config import ConfigError
 
 
 class Controller(Protocol):
@@ -321,7 +322,7 @@ TASK_CONFIGS = {  # --task: a gymnasium-robotics env id, or a variant named afte
 def load_task_config(task: str | None, path: str | None, overrides: list[str] | None = None) -> SimConfig:
     """The sim config of ``--config``, else configs/sim/ of ``--task``; ``--task`` overrides the file's task."""
     from vit_policy.config import default_config
-    from vit_policy.config import load_sim_config
+    from sim_tests.configuration import load_sim_config
 
     extra = [f"task={task}"] if task and path is not None else []
     if path is None:

@@ -24,11 +24,14 @@ from typing import Callable, Literal
 import numpy as np
 import yaml
 
+from sim_tests.configuration import SimConfig
 from sim_tests.experts import expert_command, make_expert, with_execution_noise
 from sim_tests.fetch_env import FINGER_JOINTS, FINGER_SUM_OPEN, FetchSim, SimFrame
 from vit_policy import messages as M
-from vit_policy.config import (DataConfig, GripperConfig, PolicyConfig, SimConfig, TrainConfig, apply_overrides, from_dict,
-                               load_policy_config, to_dict)
+from vit_policy.config import apply_overrides, from_dict, to_dict
+from vit_policy.data.configuration import DataConfig, GripperConfig
+from vit_policy.model.configuration import PolicyConfig, load_policy_config
+from vit_policy.train import TrainConfig
 
 NS = 1_000_000_000
 EPOCH_NS = 1_750_000_000 * NS  # bag stamps start here: a plausible wall-clock time, not 0

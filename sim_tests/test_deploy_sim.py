@@ -8,7 +8,9 @@ from pathlib import Path
 import torch
 
 from vit_policy.cli import main
-from vit_policy.config import DataConfig, EncoderConfig, GripperConfig, PolicyConfig, to_dict
+from vit_policy.config import to_dict
+from vit_policy.data.configuration import DataConfig, GripperConfig
+from vit_policy.model.configuration import EncoderConfig, PolicyConfig
 from vit_policy.data.synthetic import GRIPPER_JOINTS, write_synthetic_bag
 from vit_policy.model.policy import VisuomotorPolicy, identity_stats
 

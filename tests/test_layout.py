@@ -110,3 +110,10 @@ def test_importing_every_core_module_loads_no_ros_and_no_simulator() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_generic_loader_holds_no_domain_config() -> None:
+    """vit_policy/config.py is the loader only; each config dataclass lives beside the code that uses it."""
+    tree = ast.parse((ROOT / "vit_policy" / "config.py").read_text())
+    classes = [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
+    assert classes == ["ConfigError"], f"move {[c for c in classes if c != 'ConfigError']} beside the code that uses them"

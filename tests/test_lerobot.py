@@ -28,7 +28,10 @@ import pytest
 import yaml
 
 from realtime_bags import CameraSpec, RealtimeBag, Scenario, write_scenario
-from vit_policy.config import DataConfig, EncoderConfig, GripperConfig, PolicyConfig, TrainConfig, to_dict
+from vit_policy.config import to_dict
+from vit_policy.data.configuration import DataConfig, GripperConfig
+from vit_policy.model.configuration import EncoderConfig, PolicyConfig
+from vit_policy.train import TrainConfig
 from vit_policy.data import lerobot as L
 from vit_policy.data.bags import extract_episodes
 from vit_policy.geometry import pose_delta, rotvec_to_rot6d

@@ -16,9 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from vit_policy.config import (
-    ConfigError, DataConfig, EncoderConfig, GripperConfig, PolicyConfig, ReplayConfig, RuntimeConfig, SafetyConfig, TrainConfig,
-)
+from vit_policy.config import ConfigError
+from vit_policy.data.configuration import DataConfig, GripperConfig
+from vit_policy.model.configuration import EncoderConfig, PolicyConfig
+from vit_policy.replay import ReplayConfig
+from vit_policy.runtime import RuntimeConfig
+from vit_policy.safety import SafetyConfig
+from vit_policy.train import TrainConfig
 from vit_policy.data.bags import extract_episodes
 from vit_policy.data.synthetic import GRIPPER_JOINTS, write_synthetic_dataset
 from vit_policy.model.encoders import WeightsError

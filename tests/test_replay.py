@@ -20,7 +20,11 @@ import yaml
 from PIL import Image
 
 from vit_policy.cli import main
-from vit_policy.config import DataConfig, EncoderConfig, GripperConfig, PolicyConfig, ReplayConfig, RuntimeConfig, to_dict
+from vit_policy.config import to_dict
+from vit_policy.data.configuration import DataConfig, GripperConfig
+from vit_policy.model.configuration import EncoderConfig, PolicyConfig
+from vit_policy.replay import ReplayConfig
+from vit_policy.runtime import RuntimeConfig
 from vit_policy.data.bags import BagError, extract_episodes
 from vit_policy.data.synthetic import GRIPPER_JOINTS, SyntheticBag, write_synthetic_bag
 from vit_policy.geometry import pose_delta, rotvec_to_rot6d

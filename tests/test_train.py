@@ -17,9 +17,10 @@ import pytest
 import torch
 import yaml
 
-from vit_policy.config import (
-    AugmentConfig, ConfigError, DataConfig, EncoderConfig, GripperConfig, PolicyConfig, TrainConfig, load_train_config, to_dict,
-)
+from vit_policy.config import ConfigError, to_dict
+from vit_policy.data.configuration import AugmentConfig, DataConfig, GripperConfig
+from vit_policy.model.configuration import EncoderConfig, PolicyConfig
+from vit_policy.train import TrainConfig, load_train_config
 from vit_policy.data.synthetic import GRIPPER_JOINTS, write_synthetic_dataset
 from vit_policy.model.policy import VisuomotorPolicy
 from vit_policy.observation import Observation

@@ -37,7 +37,8 @@ def cmd_policy_demo(args: argparse.Namespace) -> int:
     """Build a policy from configs/, run it on a generated observation, print the chunk and latency."""
     import torch
 
-    from vit_policy.config import default_config, load_policy_config
+    from vit_policy.config import default_config
+    from vit_policy.model.configuration import load_policy_config
     from vit_policy.model.policy import VisuomotorPolicy, count_parameters, identity_stats
     from vit_policy.observation import Observation
 
@@ -92,7 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Check every bag and dataset of the config (each failure with its fix), train, print where the checkpoints are."""
     import torch.distributed as dist
 
-    from vit_policy.config import load_train_config
+    from vit_policy.train import load_train_config
     from vit_policy.data.inspect import check_bags
     from vit_policy.data.lerobot import check_dataset, is_dataset
     from vit_policy.train import expand_bags, train

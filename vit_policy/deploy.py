@@ -30,7 +30,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from vit_policy.config import ConfigError, PolicyConfig, RuntimeConfig, from_dict, read_yaml
+from vit_policy.config import ConfigError, from_dict, read_yaml
+from vit_policy.model.configuration import PolicyConfig
+from vit_policy.runtime import RuntimeConfig
 from vit_policy.geometry import geodesic_deg, rot6d_to_rotvec
 from vit_policy.model.policy import (
     CONFIG_FILE, STATS_FILE, Batch, VisuomotorPolicy, chunks_from_actions, observation_batch,

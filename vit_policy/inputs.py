@@ -35,6 +35,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from vit_policy import messages as M
+from vit_policy.config import ConfigError
 
 POSE, GRIPPER = "pose", "gripper"
 IMAGE_TYPE, COMPRESSED_TYPE = "sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"
@@ -53,6 +54,16 @@ def camera_key(camera: str) -> str:
 
 
 TIMING_FIELDS = ("sync_tolerance_s", "max_age_s", "max_extrapolation_s", "max_stamp_lead_s", "position_bound_m")
+
+
+def check_timing(section: str, cfg: Any) -> None:
+    """Validate the timing-rule fields that data: (DataConfig) and runtime: (RuntimeConfig) share."""
+    if not 0 <= cfg.max_extrapolation_s <= cfg.max_age_s:
+        raise ConfigError(f"{section}.max_extrapolation_s: {cfg.max_extrapolation_s} must be in [0, max_age_s] seconds (e.g. 0.02)")
+    if not cfg.max_stamp_lead_s >= 0:
+        raise ConfigError(f"{section}.max_stamp_lead_s: {cfg.max_stamp_lead_s} must be >= 0 seconds (e.g. 0.2)")
+    if not cfg.position_bound_m > 0:
+        raise ConfigError(f"{section}.position_bound_m: {cfg.position_bound_m} must be > 0 metres (e.g. 10)")
 
 
 @dataclass(frozen=True)
@@ -98,7 +109,7 @@ class InputSpec:
 
     @classmethod
     def from_node(cls, cfg: Any, cameras: list[str]) -> "InputSpec":
-        """The inputs of the policy node's NodeConfig for the policy's cameras."""
+        """The inputs of the policy node's NodeConfig (ros_nodes/configuration.py) for the policy's cameras."""
         compressed = cfg.image_transport == "compressed"
         topics = {c: cfg.topics.image.format(camera=c) + ("/compressed" if compressed else "") for c in cameras}
         return cls(topics, None if cfg.pose_source == "tf" else cfg.topics.ee_pose, cfg.base_frame, cfg.ee_frame,

@@ -34,7 +34,7 @@ from vit_policy.config import ConfigError
 from vit_policy.model.encoders import WeightsError, weights_error
 
 if TYPE_CHECKING:
-    from vit_policy.config import DataConfig
+    from vit_policy.data.configuration import DataConfig
     from vit_policy.data.bags import Episode
     from vit_policy.model.policy import VisuomotorPolicy
 

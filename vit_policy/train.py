@@ -31,17 +31,87 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from vit_policy.config import ConfigError, TrainConfig, save_config, to_dict
+from vit_policy.config import ConfigError, load_config, save_config, to_dict
+from vit_policy.data.configuration import AugmentConfig, DataConfig
 from vit_policy.data.bags import Episode
 from vit_policy.data.cache import load_or_extract
 from vit_policy.data.dataset import EpisodeDataset, EpochBatchSampler, dataset_stats, split_episodes
 from vit_policy.geometry import NormStats, geodesic_deg, rot6d_to_quat
+from vit_policy.model.configuration import PolicyConfig
 from vit_policy.model.policy import STATS_FILE, VisuomotorPolicy
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.pt"
 RESUME_FIX = "resume from another copy of the run's last/ directory, or start a new run (resume: null or a new out_dir)"
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """One training run: policy, data, split, optimiser and checkpointing."""
+
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    bags: list[str] = field(default_factory=list)  # bag directories / files or glob patterns
+    val_bags: list[str] = field(default_factory=list)  # explicit validation bags; else val_fraction of episodes
+    val_fraction: float = 0.2
+    cache_dir: str = "outputs/cache"
+    out_dir: str = "outputs/train"
+    epochs: int = 10
+    max_steps: int | None = None  # total optimiser steps (the schedule's length); default epochs x steps/epoch
+    batch_size: int = 32
+    lr_encoder: float = 1e-5
+    lr_head: float = 1e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    grad_clip: float = 1.0  # max gradient norm; 0 disables
+    ema: float = 0.0  # EMA decay of the weights (0: off; e.g. 0.999); checkpoints then hold the EMA weights
+    seed: int = 0
+    num_workers: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    log_every: int = 10
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    resume: str | None = None  # a 'last' checkpoint directory, or 'auto' for <out_dir>/last if it exists
+    tensorboard: bool = True
+    progress: bool = True  # tqdm bars
+    # at the end: fit the OOD monitor on the training split, threshold = this quantile of the validation scores (null: none)
+    ood_quantile: float | None = 0.99
+
+    def __post_init__(self) -> None:
+        if not self.bags:
+            raise ConfigError("bags: list the rosbag2 recordings to train on (directories or glob patterns)")
+        missing = [c for c in self.policy.cameras if c not in self.data.cameras]
+        if missing:
+            raise ConfigError(f"data.cameras: no topic for policy camera(s) {missing}; have {sorted(self.data.cameras)}")
+        if abs(self.data.dt_ns - self.policy.control_dt_ns) > 1000:
+            raise ConfigError(
+                f"data.control_rate_hz ({self.data.control_rate_hz} Hz) and policy.control_dt ({self.policy.control_dt} s) "
+                "disagree: the chunk steps are the control period; set control_dt = 1 / control_rate_hz"
+            )
+        if not self.val_bags and not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError("val_fraction: must be in [0, 1)")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("epochs and batch_size: must be >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError("max_steps: must be >= 1 (or null for epochs x steps per epoch)")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError("ema: decay must be in [0, 1) (0 disables EMA)")
+        if self.lr_encoder < 0 or self.lr_head <= 0:
+            raise ConfigError("lr_encoder must be >= 0 and lr_head > 0")
+        if self.warmup_steps < 0 or self.grad_clip < 0 or self.num_workers < 0 or self.log_every < 1:
+            raise ConfigError("warmup_steps, grad_clip, num_workers must be >= 0 and log_every >= 1")
+        if self.ood_quantile is not None and not 0.0 < self.ood_quantile <= 1.0:
+            raise ConfigError(f"ood_quantile: {self.ood_quantile} must be in (0, 1] (e.g. 0.99), or null to fit no OOD monitor")
+
+
+def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """A training YAML (configs/train/) with ``key=value`` overrides, validated."""
+    return load_config(TrainConfig, path, overrides)
 
 
 # --------------------------------------------------------------------------------------------------

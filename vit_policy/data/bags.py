@@ -25,7 +25,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from vit_policy import messages as M
-from vit_policy.config import DataConfig
+from vit_policy.data.configuration import DataConfig
 from vit_policy.geometry import pose_delta, rotvec_to_rot6d
 from vit_policy.images import resize_uint8
 from vit_policy.inputs import (

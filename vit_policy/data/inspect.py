@@ -31,7 +31,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from vit_policy import messages as M
-from vit_policy.config import DataConfig, apply_overrides, from_dict, read_yaml
+from vit_policy.config import apply_overrides, from_dict, read_yaml
+from vit_policy.data.configuration import DataConfig
 from vit_policy.data.bags import (
     FLOAT64_TYPE,
     IMAGE_TYPES,

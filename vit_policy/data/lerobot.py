@@ -44,7 +44,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vit_policy.config import ConfigError, DataConfig
+from vit_policy.config import ConfigError
+from vit_policy.data.configuration import DataConfig
 from vit_policy.data.bags import Episode, extract_episodes
 from vit_policy.geometry import apply_delta, pose_delta, rot6d_to_rotvec, rotvec_to_rot6d
 

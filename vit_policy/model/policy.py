@@ -26,7 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vit_policy.config import ActionFrame, ConfigError, PolicyConfig, from_dict, read_yaml, save_config
+from vit_policy.config import ConfigError, from_dict, read_yaml, save_config
+from vit_policy.model.configuration import ActionFrame, PolicyConfig
 from vit_policy.geometry import NormStats, matrix_from_rot6d_t, matrix_to_rot6d_t, quat_to_matrix_t, rot6d_to_rotvec
 from vit_policy.images import to_model_input
 from vit_policy.model.encoders import (
@@ -39,7 +40,7 @@ from vit_policy.ood import OOD_FILE, OODMonitor, capture, load_monitor
 log = logging.getLogger(__name__)
 
 ACTION_DIM = 10  # dp (3) + rot6d (6) + gripper (1)
-EE_POINT_SCALE_M = 0.1  # points_frame: ee offsets in units of 10 cm, about the spread of a tabletop task
+EE_POINT_SCALE_M = 0.1  # points.frame: ee offsets in units of 10 cm, about the spread of a tabletop task
 CONFIG_FILE, WEIGHTS_FILE, STATS_FILE = "config.yaml", "model.safetensors", "stats.safetensors"
 
 Batch = dict[str, Any]
@@ -143,12 +144,12 @@ class VisuomotorPolicy(nn.Module):
             self.token_embed = nn.Parameter(torch.randn(1, enc.num_tokens, d) * 0.02)  # slot within a camera
         self.pose_tokens = PoseTokenizer(cfg.pose, d)
         self.point_head = self._build_point_head(cfg, enc) if cfg.points else None
-        if cfg.points and cfg.points_frame == "ee":  # metres = normalised * std + mean: saved with the weights
+        if cfg.points and cfg.points.frame == "ee":  # metres = normalised * std + mean: saved with the weights
             mean, std = self._point_stats(cfg)
             self.register_buffer("point_mean", mean)
             self.register_buffer("point_std", std)
         self.point_proj = nn.Linear(3, d) if cfg.points else None
-        self.point_embed = nn.Parameter(torch.randn(1, cfg.points, d) * 0.02) if cfg.points else None
+        self.point_embed = nn.Parameter(torch.randn(1, cfg.points.count, d) * 0.02) if cfg.points else None
         self.language = InstructionEncoder(cfg.language) if cfg.language.enabled else None
         self.lang_proj = nn.Linear(self.language.embed_dim, d) if self.language is not None else None
         self.blocks = nn.ModuleList(EncoderBlock(d, cfg.n_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.n_encoder_layers))
@@ -165,13 +166,14 @@ class VisuomotorPolicy(nn.Module):
     @staticmethod
     def _build_point_head(cfg: PolicyConfig, enc: ImageEncoder) -> PointHead:
         """The pretrained point head of ``encoder.weights`` (random when there is no file: a checkpoint fills it)."""
-        head = PointHead(len(cfg.cameras) * enc.num_patches, enc.embed_dim, cfg.points)
+        assert cfg.points is not None
+        head = PointHead(len(cfg.cameras) * enc.num_patches, enc.embed_dim, cfg.points.count)
         path = cfg.encoder.weights
         if path:
             state = {k.removeprefix(POINT_HEAD): v for k, v in read_state_dict(path).items() if k.startswith(POINT_HEAD)}
             if not state:
-                raise WeightsError(f"points: {cfg.points}, but {path!r} has no point head ({POINT_HEAD}* keys); "
-                                   "pretrain one with vit_policy.pretrain (vit-policy sim-pretrain) or set points: 0")
+                raise WeightsError(f"points.count: {cfg.points.count}, but {path!r} has no point head ({POINT_HEAD}* keys); "
+                                   "pretrain one with vit_policy.pretrain (vit-policy sim-pretrain) or set points: null")
             meta = _safetensors_metadata(path)
             if "cameras" in meta and json.loads(meta["cameras"]) != list(cfg.cameras):
                 raise ConfigError(f"cameras: {cfg.cameras}, but the point head of {path!r} was pretrained on "
@@ -184,16 +186,17 @@ class VisuomotorPolicy(nn.Module):
     @staticmethod
     def _point_stats(cfg: PolicyConfig) -> tuple[torch.Tensor, torch.Tensor]:
         """The pretraining file's (points, 3) mean and std in metres (placeholders without a file: a checkpoint fills them)."""
+        assert cfg.points is not None
         if not cfg.encoder.weights:
-            return torch.zeros(cfg.points, 3), torch.ones(cfg.points, 3)
-        _, mean, std = read_point_stats(cfg.encoder.weights, "points_frame: ee", "or set points_frame: base")
+            return torch.zeros(cfg.points.count, 3), torch.ones(cfg.points.count, 3)
+        _, mean, std = read_point_stats(cfg.encoder.weights, "points.frame: ee", "or set points.frame: base")
         return mean, std
 
     @classmethod
     def from_config(cls, cfg: PolicyConfig | dict[str, Any] | str | Path) -> "VisuomotorPolicy":
         """Build from a PolicyConfig, a mapping, or a YAML path (validated at load)."""
         if isinstance(cfg, (str, Path)):
-            from vit_policy.config import load_policy_config
+            from vit_policy.model.configuration import load_policy_config
 
             cfg = load_policy_config(cfg)
         elif isinstance(cfg, dict):
@@ -223,7 +226,6 @@ class VisuomotorPolicy(nn.Module):
 
     def set_stats(self, stats: dict[str, NormStats]) -> None:
         """Install normalisation statistics ('state' (D,), 'action' (K, 9)); required before use."""
-        mode = self.cfg.pose.normalization
         want = {"state": (self.pose_tokens.state_dim,), "action": (self.cfg.chunk_size, ACTION_DIM - 1)}
         for key, shape in want.items():
             if key not in stats:
@@ -232,7 +234,8 @@ class VisuomotorPolicy(nn.Module):
                 raise ValueError(f"normalisation statistics {key!r}: shape {stats[key].mean.shape}, the model needs {shape}")
         self.stats = dict(stats)
         for key in want:
-            center, scale = stats[key].center_scale(mode)
+            mode = self.cfg.pose.normalization if key == "state" else self.cfg.action_normalization
+            center, scale = stats[key].center_scale(str(mode))
             setattr(self, f"{key}_center", torch.as_tensor(center, device=self.device))
             setattr(self, f"{key}_scale", torch.as_tensor(scale, device=self.device))
 
@@ -301,7 +304,7 @@ class VisuomotorPolicy(nn.Module):
     def encode_points(self, images: dict[str, torch.Tensor]) -> torch.Tensor:
         """The point head's (B, T, 3) normalised points for raw uint8 frames {camera: (B, H, W, 3)}."""
         if self.point_head is None:
-            raise ConfigError("encode_points: this policy has no point head (points: 0)")
+            raise ConfigError("encode_points: this policy has no point head (points: null)")
         return self.point_head(torch.cat([f for f, _ in self._encode_images(images, False)], dim=1))
 
     def forward_features(self, batch: Batch, return_attention: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -325,7 +328,7 @@ class VisuomotorPolicy(nn.Module):
                 offset += feats.shape[1]
         if self.point_head is not None:  # the pretrained points (goal, object, EE) as tokens of their own
             points = self.point_head(torch.cat(patches, dim=1))
-            if self.cfg.points_frame == "ee":  # offsets from the observed (not the augmented) EE position
+            if self.cfg.points is not None and self.cfg.points.frame == "ee":  # offsets from the observed (not the augmented) EE position
                 ee = batch["position"].to(points.device, torch.float32)[:, None]
                 points = (points * self.point_std + self.point_mean - ee) / EE_POINT_SCALE_M
             tokens.append(self.point_proj(points) + self.point_embed)

@@ -13,6 +13,7 @@ several bags, ``metrics.json`` and the report (``vit_policy.report``), settings 
 or the checkpoint.
 """
 
+from vit_policy.replay.configuration import ReplayConfig, ReplayMode
 from vit_policy.replay.evaluation import (
     CheckpointResult, check_bag, check_checkpoints, load_replay_config, replay_checkpoints, replay_policies, replay_settings,
 )
@@ -24,7 +25,7 @@ from vit_policy.replay.modes import (
 )
 
 __all__ = [
-    "MODES", "BagResult", "CheckpointResult", "CommandStream", "Predictions", "RecordedTrack", "attention_samples",
+    "MODES", "BagResult", "CheckpointResult", "ReplayConfig", "ReplayMode", "CommandStream", "Predictions", "RecordedTrack", "attention_samples",
     "check_bag", "check_checkpoints", "chunk_metrics", "episode_batch", "error_summary", "jerk", "latency_summary",
     "load_replay_config", "measure_latency", "recorded_target_at", "replay_checkpoints", "replay_policies",
     "replay_settings", "run_batch", "run_faithful", "stream_metrics",

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vit_policy.config import ConfigError, DataConfig, ReplayConfig
+from vit_policy.config import ConfigError
+from vit_policy.data.configuration import DataConfig
+from vit_policy.replay.configuration import ReplayConfig
 from vit_policy.inputs import TIMING_FIELDS
 from vit_policy.replay.metrics import Predictions, chunk_metrics, latency_summary, stream_metrics
 from vit_policy.replay.modes import BagResult, RecordedTrack, attention_samples, run_batch, run_faithful

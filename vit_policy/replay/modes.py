@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from vit_policy.config import ConfigError, ReplayConfig
+from vit_policy.config import ConfigError
+from vit_policy.replay.configuration import ReplayConfig
 from vit_policy.inputs import InputSpec
 from vit_policy.observation import ActionChunk
 from vit_policy.replay.metrics import CommandStream, Predictions
