@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from vit_policy.config import DataConfig, EncoderConfig, GripperConfig, PolicyConfig, to_dict
-from vit_policy.data.synthetic import GRIPPER_JOINTS, write_synthetic_bag
+from synthetic import GRIPPER_JOINTS, write_synthetic_bag
 from vit_policy.model.policy import VisuomotorPolicy, identity_stats
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,7 +22,7 @@ from PIL import Image
 from vit_policy.cli import main
 from vit_policy.config import DataConfig, EncoderConfig, GripperConfig, PolicyConfig, ReplayConfig, RuntimeConfig, to_dict
 from vit_policy.data.bags import BagError, extract_episodes
-from vit_policy.data.synthetic import GRIPPER_JOINTS, SyntheticBag, write_synthetic_bag
+from synthetic import GRIPPER_JOINTS, SyntheticBag, write_synthetic_bag
 from vit_policy.geometry import pose_delta, rotvec_to_rot6d
 from vit_policy.model.policy import VisuomotorPolicy, identity_stats
 from vit_policy.observation import ActionChunk, Observation
