@@ -11,6 +11,9 @@ the weights of ``2N`` uninterrupted steps.
 Output directory: ``last/`` and ``best/`` (lowest validation loss) are checkpoint directories that
 ``VisuomotorPolicy.from_pretrained`` loads; ``last/trainer_state.pt`` (tensors and numbers only,
 read with ``weights_only=True``) holds what resuming needs; ``tb/`` has TensorBoard scalars.
+
+:func:`train` runs one :class:`Trainer`. Its loss scores predictions (``policy.action_loss``), so validation
+scores the mean-action predictor (:func:`mean_action_prediction`) with the very same loss: ``val/baseline_loss``.
 """
 
 from __future__ import annotations
@@ -276,7 +279,7 @@ class Trainer:
     Everything the run holds is an attribute: the policy and its loss (``loss_fn(pred, batch) -> (loss,
     logs)``), the episodes and loaders, optimiser, schedule and EMA, the step, the best validation loss and
     the history. :meth:`fit` runs :meth:`train_step` until the stop step; at each epoch's end rank 0
-    :meth:`validate` s and :meth:`save` s ``best`` and ``last``. The constructor builds the pieces in a
+    validates (:meth:`validate`) and saves ``best`` and ``last`` (:meth:`save`). The constructor builds the pieces in a
     fixed order (seed, model initialisation, data, optimiser, resumed state) so that a resumed run draws
     the same random numbers as an uninterrupted one.
     """
@@ -297,17 +300,7 @@ class Trainer:
         self.policy.to(self.device)
         self.loss_fn = self.policy.action_loss
 
-        cams, hist = cfg.policy.cameras, cfg.policy.pose.history
-        train_set = EpisodeDataset(self.train_eps, cams, hist, cfg.augment, cfg.seed)
-        self.sampler = EpochBatchSampler(len(train_set), cfg.batch_size, cfg.seed, True, self.ddp.rank, self.ddp.world_size)
-        # the loader's own generator: creating an iterator must not draw from the global RNG (dropout), or a
-        # resume in the middle of an epoch would shift every later random number
-        self.loader = DataLoader(train_set, batch_sampler=self.sampler, num_workers=cfg.num_workers,
-                                 pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed))
-        self.val_loader: DataLoader | None = None
-        if self.val_eps and self.ddp.main:
-            val_set = EpisodeDataset(self.val_eps, cams, hist)
-            self.val_loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
+        self.sampler, self.loader, self.val_loader = self._loaders()
         self.steps_per_epoch = len(self.sampler)
         self.total = cfg.max_steps or cfg.epochs * self.steps_per_epoch
 
@@ -325,17 +318,38 @@ class Trainer:
 
         grip_targets = np.concatenate([np.asarray(e.action)[..., 9][np.asarray(e.action_mask)] for e in self.train_eps])
         self.baseline = (torch.as_tensor(self.stats["action"].mean), float(grip_targets.mean()))  # mean action, mean gripper
-        self.writer = None
-        if self.ddp.main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.out_dir / "train_config.yaml")
-            if cfg.tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(self.out_dir / "tb"))
+        self.writer = self._open_outputs()
         self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
         self.samples_seen = 0  # by this rank
         self._epoch_loss, self._epoch_batches = 0.0, 0
+
+    def _loaders(self) -> tuple[EpochBatchSampler, DataLoader, DataLoader | None]:
+        """This rank's shard of the training episodes (sampler, loader); the validation loader on rank 0 when there are validation episodes."""
+        cfg, ddp = self.cfg, self.ddp
+        cams, hist = cfg.policy.cameras, cfg.policy.pose.history
+        train_set = EpisodeDataset(self.train_eps, cams, hist, cfg.augment, cfg.seed)
+        sampler = EpochBatchSampler(len(train_set), cfg.batch_size, cfg.seed, True, ddp.rank, ddp.world_size)
+        # the loader's own generator: creating an iterator must not draw from the global RNG (dropout), or a
+        # resume in the middle of an epoch would shift every later random number
+        loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(cfg.seed))
+        val_loader = None
+        if self.val_eps and ddp.main:
+            val_set = EpisodeDataset(self.val_eps, cams, hist)
+            val_loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
+        return sampler, loader, val_loader
+
+    def _open_outputs(self) -> Any:
+        """Rank 0: the output directory with the run's config, and the TensorBoard writer (None when off or on other ranks)."""
+        if not self.ddp.main:
+            return None
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, self.out_dir / "train_config.yaml")
+        if not self.cfg.tensorboard:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(self.out_dir / "tb"))
 
     def _restore(self, resume: Path) -> None:
         """Weights, optimiser, schedule, EMA, step, best validation loss and RNG state of ``resume``."""
