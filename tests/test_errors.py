@@ -16,7 +16,7 @@ import yaml
 from vit_policy.config import to_dict
 from vit_policy.data.configuration import DataConfig, GripperConfig
 from vit_policy.model.configuration import EncoderConfig, PolicyConfig
-from vit_policy.data.synthetic import GRIPPER_JOINTS, write_synthetic_bag
+from synthetic import GRIPPER_JOINTS, write_synthetic_bag
 from vit_policy.model.policy import VisuomotorPolicy, identity_stats
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""Dependencies point one way: ros_nodes, sim_tests and the CLI use the core; the core uses none of them.
+"""Dependencies point one way: ros_nodes, sim_tests and the CLI use the core; the core uses none of them; none use tests/.
 
 docs/architecture.md states the rule; this file fails when a change breaks it, statically (every import
 statement, lazy ones inside functions included) and at run time (what importing the core loads).
@@ -16,6 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 ABOVE_CORE = ("ros_nodes", "sim_tests", "vit_policy.cli")
 MIDDLEWARE = ("rclpy", "cyclonedds", "mujoco", "gymnasium", "gymnasium_robotics")
+# test helpers (tests/synthetic.py, tests/realtime_bags.py, ...) import as top-level modules once tests/ is on sys.path
+TEST_HELPERS = ("tests", *sorted(p.stem for p in (ROOT / "tests").glob("*.py")))
 
 
 def imports(path: Path, package: str | None = None) -> list[tuple[int, str]]:
@@ -88,6 +90,16 @@ def test_every_command_runs_a_cmd_function() -> None:
     funcs = {name: p.get_default("func") for name, p in commands.items()}
     assert {n: f"{f.__module__}.{f.__name__}" for n, f in funcs.items() if not f.__name__.startswith("cmd_")} == {}
     assert {f.__module__ for f in funcs.values()} <= {"vit_policy.cli", "ros_nodes.commands", "sim_tests.commands"}
+@pytest.mark.parametrize("package", ["vit_policy", "ros_nodes", "sim_tests"])
+def test_product_modules_do_not_import_test_helpers(package: str, tmp_path: Path) -> None:
+    """Test data generators live in tests/; the package, the nodes and the simulator code run without them."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f():\n    from synthetic import render\n    import tests.realtime_bags\n")
+    assert offending([probe], TEST_HELPERS, package=package) == [
+        "probe.py:2 imports synthetic", "probe.py:2 imports synthetic.render", "probe.py:3 imports tests.realtime_bags"]
+    files = library_files(package)
+    assert files, f"no {package} modules found"
+    assert offending(files, TEST_HELPERS) == []
 
 
 def test_the_checker_sees_lazy_and_relative_imports(tmp_path: Path) -> None:

@@ -247,7 +247,7 @@ def test_corrupt_dataset_names_the_file(exported: dict[str, Path], two_cams: Rea
 
 def test_command_labels_with_tf_pose_round_trip(tmp_path: Path) -> None:
     """The real-robot config's path: TF pose, compressed frames, the recorded command as the action."""
-    from vit_policy.data.synthetic import GRIPPER_JOINTS, write_synthetic_bag
+    from synthetic import GRIPPER_JOINTS, write_synthetic_bag
 
     write_synthetic_bag(tmp_path / "bag", command=True, pose_source="tf", compressed=True, camera_hz=10.0, duration_s=2.0,
                         image_size=(32, 32), seed=7)

@@ -1,7 +1,7 @@
 """The out-of-distribution monitor (vit_policy/ood.py): fit at the end of training, detection rates on held-out and
 corrupted frames, the stop of safety.ood_stop, checkpoints without statistics, fit-ood, and the replay report.
 
-Data: synthetic rosbag2 demonstrations (vit_policy.data.synthetic) with two cameras, the wrist view of a
+Data: synthetic rosbag2 demonstrations (tests/synthetic.py) with two cameras, the wrist view of a
 four-colour marker and a fixed overview. The policy is timm's ``test_vit`` trained for 2 steps: its encoder
 is as good as random, so the detection rates here are what the feature statistics alone achieve, not
 what a trained encoder adds.
@@ -24,7 +24,7 @@ from vit_policy.runtime import RuntimeConfig
 from vit_policy.safety import SafetyConfig
 from vit_policy.train import TrainConfig
 from vit_policy.data.bags import extract_episodes
-from vit_policy.data.synthetic import GRIPPER_JOINTS, write_synthetic_dataset
+from synthetic import GRIPPER_JOINTS, write_synthetic_dataset
 from vit_policy.model.encoders import WeightsError
 from vit_policy.model.policy import VisuomotorPolicy
 from vit_policy.ood import CORRUPTIONS, OOD_FILE, corrupt, detection_rates, episode_images, format_rates

@@ -26,7 +26,7 @@ from vit_policy.model.configuration import EncoderConfig, PolicyConfig
 from vit_policy.replay import ReplayConfig
 from vit_policy.runtime import RuntimeConfig
 from vit_policy.data.bags import BagError, extract_episodes
-from vit_policy.data.synthetic import GRIPPER_JOINTS, SyntheticBag, write_synthetic_bag
+from synthetic import GRIPPER_JOINTS, SyntheticBag, write_synthetic_bag
 from vit_policy.geometry import pose_delta, rotvec_to_rot6d
 from vit_policy.model.policy import VisuomotorPolicy, identity_stats
 from vit_policy.observation import ActionChunk, Observation

@@ -377,12 +377,17 @@ class VisuomotorPolicy(nn.Module):
         return batch["position"].to(self.device, torch.float32), batch["quaternion"].to(self.device, torch.float32)
 
     def compute_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training loss (:meth:`action_loss`) of this policy's prediction for ``batch``."""
+        return self.action_loss(self.forward(batch)["action"], batch)
+
+    def action_loss(self, pred: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """L1 on normalised translation and rotation, BCE on the gripper; padded steps are masked out.
 
-        ``batch['action']`` is raw (B, K, 10) [dp, rot6d of the delta rotation, gripper in [0, 1]] and
-        ``batch['action_mask']`` (B, K) marks real (not padded) steps.
+        ``pred`` is a head output (B, K, 10) in normalised units (gripper as a logit), from this policy or
+        any other predictor (the trainer scores the mean-action predictor with it). ``batch['action']`` is
+        raw (B, K, 10) [dp, rot6d of the delta rotation, gripper in [0, 1]] and ``batch['action_mask']``
+        (B, K) marks real (not padded) steps.
         """
-        pred = self.forward(batch)["action"]
         target = batch["action"].to(self.device, torch.float32)
         mask = batch.get("action_mask")
         mask = torch.ones(target.shape[:2], device=self.device) if mask is None else mask.to(self.device, torch.float32)
