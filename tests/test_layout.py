@@ -64,6 +64,18 @@ def test_packages_above_the_core_do_not_import_the_cli(package: str, forbidden: 
     assert offending(library_files(package), forbidden) == []
 
 
+def test_the_model_module_only_computes() -> None:
+    """The model builds and computes; file formats and weight-file readers belong to vit_policy/model/checkpoint.py
+    (which policy.py imports only lazily, in its delegating conveniences from_config / save_pretrained / from_pretrained)."""
+    files = [ROOT / "vit_policy" / "model" / name for name in ("policy.py", "pose_tokens.py")]
+    readers = ("read_state_dict", "load_matching", "weights_error", "load_encoder_weights", "load_instruction_weights", "build_image_encoder")
+    io = ("safetensors", "yaml", "json", "pickle", "vit_policy.config.read_yaml", "vit_policy.config.save_config",
+          "vit_policy.config.load_policy_config", *(f"vit_policy.model.encoders.{name}" for name in readers))
+    assert offending(files, io) == []
+    top_level = [name for node in ast.parse(files[0].read_text()).body if isinstance(node, ast.ImportFrom) for name in [node.module]]
+    assert "vit_policy.model.checkpoint" not in top_level
+
+
 def test_the_checker_sees_lazy_and_relative_imports(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"  # as if it were vit_policy/data/probe.py
     probe.write_text("import numpy\ndef f():\n    from ..cli import main\n    import sim_tests.fetch_env\n")

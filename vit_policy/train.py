@@ -9,7 +9,7 @@ optional EMA weights. Training is counted in optimiser steps, and every source o
 the weights of ``2N`` uninterrupted steps.
 
 Output directory: ``last/`` and ``best/`` (lowest validation loss) are checkpoint directories that
-``VisuomotorPolicy.from_pretrained`` loads; ``last/trainer_state.pt`` (tensors and numbers only,
+``load_checkpoint`` (vit_policy/model/checkpoint.py) loads; ``last/trainer_state.pt`` (tensors and numbers only,
 read with ``weights_only=True``) holds what resuming needs; ``tb/`` has TensorBoard scalars.
 """
 
@@ -36,7 +36,8 @@ from vit_policy.data.bags import Episode
 from vit_policy.data.cache import load_or_extract
 from vit_policy.data.dataset import EpisodeDataset, EpochBatchSampler, dataset_stats, split_episodes
 from vit_policy.geometry import NormStats, geodesic_deg, rot6d_to_quat
-from vit_policy.model.policy import STATS_FILE, VisuomotorPolicy
+from vit_policy.model.checkpoint import STATS_FILE, build_policy, save_checkpoint
+from vit_policy.model.policy import VisuomotorPolicy
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +323,7 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> TrainResult:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     out_dir = Path(cfg.out_dir)
-    policy = VisuomotorPolicy.from_config(cfg.policy)
+    policy = build_policy(cfg.policy)
     train_eps, val_eps = load_episodes(cfg, policy.image_size, ddp)
     resume = _resume_dir(cfg)
     if resume is not None:  # the statistics the run started with, not recomputed ones
@@ -398,7 +399,7 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> TrainResult:
                 "weights": "ema" if ema is not None else "raw",
                 "data": to_dict(cfg.data)}  # the topic map: a checkpoint copied on its own can still be replayed
         with ema.applied(policy) if ema is not None else contextlib.nullcontext():
-            policy.save_pretrained(directory, metadata=meta)
+            save_checkpoint(policy, directory, metadata=meta)
         if with_state:
             state = {"model": policy.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "step": step, "best_val": best_val, "rng": _rng_state(device)}
