@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from realtime_bags import CameraSpec, Scenario, write_scenario  # noqa: E402
-from vit_policy.config import DataConfig, GripperConfig  # noqa: E402
+from vit_policy.data.configuration import DataConfig, GripperConfig  # noqa: E402
 from vit_policy.data.lerobot import ExportResult, export_dataset  # noqa: E402
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vit_policy.config import load_policy_config
+from vit_policy.model.configuration import load_policy_config
 from vit_policy.images import to_model_input
 from vit_policy.model.policy import VisuomotorPolicy, count_parameters, identity_stats
 from vit_policy.observation import Observation

@@ -14,14 +14,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vit_policy.config import load_policy_config
-from vit_policy.data.synthetic import render
-from vit_policy.model.policy import VisuomotorPolicy, identity_stats
-from vit_policy.observation import Observation
-from vit_policy.ood import OODMonitor, encode_features, encoder_fingerprint, fit_camera, pooled_features
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the synthetic scene renderer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.inference import CONFIGS, timeit  # noqa: E402
+from synthetic import render  # noqa: E402
+from vit_policy.model.configuration import load_policy_config  # noqa: E402
+from vit_policy.model.policy import VisuomotorPolicy, identity_stats  # noqa: E402
+from vit_policy.observation import Observation  # noqa: E402
+from vit_policy.ood import OODMonitor, encode_features, encoder_fingerprint, fit_camera, pooled_features  # noqa: E402
 
 
 def bench(name: str, cameras: int, repeats: int) -> dict:

@@ -27,10 +27,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the synthetic bag writer
 
-from vit_policy.config import DataConfig, GripperConfig, ReplayConfig, RuntimeConfig, load_policy_config  # noqa: E402
+from synthetic import GRIPPER_JOINTS, write_synthetic_bag  # noqa: E402
+from vit_policy.data.configuration import DataConfig, GripperConfig  # noqa: E402
+from vit_policy.model.configuration import load_policy_config  # noqa: E402
+from vit_policy.replay import ReplayConfig  # noqa: E402
+from vit_policy.runtime import RuntimeConfig  # noqa: E402
 from vit_policy.data.bags import extract_episodes  # noqa: E402
-from vit_policy.data.synthetic import GRIPPER_JOINTS, write_synthetic_bag  # noqa: E402
 from vit_policy.model.policy import VisuomotorPolicy, identity_stats  # noqa: E402
 from vit_policy.replay import episode_batch, run_batch, run_faithful  # noqa: E402
 

@@ -176,7 +176,7 @@ class FedNode:
         import yaml
 
         from ros_nodes.transport.dds_backend import DDSTransport
-        from vit_policy.config import EncoderConfig, PolicyConfig
+        from vit_policy.model.configuration import EncoderConfig, PolicyConfig
         from vit_policy.model.policy import VisuomotorPolicy, identity_stats
 
         tmp = Path(tempfile.mkdtemp(prefix="ros_path_"))

@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 import sim_tests  # noqa: E402,F401  (sets MUJOCO_GL before mujoco loads)
 from sim_tests.closed_loop import load_task_config  # noqa: E402
+from sim_tests.configuration import SimConfig  # noqa: E402
 from sim_tests.fetch_env import FetchSim  # noqa: E402
-from vit_policy.config import SimConfig  # noqa: E402
 
 EVAL_SEED = 100_000  # the evaluation seeds of benchmarks/sim_success.py
 
@@ -129,7 +129,7 @@ def print_point_error(cfg: SimConfig, encoder_file: Path, episodes: int, noise_m
 
     names, mean_t, std_t = read_point_stats(encoder_file, "--point-error")
     mean, std = mean_t.numpy(), std_t.numpy()
-    policy = build_policy(policy_config_for(cfg, overrides=[f"encoder.weights={encoder_file}", f"points={len(names)}"])).eval()
+    policy = build_policy(policy_config_for(cfg, overrides=[f"encoder.weights={encoder_file}", f"points.count={len(names)}"])).eval()
     sim, rng, errors = FetchSim(cfg), np.random.default_rng(0), {}
     for i in range(episodes):
         frame, expert = sim.reset(seed=EVAL_SEED + i), make_expert(cfg.task)

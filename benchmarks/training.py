@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,11 +25,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from vit_policy.config import AugmentConfig, DataConfig, EncoderConfig, GripperConfig, PolicyConfig
-from vit_policy.data.cache import load_or_extract
-from vit_policy.data.dataset import EpisodeDataset, EpochBatchSampler, dataset_stats
-from vit_policy.data.synthetic import GRIPPER_JOINTS, write_synthetic_dataset
-from vit_policy.model.policy import VisuomotorPolicy
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the synthetic bag writer
+
+from synthetic import GRIPPER_JOINTS, write_synthetic_dataset  # noqa: E402
+from vit_policy.data.configuration import AugmentConfig, DataConfig, GripperConfig  # noqa: E402
+from vit_policy.model.configuration import EncoderConfig, PolicyConfig  # noqa: E402
+from vit_policy.data.cache import load_or_extract  # noqa: E402
+from vit_policy.data.dataset import EpisodeDataset, EpochBatchSampler, dataset_stats  # noqa: E402
+from vit_policy.model.policy import VisuomotorPolicy  # noqa: E402
 
 AUGMENT = AugmentConfig(shift_px=8, brightness=0.2, contrast=0.2, saturation=0.2)
 

@@ -16,7 +16,7 @@ from typing import Any
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
 
-from ros_nodes.policy_node import DESCRIPTIONS, NODE_NAME, PolicyNode, config_from_parameters, parameter_defaults, run
+from ros_nodes.policy_node import NODE_NAME, PolicyNode, config_from_parameters, parameter_defaults, parameter_descriptions, run
 from ros_nodes.transport.rclpy_backend import NO_SIGNAL_HANDLERS, RclpyTransport
 
 try:  # rclpy.lifecycle exists from Humble on
@@ -46,7 +46,7 @@ if LifecycleNode is not None:
 
         def on_configure(self, state: State) -> TransitionCallbackReturn:
             try:
-                cfg = config_from_parameters(self.transport.parameters(parameter_defaults(), DESCRIPTIONS))
+                cfg = config_from_parameters(self.transport.parameters(parameter_defaults(), parameter_descriptions()))
                 self.policy_node = PolicyNode(self.transport, cfg)
             except Exception as exc:  # any failure leaves the node unconfigured, with the reason in the log
                 self.transport.destroy_entities()

@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any, get_type_hints
 
 import numpy as np
 
+from ros_nodes.configuration import NodeConfig
 from ros_nodes.transport import make_transport
 from ros_nodes.transport.base import Transport, check_parameter_names
 from vit_policy import messages as M
-from vit_policy.config import ConfigError, NodeConfig, from_dict, read_yaml
+from vit_policy.config import ConfigError, from_dict, read_yaml
 from vit_policy.observation import ActionChunk
 from vit_policy.inputs import InputSpec
 from vit_policy.runtime import PolicyRunner
@@ -35,55 +36,16 @@ if TYPE_CHECKING:
 NODE_NAME = "policy_node"
 LATENCY_MEASURED = -1.0  # ROS parameters have no null: a negative inference_latency_s means "measured"
 
-DESCRIPTIONS = {
-    "checkpoint": "trained checkpoint directory (config.yaml, model.safetensors, stats.safetensors)",
-    "allow_untrained": "run randomly initialised weights from policy_config (plumbing checks only; warned at every enable)",
-    "policy_config": "policy YAML used with allow_untrained",
-    "device": "torch device for inference (cpu, cuda, cuda:N)",
-    "threads": "torch CPU threads for inference",
-    "output_mode": "twist (TwistStamped, MoveIt Servo), pose (PoseStamped target) or trajectory (MultiDOFJointTrajectory)",
-    "base_frame": "frame of the EE pose and of every command",
-    "ee_frame": "end-effector frame (TF child frame with pose_source: tf)",
-    "pose_source": "pose (PoseStamped on topics.ee_pose) or tf (base_frame -> ee_frame on /tf, /tf_static)",
-    "image_transport": "raw (sensor_msgs/Image) or compressed (sensor_msgs/CompressedImage, jpeg/png)",
-    "image_qos": "sensor_data (best effort, depth 5) or reliable for the image subscriptions",
-    "gripper_joints": "JointState names whose summed position is the gripper opening (empty: no gripper feedback)",
-    "gripper_closed": "summed gripper joint position when closed (joint units, m or rad)",
-    "gripper_open": "summed gripper joint position when fully open",
-    "diagnostics_rate_hz": "rate of /diagnostics (Hz)",
-    "instruction": "task instruction for language-conditioned policies",
-    "topics.image": "image topic per policy camera ({camera}; '/compressed' appended with image_transport: compressed)",
-    "topics.ee_pose": "geometry_msgs/PoseStamped EE pose in base_frame (pose_source: pose)",
-    "topics.joint_states": "sensor_msgs/JointState with the gripper joints",
-    "topics.twist": "TwistStamped command (output_mode: twist)",
-    "topics.pose": "PoseStamped target (output_mode: pose)",
-    "topics.trajectory": "MultiDOFJointTrajectory of the remaining chunk (output_mode: trajectory)",
-    "topics.gripper": "Float64 gripper opening target in [0, 1]",
-    "topics.chunk": "the chunk followed, for monitoring (any output mode)",
-    "topics.diagnostics": "diagnostic_msgs/DiagnosticArray status",
-    "runtime.control_rate_hz": "control ticks per second (Hz)",
-    "runtime.sync_tolerance_s": "other cameras within this of the reference frame; the EE poses around a frame at most 2x this apart (s)",
-    "runtime.max_age_s": "an input older than this at a tick is stale: stop (s)",
-    "runtime.max_extrapolation_s": "the EE pose may be extrapolated this far past the newest one; else the frame waits (s)",
-    "runtime.max_stamp_lead_s": "a stamp further ahead of its arrival is rejected: clocks out of sync (s)",
-    "runtime.position_bound_m": "an EE position further than this from the base on any axis is rejected (m)",
-    "runtime.strategy": "receding (execute n steps, replan) or ensemble (ACT temporal ensembling)",
-    "runtime.execute_steps": "receding horizon: steps executed before the next chunk takes over",
-    "runtime.ensemble_m": "temporal ensembling weight exp(-m i), i = 0 for the oldest chunk",
-    "runtime.inference_latency_s": "latency estimate for scheduling (s); negative: measured",
-    "runtime.synchronous": "run inference inside the control tick (deterministic; blocks the tick)",
-    "runtime.backend": "inference backend: torch, or onnxruntime (the graph vit-policy export wrote into the checkpoint)",
-    "runtime.onnx_file": "onnxruntime: graph file in the checkpoint directory (policy.onnx, or policy.int8.onnx)",
-    "runtime.providers": "onnxruntime execution providers, e.g. [CUDAExecutionProvider, CPUExecutionProvider]; [auto]: GPU ones when present",
-    "safety.workspace_min": "workspace box lower corner [x, y, z] in base_frame (m)",
-    "safety.workspace_max": "workspace box upper corner [x, y, z] in base_frame (m)",
-    "safety.max_linear_speed": "EE linear speed limit (m/s)",
-    "safety.max_angular_speed": "EE angular speed limit (rad/s)",
-    "safety.max_step": "largest EE translation commanded in one control tick (m)",
-    "safety.stop_mode": "zero_twist (stop target follows the measured pose) or hold_pose (latched where the stop began)",
-    "safety.ood_stop": "stop while a camera's frame is out of distribution (needs the checkpoint's ood.safetensors)",
-    "safety.ood_margin": "a frame is out of distribution above this x the checkpoint's calibrated OOD threshold",
-}
+PARAMETER_FILE_HEADER = """\
+# Parameters of the vit_policy ROS 2 policy node (README.md, "Reference: the ROS 2 node", lists each with type, unit and frame).
+#   ros2 launch vit_policy policy.launch.py checkpoint:=/path/to/checkpoint
+#   vit-policy serve --transport dds --config configs/ros/policy_node.yaml --checkpoint /path/to/checkpoint
+# Keyed '/**' (every node), not 'policy_node': a namespace (-r __ns:=/arm, launch namespace:=arm) or a renamed
+# node (-r __node:=left) would otherwise silently drop every value below.
+# Made from NodeConfig's defaults and field descriptions (ros_nodes/configuration.py), with
+#   python -c "from ros_nodes.policy_node import parameter_file; print(parameter_file(), end='')" > configs/ros/policy_node.yaml
+# (tests/test_docs.py checks it is current): change a description there, not here.
+"""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -91,26 +53,35 @@ DESCRIPTIONS = {
 # --------------------------------------------------------------------------------------------------
 
 
-def parameter_fields(cls: type = NodeConfig, prefix: str = "") -> dict[str, tuple[Any, Any]]:
-    """Flat dotted parameter names -> (type hint, default) of a config dataclass (null becomes LATENCY_MEASURED)."""
+def parameter_fields(cls: type = NodeConfig, prefix: str = "") -> dict[str, tuple[Any, Any, str]]:
+    """Flat dotted parameter names -> (type hint, default, description) of a config dataclass.
+
+    The description is the field's ``metadata["help"]`` (empty when it has none); a null default becomes
+    LATENCY_MEASURED (ROS parameters have no null).
+    """
     hints = get_type_hints(cls)
-    out: dict[str, tuple[Any, Any]] = {}
+    out: dict[str, tuple[Any, Any, str]] = {}
     for f in dataclasses.fields(cls):
         value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
         if dataclasses.is_dataclass(hints[f.name]):
             out.update(parameter_fields(hints[f.name], f"{prefix}{f.name}."))
         else:
-            out[f"{prefix}{f.name}"] = (hints[f.name], LATENCY_MEASURED if value is None else value)
+            out[f"{prefix}{f.name}"] = (hints[f.name], LATENCY_MEASURED if value is None else value, f.metadata.get("help", ""))
     return out
 
 
 def parameter_defaults() -> dict[str, Any]:
     """Flat dotted parameter names and their defaults."""
-    return {name: default for name, (_, default) in parameter_fields().items()}
+    return {name: default for name, (_, default, _) in parameter_fields().items()}
+
+
+def parameter_descriptions() -> dict[str, str]:
+    """Flat dotted parameter names and their descriptions (the parameter descriptors' text)."""
+    return {name: description for name, (_, _, description) in parameter_fields().items()}
 
 
 def parameter_table() -> str:
-    """The README's parameter table (Markdown), made from NodeConfig and DESCRIPTIONS: written once."""
+    """The README's parameter table (Markdown), made from NodeConfig's defaults and field descriptions."""
     import typing
 
     def type_name(hint: Any) -> str:
@@ -132,12 +103,32 @@ def parameter_table() -> str:
             return '`[""]` (none)'
         return f"`{value}`"
 
+    fields = parameter_fields()
     rows = ["| parameter | type | default | meaning |", "|---|---|---|---|"]
-    for name, (hint, default) in parameter_fields().items():
-        rows.append(f"| `{name}` | {type_name(hint)} | {shown(default)} | {DESCRIPTIONS[name]} |")
-    rows.insert(2 + list(DESCRIPTIONS).index("instruction") + 1,
+    for name, (hint, default, description) in fields.items():
+        rows.append(f"| `{name}` | {type_name(hint)} | {shown(default)} | {description} |")
+    rows.insert(2 + list(fields).index("instruction") + 1,
                 "| `autostart` | bool | `true` | rclpy lifecycle node only: configure and activate at start-up |")
     return "\n".join(rows)
+
+
+def parameter_file() -> str:
+    """configs/ros/policy_node.yaml: every parameter at its default under ``/**: ros__parameters:``, its description above it."""
+    import yaml
+
+    lines = PARAMETER_FILE_HEADER.splitlines() + ["/**:", "  ros__parameters:"]
+    section = ""
+    for name, (_, default, description) in parameter_fields().items():
+        *parents, leaf = name.split(".")
+        if ".".join(parents) != section:
+            section = ".".join(parents)
+            lines.append(f"    {section}:")
+        indent = "    " + "  " * len(parents)
+        if name == "gripper_joints" and default == []:
+            default = [""]  # a ROS parameter file cannot hold a typed empty list: [""] means none (config_from_parameters)
+        value = yaml.safe_dump(default, default_flow_style=True, width=1000).strip().removesuffix("...").strip()
+        lines += [f"{indent}# {description}", f"{indent}{leaf}: {value}"]
+    return "\n".join(lines) + "\n"
 
 
 def config_from_parameters(params: dict[str, Any]) -> NodeConfig:
@@ -192,8 +183,8 @@ def load_policy(cfg: NodeConfig, log: logging.Logger) -> tuple[Policy, bool]:
     """The checkpoint's policy, or (allow_untrained) a randomly initialised one. Returns (policy, untrained)."""
     import torch
 
-    from vit_policy.config import load_policy_config
     from vit_policy.model.checkpoint import build_policy
+    from vit_policy.model.configuration import load_policy_config
     from vit_policy.model.policy import identity_stats
 
     torch.set_num_threads(cfg.threads)
@@ -387,7 +378,7 @@ def _fmt(v: float | None) -> str:
 
 def run(transport: Transport) -> int:
     """Declare parameters on ``transport``, build the node, spin until shutdown."""
-    params = transport.parameters(parameter_defaults(), DESCRIPTIONS)
+    params = transport.parameters(parameter_defaults(), parameter_descriptions())
     cfg = config_from_parameters(params)
     node = PolicyNode(transport, cfg)
     node.start()

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 
+from sim_tests.configuration import SimConfig
 from sim_tests.experts import expert_command, make_expert
 from sim_tests.fetch_env import ArmCommand, FetchSim, SimFrame
-from vit_policy.config import ConfigError, SimConfig
+from vit_policy.config import ConfigError
 
 if TYPE_CHECKING:
     from vit_policy.model.policy import Policy
@@ -245,7 +246,7 @@ def run_episode(sim: FetchSim, controller: Controller, seed: int, gif_path: Path
     )
 
 
-def evaluate(
+def run_episodes(
     cfg: SimConfig,
     make_controller: Callable[[FetchSim], Controller],
     episodes: int,
@@ -294,20 +295,23 @@ def evaluate(
 def evaluate_policy(policy: Policy, cfg: SimConfig, episodes: int, seed: int = 0, out_dir: str | Path | None = None,
                     gifs: int = 0, progress: bool = False) -> EvalReport:
     """Closed-loop success of a policy (torch or ONNX Runtime) through ``PolicyRunner``."""
-    return evaluate(cfg, lambda sim: RunnerController(policy, cfg), episodes, seed, out_dir, gifs, "policy", progress)
+    return run_episodes(cfg, lambda sim: RunnerController(policy, cfg), episodes, seed, out_dir, gifs, "policy", progress)
 
 
-def evaluate_random(cfg: SimConfig, episodes: int, seed: int = 0) -> EvalReport:
+def evaluate_random(cfg: SimConfig, episodes: int, seed: int = 0, out_dir: str | Path | None = None, gifs: int = 0,
+                    progress: bool = False) -> EvalReport:
     """Success of uniformly random actions (how often a task is solved by chance)."""
-    return evaluate(cfg, lambda sim: RandomController(seed), episodes, seed, name="random")
+    return run_episodes(cfg, lambda sim: RandomController(seed), episodes, seed, out_dir, gifs, "random", progress)
 
 
-def evaluate_expert(cfg: SimConfig, episodes: int, seed: int = 0) -> EvalReport:
-    return evaluate(cfg, lambda sim: ExpertController(cfg.task), episodes, seed, name="expert")
+def evaluate_expert(cfg: SimConfig, episodes: int, seed: int = 0, out_dir: str | Path | None = None, gifs: int = 0,
+                    progress: bool = False) -> EvalReport:
+    """Success of the task's scripted expert (the reference a policy is measured against)."""
+    return run_episodes(cfg, lambda sim: ExpertController(cfg.task), episodes, seed, out_dir, gifs, "expert", progress)
 
 
 # --------------------------------------------------------------------------------------------------
-# CLI: vit-policy sim-eval
+# Task configs (vit-policy sim-eval, sim-record, sim-pretrain: sim_tests/commands.py)
 # --------------------------------------------------------------------------------------------------
 
 TASK_CONFIGS = {  # --task: a gymnasium-robotics env id, or a variant named after its config
@@ -321,7 +325,7 @@ TASK_CONFIGS = {  # --task: a gymnasium-robotics env id, or a variant named afte
 def load_task_config(task: str | None, path: str | None, overrides: list[str] | None = None) -> SimConfig:
     """The sim config of ``--config``, else configs/sim/ of ``--task``; ``--task`` overrides the file's task."""
     from vit_policy.config import default_config
-    from vit_policy.config import load_sim_config
+    from sim_tests.configuration import load_sim_config
 
     extra = [f"task={task}"] if task and path is not None else []
     if path is None:
@@ -331,30 +335,3 @@ def load_task_config(task: str | None, path: str | None, overrides: list[str] | 
             raise ConfigError(f"--task: {task!r} is not one of {list(TASK_CONFIGS)}")
         path = str(default_config(TASK_CONFIGS[task]))  # the file names its env (a variant's is not --task)
     return load_sim_config(path, [*extra, *(overrides or [])])
-
-
-def cli_sim_eval(args: Any) -> int:
-    """``vit-policy sim-eval``: closed-loop success of a checkpoint (or the expert / random baseline)."""
-    import torch
-
-    cfg = load_task_config(args.task, args.config, args.overrides)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.baseline and args.checkpoint:
-        raise ConfigError("give either --checkpoint or --baseline, not both")
-    out = Path(args.out or f"outputs/sim_eval/{args.task or cfg.task}")
-    gifs = args.episodes if args.gifs is None else args.gifs
-    if args.baseline == "random":
-        report = evaluate(cfg, lambda sim: RandomController(args.seed), args.episodes, args.seed, out, gifs, "random", True)
-    elif args.baseline == "expert":
-        report = evaluate(cfg, lambda sim: ExpertController(cfg.task), args.episodes, args.seed, out, gifs, "expert", True)
-    else:
-        if not args.checkpoint:
-            raise ConfigError("--checkpoint: give a trained checkpoint directory (or --baseline expert|random)")
-        from vit_policy.deploy import load_policy
-
-        policy = load_policy(args.checkpoint, cfg.runtime)  # runtime.backend: torch or onnxruntime
-        report = evaluate_policy(policy, cfg, args.episodes, args.seed, out, gifs, progress=True)
-    print(report.table())
-    print(f"report: {out / 'sim_eval.json'}" + (f", GIFs: {out / 'gifs'}" if gifs else ""))
-    return 0

@@ -7,20 +7,100 @@ the simulator; each command imports its module only when it runs.
 from __future__ import annotations
 
 import argparse
-import importlib
-from typing import Callable
-
 
 SIM_TASKS = ["FetchReach-v4", "FetchPush-v4", "FetchPickAndPlace-v4", "FetchReachOrient"]  # keys of sim_tests.closed_loop.TASK_CONFIGS
 
 
-def lazy(module: str, function: str) -> Callable[[argparse.Namespace], int]:
-    """A subcommand's entry that imports its module only when it runs (``vit-policy --help`` stays fast)."""
+def set_threads(threads: int | None) -> None:
+    """torch CPU threads, when given (None or 0: torch's default)."""
+    if threads:
+        import torch
 
-    def run(args: argparse.Namespace) -> int:
-        return int(getattr(importlib.import_module(module), function)(args) or 0)
+        torch.set_num_threads(threads)
 
-    return run
+
+# --------------------------------------------------------------------------------------------------
+# The commands: parsed arguments -> typed calls of sim_tests' functions (each module imported when it runs)
+# --------------------------------------------------------------------------------------------------
+
+
+def cmd_sim_record(args: argparse.Namespace) -> int:
+    """Record scripted-expert demonstrations of a task as rosbag2 bags; print how to train on them."""
+    from tqdm.auto import tqdm
+
+    from sim_tests.closed_loop import load_task_config
+    from sim_tests.record import FINGER_JOINTS, camera_topic, record_demonstrations
+
+    cfg = load_task_config(args.task, args.config, args.overrides)
+    with tqdm(total=args.episodes, desc=f"record {cfg.task}", unit="ep", dynamic_ncols=True) as bar:
+        infos = record_demonstrations(cfg, args.out, args.episodes, args.seed, args.storage, progress=lambda _: bar.update(1),
+                                      action_noise_m=args.action_noise, hold_steps=args.hold_steps)
+    steps = sum(i.steps + 1 for i in infos)
+    print(f"{len(infos)} demonstrations of {cfg.task} ({steps} steps, cameras {sorted(cfg.cameras)}) in {args.out}")
+    print(f"train on them with data: {{cameras: {{{', '.join(f'{c}: {camera_topic(c)}' for c in cfg.cameras)}}}, "
+          f"gripper: {{joints: {list(FINGER_JOINTS)}, closed: 0.0, open: 0.1}}, control_rate_hz: {cfg.runtime.control_rate_hz:g}}}")
+    return 0
+
+
+def cmd_sim_eval(args: argparse.Namespace) -> int:
+    """Closed-loop success of a checkpoint (or the expert / random baseline); print the table, write sim_eval.json."""
+    from pathlib import Path
+
+    from sim_tests.closed_loop import evaluate_expert, evaluate_policy, evaluate_random, load_task_config
+    from vit_policy.config import ConfigError
+
+    cfg = load_task_config(args.task, args.config, args.overrides)
+    set_threads(args.threads)
+    if args.baseline and args.checkpoint:
+        raise ConfigError("give either --checkpoint or --baseline, not both")
+    out = Path(args.out or f"outputs/sim_eval/{args.task or cfg.task}")
+    gifs = args.episodes if args.gifs is None else args.gifs
+    if args.baseline == "random":
+        report = evaluate_random(cfg, args.episodes, args.seed, out, gifs, progress=True)
+    elif args.baseline == "expert":
+        report = evaluate_expert(cfg, args.episodes, args.seed, out, gifs, progress=True)
+    else:
+        if not args.checkpoint:
+            raise ConfigError("--checkpoint: give a trained checkpoint directory (or --baseline expert|random)")
+        from vit_policy.deploy import load_policy
+
+        policy = load_policy(args.checkpoint, cfg.runtime)  # runtime.backend: torch or onnxruntime
+        report = evaluate_policy(policy, cfg, args.episodes, args.seed, out, gifs, progress=True)
+    print(report.table())
+    print(f"report: {out / 'sim_eval.json'}" + (f", GIFs: {out / 'gifs'}" if gifs else ""))
+    return 0
+
+
+def cmd_sim_pretrain(args: argparse.Namespace) -> int:
+    """Render labelled frames of a task and pretrain the sim policy's encoder on them; print the result."""
+    from pathlib import Path
+
+    from sim_tests.closed_loop import load_task_config
+    from sim_tests.pretrain import pretrain_for_task
+
+    cfg = load_task_config(args.task, args.config, args.overrides)
+    result = pretrain_for_task(cfg, Path(args.out), args.resets, args.steps, policy_overrides=args.policy,
+                               frames_per_reset=args.frames_per_reset, expert_fraction=args.expert_fraction)
+    print(result.table())
+    print(f"train on it with the policy override encoder.weights={result.path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The end-to-end demo: every stage of every task of the plan (``--quick``: the minutes-long one)."""
+    from sim_tests.demo import DemoPlan, check_plan, quick_plan, run_demo
+
+    set_threads(args.threads)
+    plan = quick_plan() if args.quick else DemoPlan()
+    plan.policy_overrides = list(args.policy_overrides or [])
+    check_plan(plan)
+    run_demo(args.out, plan)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# The parsers
+# --------------------------------------------------------------------------------------------------
 
 
 def task_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,7 +120,7 @@ def add_sim_record(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hold-steps", type=int, default=None, metavar="N",
                    help="end each bag N steps after the task is first achieved (default: the whole episode)")
     p.add_argument("overrides", nargs="*", help="sim config overrides, e.g. image_size=128 episode_steps=30")
-    p.set_defaults(func=lazy("sim_tests.record", "cli_sim_record"))
+    p.set_defaults(func=cmd_sim_record)
 
 
 def add_sim_eval(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +134,7 @@ def add_sim_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gifs", type=int, default=None, help="GIFs of the first N episodes (default: every episode)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("overrides", nargs="*", help="sim config overrides, e.g. runtime.strategy=receding episode_steps=80")
-    p.set_defaults(func=lazy("sim_tests.closed_loop", "cli_sim_eval"))
+    p.set_defaults(func=cmd_sim_eval)
 
 
 def add_sim_pretrain(sub: argparse._SubParsersAction) -> None:
@@ -68,7 +148,7 @@ def add_sim_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="FILE", help="the backbone's weights (.safetensors), for encoder.weights")
     p.add_argument("--policy", nargs="+", default=[], metavar="KEY=VALUE", help="configs/sim/policy.yaml overrides (the encoder to pretrain)")
     p.add_argument("overrides", nargs="*", help="sim config overrides, e.g. image_size=64")
-    p.set_defaults(func=lazy("sim_tests.pretrain", "cli_sim_pretrain"))
+    p.set_defaults(func=cmd_sim_pretrain)
 
 
 def add_demo(sub: argparse._SubParsersAction) -> None:
@@ -78,8 +158,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("policy_overrides", nargs="*", metavar="KEY=VALUE",
                    help="configs/sim/policy.yaml overrides for every task, e.g. encoder.name=vit_tiny_patch16_224 (needs a GPU or hours)")
-    p.set_defaults(func=lazy("sim_tests.demo", "cli_demo"))
-
+    p.set_defaults(func=cmd_demo)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from vit_policy.config import SimConfig, load_sim_config
+from sim_tests.configuration import SimConfig, load_sim_config
 
 REACH_DEMOS = 300  # short demonstrations: the expert reaches within 7 steps, then holds
 REACH_DEMO_STEPS = 10

@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from sim_tests.configuration import SimConfig
 from sim_tests.node_process import spawn_node, stop_node
 from sim_tests.fetch_env import FINGER_JOINTS, FINGER_SUM_OPEN, ArmCommand, FetchSim
 from sim_tests.record import camera_topic
 from vit_policy import messages as M
-from vit_policy.config import SimConfig
 
 
 def node_parameters(cfg: SimConfig, checkpoint: str | Path, threads: int = 1) -> dict[str, Any]:

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vit_policy.config import from_dict, load_sim_config, to_dict
+from sim_tests.configuration import load_sim_config
+from vit_policy.config import from_dict, to_dict
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 STAGE_DIRS = ("bags", "train", "replay", "sim")  # what run_task writes under the output directory
@@ -76,7 +77,7 @@ def quick_plan() -> DemoPlan:
     """A minutes-long version for the test suite: every stage runs, nothing is expected to learn."""
     return DemoPlan(tasks=[TaskPlan("FetchReach-v4", "fetch_reach.yaml", demos=3, held_out=1, max_steps=4, eval_episodes=1,
                                     demo_steps=10, sim_overrides=["image_size=64", "episode_steps=15"], gifs=1,
-                                    pretrain_resets=3, pretrain_steps=2, policy_overrides=["points=2", "encoder.freeze=all"])],
+                                    pretrain_resets=3, pretrain_steps=2, policy_overrides=["points.count=2", "encoder.freeze=all"])],
                     batch_size=8)
 
 
@@ -84,7 +85,7 @@ def run_task(tp: TaskPlan, plan: DemoPlan, out: Path) -> dict[str, Any]:
     """All four stages for one task; returns what the report shows."""
     from sim_tests.closed_loop import evaluate_policy, evaluate_random
     from sim_tests.record import data_config_for, record_demonstrations, train_config_for
-    from vit_policy.config import ReplayConfig
+    from vit_policy.replay import ReplayConfig
     from vit_policy.model.policy import VisuomotorPolicy
     from vit_policy.replay import replay_checkpoints
     from vit_policy.train import train
@@ -277,15 +278,3 @@ def check_plan(plan: DemoPlan) -> None:
         sim = load_sim_config(CONFIGS / "sim" / tp.sim_config, tp.sim_overrides)
         train_config_for(sim, ["not-read"], "unused", tp.max_steps, plan.batch_size, policy_overrides=[*tp.policy_overrides, *plan.policy_overrides],
                          overrides=tp.train_overrides)
-
-
-def cli_demo(args: Any) -> int:
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    plan = quick_plan() if args.quick else DemoPlan()
-    plan.policy_overrides = list(args.policy_overrides or [])
-    check_plan(plan)
-    run_demo(args.out, plan)
-    return 0

@@ -42,7 +42,8 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.spatial.transform import Rotation  # noqa: E402
 
-from vit_policy.config import ConfigError, FreeCameraConfig, SimConfig  # noqa: E402
+from sim_tests.configuration import FreeCameraConfig, SimConfig  # noqa: E402
+from vit_policy.config import ConfigError  # noqa: E402
 from vit_policy.geometry import geodesic_deg  # noqa: E402
 
 gym.register_envs(gymnasium_robotics)

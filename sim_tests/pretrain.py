@@ -8,7 +8,7 @@ object pushed or carried, the gripper against it, the goal marker covered. The l
 simulator's privileged state in the base frame: what a motion-capture system would give on a robot.
 
     vit-policy sim-pretrain --task FetchReach-v4 --resets 2000 --steps 8000 --out outputs/pretrain/reach.safetensors image_size=64
-    vit-policy train ... policy.encoder.weights=outputs/pretrain/reach.safetensors policy.points=2 policy.encoder.freeze=all
+    vit-policy train ... policy.encoder.weights=outputs/pretrain/reach.safetensors policy.points.count=2 policy.encoder.freeze=all
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Callable
 
 import numpy as np
 
+from sim_tests.configuration import SimConfig
 from sim_tests.fetch_env import ArmCommand, FetchSim, SimFrame
-from vit_policy.config import SimConfig
 from vit_policy.pretrain import PretrainResult, pretrain_encoder
 
 PRETRAIN_SEED = 1_000_000  # resets draw goals from seeds no demonstration (from 0) or evaluation (from 100000) uses
@@ -113,15 +113,3 @@ def pretrain_for_task(cfg: SimConfig, out: Path, resets: int, steps: int, policy
     result = pretrain_encoder(enc, images, points, names, out, steps, batch_size=batch_size, progress=tick)
     bar.close()
     return result
-
-
-def cli_sim_pretrain(args: object) -> int:
-    """``vit-policy sim-pretrain``: render labelled frames of a task and pretrain the sim policy's encoder on them."""
-    from sim_tests.closed_loop import load_task_config
-
-    cfg = load_task_config(args.task, args.config, args.overrides)  # type: ignore[attr-defined]
-    result = pretrain_for_task(cfg, Path(args.out), args.resets, args.steps, policy_overrides=args.policy,  # type: ignore[attr-defined]
-                               frames_per_reset=args.frames_per_reset, expert_fraction=args.expert_fraction)  # type: ignore[attr-defined]
-    print(result.table())
-    print(f"train on it with the policy override encoder.weights={result.path}")
-    return 0

@@ -24,11 +24,14 @@ from typing import Callable, Literal
 import numpy as np
 import yaml
 
+from sim_tests.configuration import SimConfig
 from sim_tests.experts import expert_command, make_expert, with_execution_noise
 from sim_tests.fetch_env import FINGER_JOINTS, FINGER_SUM_OPEN, FetchSim, SimFrame
 from vit_policy import messages as M
-from vit_policy.config import (DataConfig, GripperConfig, PolicyConfig, SimConfig, TrainConfig, apply_overrides, from_dict,
-                               load_policy_config, to_dict)
+from vit_policy.config import apply_overrides, from_dict, to_dict
+from vit_policy.data.configuration import DataConfig, GripperConfig
+from vit_policy.model.configuration import PolicyConfig, load_policy_config
+from vit_policy.train import TrainConfig
 
 NS = 1_000_000_000
 EPOCH_NS = 1_750_000_000 * NS  # bag stamps start here: a plausible wall-clock time, not 0
@@ -231,24 +234,6 @@ def data_config_for(cfg: SimConfig, labels: Literal["command", "future_pose"] = 
         sync_tolerance_s=cfg.runtime.sync_tolerance_s,
         max_age_s=cfg.runtime.max_age_s,
     )
-
-
-def cli_sim_record(args: object) -> int:
-    """``vit-policy sim-record``: scripted-expert demonstrations of a task as rosbag2 bags."""
-    from sim_tests.closed_loop import load_task_config
-
-    cfg = load_task_config(args.task, args.config, args.overrides)  # type: ignore[attr-defined]
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=args.episodes, desc=f"record {cfg.task}", unit="ep", dynamic_ncols=True)  # type: ignore[attr-defined]
-    infos = record_demonstrations(cfg, args.out, args.episodes, args.seed, args.storage, progress=lambda _: bar.update(1),  # type: ignore[attr-defined]
-                                  action_noise_m=args.action_noise, hold_steps=args.hold_steps)  # type: ignore[attr-defined]
-    bar.close()
-    steps = sum(i.steps + 1 for i in infos)
-    print(f"{len(infos)} demonstrations of {cfg.task} ({steps} steps, cameras {sorted(cfg.cameras)}) in {args.out}")  # type: ignore[attr-defined]
-    print(f"train on them with data: {{cameras: {{{', '.join(f'{c}: {camera_topic(c)}' for c in cfg.cameras)}}}, "
-          f"gripper: {{joints: {list(FINGER_JOINTS)}, closed: 0.0, open: 0.1}}, control_rate_hz: {cfg.runtime.control_rate_hz:g}}}")
-    return 0
 
 
 def policy_config_for(cfg: SimConfig, path: str | Path | None = None, overrides: list[str] | None = None) -> PolicyConfig:

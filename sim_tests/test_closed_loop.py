@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from sim_tests.closed_loop import RunnerController, evaluate_expert, evaluate_policy, evaluate_random, wilson_interval
+from sim_tests.configuration import SimConfig
 from vit_policy.cli import main
-from vit_policy.config import ConfigError, EncoderConfig, PolicyConfig, SimConfig
+from vit_policy.config import ConfigError
+from vit_policy.model.configuration import EncoderConfig, PolicyConfig
 from vit_policy.model.policy import VisuomotorPolicy, identity_stats
 
 

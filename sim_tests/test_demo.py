@@ -34,7 +34,7 @@ def test_demo_pipeline_writes_a_linked_report(tmp_path):
     trained = yaml.safe_load((Path(task["checkpoint"]) / "config.yaml").read_text())
     assert trained["chunk_size"] == 4  # the policy override reached training
     assert task["pretrain"]["frames"] == 24 and task["pretrain"]["steps"] == 2
-    assert trained["points"] == 2 and trained["encoder"]["freeze"] == "all"  # the task's overrides, beside the command line's
+    assert trained["points"]["count"] == 2 and trained["encoder"]["freeze"] == "all"  # the task's overrides, beside the command line's
     assert trained["encoder"]["weights"] == str(out / "train" / "FetchReach-v4" / "pretrained_encoder.safetensors")  # training started from it
     assert f"{task['encoder']} pretrained on labelled simulator frames" in page and "24 frames, 2 steps" in page
     assert task["closed_loop"]["episodes"] == 1 and task["closed_loop"]["non_finite_commands"] == 0

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
 
 from vit_policy.cli import main
-from vit_policy.config import DataConfig, EncoderConfig, GripperConfig, PolicyConfig, to_dict
-from vit_policy.data.synthetic import GRIPPER_JOINTS, write_synthetic_bag
+from vit_policy.config import to_dict
+from vit_policy.data.configuration import DataConfig, GripperConfig
+from vit_policy.model.configuration import EncoderConfig, PolicyConfig
 from vit_policy.model.policy import VisuomotorPolicy, identity_stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the synthetic bag writer, a test helper
+from synthetic import GRIPPER_JOINTS, write_synthetic_bag  # noqa: E402
 
 
 def test_sim_eval_runs_the_exported_graph(tmp_path: Path) -> None:

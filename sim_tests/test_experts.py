@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from sim_tests.closed_loop import load_task_config
+from sim_tests.configuration import SimConfig
 from sim_tests.experts import make_expert
 from sim_tests.record import expert_success_rate
-from vit_policy.config import SimConfig
 
 
 @pytest.mark.parametrize("task", ["FetchReach-v4", "FetchPush-v4", "FetchPickAndPlace-v4", "FetchReachOrient"])

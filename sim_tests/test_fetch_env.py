@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from sim_tests.configuration import SimConfig
 from sim_tests.fetch_env import GRIP_SITE, MAX_ROT_STEP_RAD, ArmCommand, FetchSim
-from vit_policy.config import ConfigError, SimConfig
+from vit_policy.config import ConfigError
 from vit_policy.safety import Command
 
 

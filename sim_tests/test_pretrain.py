@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sim_tests.configuration import SimConfig
 from sim_tests.conftest import reach_sim_config
 from sim_tests.fetch_env import FetchSim
 from sim_tests.pretrain import PRETRAIN_SEED, localization_frames, pretrain_for_task
-from vit_policy.config import SimConfig
 
 
 def test_labels_are_the_simulator_state_of_each_frame() -> None:

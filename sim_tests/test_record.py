@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import yaml
 
+from sim_tests.configuration import SimConfig
 from sim_tests.experts import make_expert
 from sim_tests.fetch_env import FetchSim
 from sim_tests.record import camera_topic, data_config_for, record_demonstrations
-from vit_policy.config import SimConfig
 from vit_policy.data.bags import bag_topics, extract_episodes
 
 K = 4

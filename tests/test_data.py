@@ -15,12 +15,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from vit_policy.config import AugmentConfig, ConfigError, DataConfig, EncoderConfig, GripperConfig, PolicyConfig
+from vit_policy.config import ConfigError
+from vit_policy.data.configuration import AugmentConfig, DataConfig, GripperConfig
+from vit_policy.model.configuration import EncoderConfig, PolicyConfig
 from vit_policy.data import cache as cache_mod
 from vit_policy.data.bags import BagError, bag_topics, extract_episodes, iter_bag_messages
 from vit_policy.data.cache import load_or_extract
 from vit_policy.data.dataset import EpisodeDataset, EpochBatchSampler, dataset_stats, episode_history, split_episodes
-from vit_policy.data.synthetic import GRIPPER_JOINTS, SyntheticBag, write_synthetic_bag
+from synthetic import GRIPPER_JOINTS, SyntheticBag, write_synthetic_bag
 from vit_policy.geometry import geodesic_deg, pose_delta, rotvec_to_rot6d
 from vit_policy.images import resize_uint8
 

@@ -24,7 +24,7 @@ pytest.importorskip("cyclonedds", reason="the DDS backend needs the 'dds' extra:
 from sim_tests.node_process import spawn_dds_node, stop_node  # noqa: E402
 from ros_nodes.transport.dds_backend import DDSTransport, next_beat, resolve_name, shared_types  # noqa: E402
 from vit_policy import messages as M  # noqa: E402
-from vit_policy.config import EncoderConfig, PolicyConfig  # noqa: E402
+from vit_policy.model.configuration import EncoderConfig, PolicyConfig  # noqa: E402
 from vit_policy.geometry import NormStats  # noqa: E402
 from vit_policy.model.policy import VisuomotorPolicy, identity_stats  # noqa: E402
 from vit_policy.observation import ActionChunk  # noqa: E402

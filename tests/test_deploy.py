@@ -19,10 +19,13 @@ import torch
 import yaml
 
 from vit_policy.cli import main
-from vit_policy.config import ConfigError, DataConfig, EncoderConfig, GripperConfig, PolicyConfig, RuntimeConfig, to_dict
+from vit_policy.config import ConfigError, to_dict
+from vit_policy.data.configuration import DataConfig, GripperConfig
+from vit_policy.model.configuration import EncoderConfig, PolicyConfig
+from vit_policy.runtime import RuntimeConfig
 from vit_policy.data.bags import extract_episodes
 from vit_policy.data.dataset import episode_history
-from vit_policy.data.synthetic import GRIPPER_JOINTS, SyntheticBag, write_synthetic_bag
+from synthetic import GRIPPER_JOINTS, SyntheticBag, write_synthetic_bag
 from vit_policy.geometry import NormStats
 from vit_policy.deploy import ONNX_FILE, ONNX_INT8_FILE, OnnxPolicy, load_policy
 from vit_policy.model.policy import VisuomotorPolicy, compute_norm_stats

@@ -4,7 +4,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from vit_policy.config import ConfigError, EncoderConfig, LanguageConfig
+from vit_policy.config import ConfigError
+from vit_policy.model.configuration import EncoderConfig, LanguageConfig
 from vit_policy.model.encoders import ImageEncoder, InstructionEncoder, WeightsError, build_image_encoder
 
 

@@ -13,8 +13,10 @@ import pytest
 import torch
 import yaml
 
-from vit_policy.config import DataConfig, EncoderConfig, GripperConfig, PolicyConfig, to_dict
-from vit_policy.data.synthetic import GRIPPER_JOINTS, write_synthetic_bag
+from vit_policy.config import to_dict
+from vit_policy.data.configuration import DataConfig, GripperConfig
+from vit_policy.model.configuration import EncoderConfig, PolicyConfig
+from synthetic import GRIPPER_JOINTS, write_synthetic_bag
 from vit_policy.model.policy import VisuomotorPolicy, identity_stats
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,7 +173,7 @@ def test_only_user_errors_are_one_line() -> None:
             return exc
         raise AssertionError("no exception")
 
-    inside = str(ROOT / "vit_policy" / "replay.py")  # a frame attributed to the project's code
+    inside = str(ROOT / "vit_policy" / "replay" / "evaluation.py")  # a frame attributed to the project's code
     assert is_user_error(raised("raise ValueError('episodes: 0 must be at least 1')", inside))
     assert not is_user_error(raised("raise ValueError('x')", str(ROOT / "elsewhere.py")))
     assert not is_user_error(raised("import numpy; numpy.linalg.norm(numpy.ones(3), ord='bad')", inside))
@@ -182,15 +184,15 @@ def test_only_user_errors_are_one_line() -> None:
 
 def test_replay_set_data_overrides_reach_the_runtime(tmp_path: Path) -> None:
     """--set data.sync_tolerance_s=... changes the runtime's sync rule too, unless runtime.* is set explicitly."""
-    from vit_policy.replay import load_data_config
+    from vit_policy.replay import load_replay_config
 
     data = tmp_path / "data.yaml"
     data.write_text(yaml.safe_dump(to_dict(DataConfig(cameras={"front": "/c"}, pose_topic="/p", control_rate_hz=10.0,
                                                       sync_tolerance_s=0.02, max_age_s=0.5))))
-    cfg = load_data_config(data, [])
+    cfg = load_replay_config(data, [])
     assert cfg.runtime.sync_tolerance_s == 0.02 and cfg.runtime.max_age_s == 0.5
-    cfg = load_data_config(data, [], ["data.sync_tolerance_s=0.1", "data.max_age_s=0.8"])
+    cfg = load_replay_config(data, [], ["data.sync_tolerance_s=0.1", "data.max_age_s=0.8"])
     assert cfg.data.sync_tolerance_s == 0.1 and cfg.runtime.sync_tolerance_s == 0.1
     assert cfg.data.max_age_s == 0.8 and cfg.runtime.max_age_s == 0.8
-    cfg = load_data_config(data, [], ["data.sync_tolerance_s=0.1", "runtime.sync_tolerance_s=0.05"])
+    cfg = load_replay_config(data, [], ["data.sync_tolerance_s=0.1", "runtime.sync_tolerance_s=0.05"])
     assert cfg.data.sync_tolerance_s == 0.1 and cfg.runtime.sync_tolerance_s == 0.05  # explicit runtime wins

@@ -108,3 +108,27 @@ def test_stats_round_trip_and_missing_is_an_error():
     np.testing.assert_array_equal(back.mean, st.mean)
     with pytest.raises(KeyError, match="missing normalisation statistics"):
         g.NormStats.from_tensors(st.to_tensors("state"), "action")
+
+
+def test_interpolate_poses_is_linear_and_slerp_exact_at_stamps_and_held_outside():
+    """The one pose interpolation of the live timing rule (inputs.interpolate_pose) and the training labels (bags)."""
+    from scipy.spatial.transform import Slerp
+
+    t = np.array([0, 10, 30, 35], np.int64) * 1_000_000
+    quats = Rotation.random(4, random_state=3)
+    v = np.concatenate([RNG.normal(0, 0.3, (4, 3)), quats.as_quat()], axis=1)
+    s = np.array([-5, 0, 4, 10, 17, 30, 34, 35, 50], np.int64) * 1_000_000
+    out = g.interpolate_poses(t, v, s)
+    at, held = [1, 3, 5, 7, 0, 8], [0, 1, 2, 3, 0, 3]  # at each stamp; held before the first pose and after the last
+    np.testing.assert_array_equal(out[at, :3], v[held, :3])
+    assert np.all((Rotation.from_quat(out[at, 3:]) * Rotation.from_quat(v[held, 3:]).inv()).magnitude() < 1e-12)
+    inside = (s > t[0]) & (s < t[-1])
+    np.testing.assert_allclose(out[inside, :3], np.stack([np.interp(s[inside], t, v[:, k]) for k in range(3)], 1), atol=1e-12)
+    expected = Slerp(t.astype(float), quats)(s[inside].astype(float))
+    assert np.all((Rotation.from_quat(out[inside, 3:]) * expected.inv()).magnitude() < 1e-9)
+    # one pose at a time (the live rule) gives the same numbers as the vectorised call (the labels)
+    for k in np.flatnonzero(inside):
+        i = int(np.searchsorted(t, s[k], side="right")) - 1
+        np.testing.assert_array_equal(g.lerp_pose(v[i], v[i + 1], (s[k] - t[i]) / (t[i + 1] - t[i])), out[k])
+    # f outside [0, 1] extrapolates along the same rotation
+    np.testing.assert_allclose(g.lerp_pose(v[0], v[1], 2.0)[:3], 2 * v[1, :3] - v[0, :3], atol=1e-12)

@@ -21,10 +21,11 @@ import pytest
 import yaml
 
 from vit_policy import messages as M
-from vit_policy.config import ConfigError, DataConfig, GripperConfig
+from vit_policy.config import ConfigError
+from vit_policy.data.configuration import DataConfig, GripperConfig
 from vit_policy.data.inspect import check_bags, format_report, format_reports, inspect_bag, inspect_bags, load_data_config
 from vit_policy.data.bags import BagError, extract_episodes
-from vit_policy.data.synthetic import GRIPPER_JOINTS, write_synthetic_bag
+from synthetic import GRIPPER_JOINTS, write_synthetic_bag
 
 REPO = Path(__file__).resolve().parent.parent
 MS = 1_000_000

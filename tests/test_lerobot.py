@@ -28,7 +28,10 @@ import pytest
 import yaml
 
 from realtime_bags import CameraSpec, RealtimeBag, Scenario, write_scenario
-from vit_policy.config import DataConfig, EncoderConfig, GripperConfig, PolicyConfig, TrainConfig, to_dict
+from vit_policy.config import to_dict
+from vit_policy.data.configuration import DataConfig, GripperConfig
+from vit_policy.model.configuration import EncoderConfig, PolicyConfig
+from vit_policy.train import TrainConfig
 from vit_policy.data import lerobot as L
 from vit_policy.data.bags import extract_episodes
 from vit_policy.geometry import pose_delta, rotvec_to_rot6d
@@ -244,7 +247,7 @@ def test_corrupt_dataset_names_the_file(exported: dict[str, Path], two_cams: Rea
 
 def test_command_labels_with_tf_pose_round_trip(tmp_path: Path) -> None:
     """The real-robot config's path: TF pose, compressed frames, the recorded command as the action."""
-    from vit_policy.data.synthetic import GRIPPER_JOINTS, write_synthetic_bag
+    from synthetic import GRIPPER_JOINTS, write_synthetic_bag
 
     write_synthetic_bag(tmp_path / "bag", command=True, pose_source="tf", compressed=True, camera_hz=10.0, duration_s=2.0,
                         image_size=(32, 32), seed=7)

@@ -338,7 +338,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny random-init checkpoint of tests/test_dds_node.py (identity statistics, one camera 'front')."""
     import torch
 
-    from vit_policy.config import EncoderConfig, PolicyConfig
+    from vit_policy.model.configuration import EncoderConfig, PolicyConfig
     from vit_policy.geometry import NormStats
     from vit_policy.model.policy import VisuomotorPolicy, identity_stats
 

@@ -1,7 +1,7 @@
 """The out-of-distribution monitor (vit_policy/ood.py): fit at the end of training, detection rates on held-out and
 corrupted frames, the stop of safety.ood_stop, checkpoints without statistics, fit-ood, and the replay report.
 
-Data: synthetic rosbag2 demonstrations (vit_policy.data.synthetic) with two cameras, the wrist view of a
+Data: synthetic rosbag2 demonstrations (tests/synthetic.py) with two cameras, the wrist view of a
 four-colour marker and a fixed overview. The policy is timm's ``test_vit`` trained for 2 steps: its encoder
 is as good as random, so the detection rates here are what the feature statistics alone achieve, not
 what a trained encoder adds.
@@ -16,11 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from vit_policy.config import (
-    ConfigError, DataConfig, EncoderConfig, GripperConfig, PolicyConfig, ReplayConfig, RuntimeConfig, SafetyConfig, TrainConfig,
-)
+from vit_policy.config import ConfigError
+from vit_policy.data.configuration import DataConfig, GripperConfig
+from vit_policy.model.configuration import EncoderConfig, PolicyConfig
+from vit_policy.replay import ReplayConfig
+from vit_policy.runtime import RuntimeConfig
+from vit_policy.safety import SafetyConfig
+from vit_policy.train import TrainConfig
 from vit_policy.data.bags import extract_episodes
-from vit_policy.data.synthetic import GRIPPER_JOINTS, write_synthetic_dataset
+from synthetic import GRIPPER_JOINTS, write_synthetic_dataset
 from vit_policy.model.encoders import WeightsError
 from vit_policy.model.policy import VisuomotorPolicy
 from vit_policy.ood import CORRUPTIONS, OOD_FILE, corrupt, detection_rates, episode_images, format_rates
@@ -175,13 +179,13 @@ def test_statistics_of_other_weights_are_refused(run: dict, tmp_path: Path) -> N
 
 
 def test_replay_reports_the_ood_score(run: dict, tmp_path: Path) -> None:
-    from vit_policy.replay import evaluate
+    from vit_policy.replay import replay_policies
 
     policy = VisuomotorPolicy.from_pretrained(run["last"])
     cfg = ReplayConfig(data=data_config(), runtime=RuntimeConfig(inference_latency_s=0.0), safety=SafetyConfig(ood_stop=True),
                        attention_frames=0)
     bag = sorted((run["root"] / "held_out").iterdir())[0]
-    result = evaluate({"ckpt": policy}, [bag], tmp_path, cfg)[0]
+    result = replay_policies({"ckpt": policy}, [bag], tmp_path, cfg)[0]
     for mode in ("batch", "faithful"):
         ood = result.metrics[mode]["ood"]
         assert ood["monitor"].startswith("on: mahalanobis") and set(ood["cameras"]) == set(CAMS)

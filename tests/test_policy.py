@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from vit_policy.config import ConfigError, EncoderConfig, LanguageConfig, PolicyConfig, PoseConfig, load_policy_config
+from vit_policy.config import ConfigError, from_dict, save_config
+from vit_policy.model.configuration import (EncoderConfig, LanguageConfig, PointTokenConfig, PolicyConfig, PoseConfig,
+                                            load_policy_config)
 from vit_policy.geometry import apply_delta, geodesic_deg, rot6d_to_quat, rot6d_to_rotvec, rotvec_to_rot6d
 from vit_policy.model.encoders import WeightsError
 from vit_policy.model.policy import VisuomotorPolicy, actions_from_frame, actions_to_frame, compute_norm_stats, identity_stats
@@ -80,6 +82,38 @@ def test_unknown_config_key_names_nearest(tmp_path):
         load_policy_config(CONFIGS / "vit_tiny.yaml", ["chunk_size=ten"])
     with pytest.raises(ConfigError, match=r"action_frame: 'world' is not one of"):
         load_policy_config(CONFIGS / "vit_tiny.yaml", ["action_frame=world"])
+
+
+def test_point_tokens_are_one_optional_sub_config_and_older_flat_keys_still_load(tmp_path):
+    """points: null or {count, frame, image_tokens}; overrides create it on a null; checkpoints saved with the
+    older flat keys (points: N, image_tokens, points_frame) load into the same config."""
+    sim = CONFIGS.parent / "sim" / "policy.yaml"
+    assert load_policy_config(sim).points is None and load_policy_config(sim).image_tokens
+    cfg = load_policy_config(sim, ["points.count=3", "points.image_tokens=false", "points.frame=ee"])
+    assert cfg.points == PointTokenConfig(count=3, frame="ee", image_tokens=False) and not cfg.image_tokens
+    old = {"encoder": {"token_mode": "patches"}, "points": 3, "image_tokens": False, "points_frame": "ee"}
+    assert from_dict(PolicyConfig, old) == from_dict(PolicyConfig, {"encoder": {"token_mode": "patches"},
+                                                                    "points": {"count": 3, "frame": "ee", "image_tokens": False}})
+    assert from_dict(PolicyConfig, {"points": 0, "image_tokens": True, "points_frame": "base"}).points is None
+    save_config(cfg, tmp_path / "policy.yaml")
+    assert load_policy_config(tmp_path / "policy.yaml") == cfg
+    with pytest.raises(ConfigError, match="now points.image_tokens and points.frame"):
+        from_dict(PolicyConfig, {"points": {"count": 2}, "points_frame": "ee"})
+
+
+def test_actions_have_their_own_normalisation_which_defaults_to_the_pose_one():
+    assert PolicyConfig().action_normalization == "mean_std"
+    assert PolicyConfig(pose=PoseConfig(normalization="min_max")).action_normalization == "min_max"  # as before the field
+    assert from_dict(PolicyConfig, {"pose": {"normalization": "min_max"}}).action_normalization == "min_max"  # older checkpoints
+    cfg = tiny_cfg(action_normalization="min_max")
+    model = with_stats(cfg, make_batch(cfg))
+    assert model.stats is not None
+    for key, mode in (("state", "mean_std"), ("action", "min_max")):
+        center, scale = model.stats[key].center_scale(mode)
+        assert torch.allclose(getattr(model, f"{key}_center"), torch.as_tensor(center, dtype=getattr(model, f"{key}_center").dtype))
+        assert torch.allclose(getattr(model, f"{key}_scale"), torch.as_tensor(scale, dtype=getattr(model, f"{key}_scale").dtype))
+    with pytest.raises(ConfigError, match="action_normalization: 'z' is not one of"):
+        from_dict(PolicyConfig, {"action_normalization": "z"})
 
 
 @pytest.mark.parametrize("variant", ["base", "single_token_history", "quat_minmax", "per_camera", "patches", "language", "absolute"])

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from vit_policy.config import EncoderConfig
+from vit_policy.model.configuration import EncoderConfig
 from vit_policy.model.encoders import ImageEncoder, build_image_encoder
 from vit_policy.pretrain import pretrain_encoder
 
@@ -72,12 +72,13 @@ def test_bad_inputs_are_named(tmp_path, bad, match):
 def _points_policy(path, cameras=("top", "side"), points=1, freeze="all", image_tokens=True, points_frame="base"):
     import dataclasses
 
-    from vit_policy.config import PolicyConfig
     from vit_policy.model.checkpoint import build_policy
+    from vit_policy.model.configuration import PointTokenConfig, PolicyConfig
     from vit_policy.model.policy import identity_stats
 
-    cfg = PolicyConfig(cameras=list(cameras), encoder=dataclasses.replace(ENC, weights=str(path), freeze=freeze), points=points, image_tokens=image_tokens,
-                       points_frame=points_frame, d_model=32, n_heads=4, n_encoder_layers=1, n_decoder_layers=1, chunk_size=3)
+    tokens = PointTokenConfig(count=points, frame=points_frame, image_tokens=image_tokens) if points else None
+    cfg = PolicyConfig(cameras=list(cameras), encoder=dataclasses.replace(ENC, weights=str(path), freeze=freeze), points=tokens,
+                       d_model=32, n_heads=4, n_encoder_layers=1, n_decoder_layers=1, chunk_size=3)
     policy = build_policy(cfg)
     policy.set_stats(identity_stats(cfg))
     return policy
@@ -114,9 +115,10 @@ def test_policy_reads_the_pretrained_points_as_tokens_and_keeps_them_through_a_c
 
 
 def test_points_only_context_acts_on_the_points_not_the_pixels(tmp_path):
-    """image_tokens: false: the context is the pose tokens and the points; the action still follows the
-    images (through the points) and survives a checkpoint; without points the config is refused."""
-    from vit_policy.config import ConfigError, PolicyConfig
+    """points.image_tokens: false: the context is the pose tokens and the points; the action still follows the
+    images (through the points) and survives a checkpoint; without points (older flat keys) the config is refused."""
+    from vit_policy.config import ConfigError, from_dict
+    from vit_policy.model.configuration import PolicyConfig
     from vit_policy.model.policy import VisuomotorPolicy
 
     views, points = two_views(40)
@@ -133,17 +135,18 @@ def test_points_only_context_acts_on_the_points_not_the_pixels(tmp_path):
         only.save_pretrained(tmp_path / "ckpt")
         again = VisuomotorPolicy.from_pretrained(tmp_path / "ckpt")
         assert torch.allclose(again(batch)["action"], only(batch)["action"], atol=1e-6)
-    with pytest.raises(ConfigError, match="image_tokens: false.*set points: N"):
-        PolicyConfig(image_tokens=False)
+    with pytest.raises(ConfigError, match=r"image_tokens: false.*set points: \{count: N"):
+        from_dict(PolicyConfig, {"image_tokens": False})
 
 
 def test_ee_frame_points_are_offsets_from_the_observed_ee_in_metres(tmp_path):
-    """points_frame: ee: the point tokens are (point in metres - EE position) / 0.1 from the pretraining
+    """points.frame: ee: the point tokens are (point in metres - EE position) / 0.1 from the pretraining
     file's statistics, so moving the EE by d moves them by -d / 0.1; the statistics survive a checkpoint
     without the pretraining file, and a file without them is refused."""
     from safetensors.torch import save_file
 
-    from vit_policy.config import ConfigError, PolicyConfig
+    from vit_policy.config import ConfigError, from_dict
+    from vit_policy.model.configuration import PolicyConfig
     from vit_policy.model.encoders import WeightsError
     from vit_policy.model.policy import EE_POINT_SCALE_M, VisuomotorPolicy
 
@@ -170,16 +173,17 @@ def test_ee_frame_points_are_offsets_from_the_observed_ee_in_metres(tmp_path):
     no_stats = tmp_path / "no_stats.safetensors"
     with safe_open(str(res.path), "pt") as f:
         save_file({k: f.get_tensor(k) for k in f.keys()}, str(no_stats), metadata={"cameras": meta["cameras"]})
-    with pytest.raises(WeightsError, match="point_mean_m.*pretrain it again or set points_frame: base"):
+    with pytest.raises(WeightsError, match="point_mean_m.*pretrain it again or set points.frame: base"):
         _points_policy(no_stats, points_frame="ee")
     with pytest.raises(ConfigError, match="points_frame: ee.*points is 0"):
-        PolicyConfig(points_frame="ee")
+        from_dict(PolicyConfig, {"points_frame": "ee"})
 
 
 def test_point_head_errors_name_the_file_and_the_fix(tmp_path):
     from safetensors.torch import save_file
 
-    from vit_policy.config import ConfigError, PolicyConfig
+    from vit_policy.config import ConfigError
+    from vit_policy.model.configuration import PointTokenConfig, PolicyConfig
     from vit_policy.model.encoders import WeightsError
 
     views, points = two_views(40)
@@ -188,7 +192,9 @@ def test_point_head_errors_name_the_file_and_the_fix(tmp_path):
         _points_policy(res.path, cameras=("side", "top"))
     backbone_only = tmp_path / "backbone.safetensors"
     save_file({k: v for k, v in ImageEncoder(ENC).backbone.state_dict().items()}, str(backbone_only))
-    with pytest.raises(WeightsError, match="has no point head.*set points: 0"):
+    with pytest.raises(WeightsError, match="has no point head.*set points: null"):
         _points_policy(backbone_only)
     with pytest.raises(ConfigError, match="points: the point head reads patch tokens"):
-        PolicyConfig(encoder=EncoderConfig(token_mode="pooled"), points=2)
+        PolicyConfig(encoder=EncoderConfig(token_mode="pooled"), points=PointTokenConfig(count=2))
+    with pytest.raises(ConfigError, match=r"points.count: 0 must be >= 1"):
+        PointTokenConfig()

@@ -48,7 +48,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profi
 
 from ros_nodes.transport.rclpy_backend import NO_SIGNAL_HANDLERS, RclpyFactory  # noqa: E402
 from vit_policy import messages as M  # noqa: E402
-from vit_policy.config import EncoderConfig, PolicyConfig  # noqa: E402
+from vit_policy.model.configuration import EncoderConfig, PolicyConfig  # noqa: E402
 from vit_policy.geometry import NormStats  # noqa: E402
 from vit_policy.model.policy import VisuomotorPolicy, identity_stats  # noqa: E402
 
@@ -528,7 +528,7 @@ def test_one_thread_runs_the_callbacks_unless_the_environment_picks_another_exec
 def test_errors_name_the_renamed_node(checkpoint: Path, peer: Peer):
     from rclpy.parameter import Parameter
 
-    from ros_nodes.policy_node import DESCRIPTIONS, parameter_defaults
+    from ros_nodes.policy_node import parameter_defaults, parameter_descriptions
     from ros_nodes.lifecycle_node import PolicyLifecycleNode
     from vit_policy.config import ConfigError
 
@@ -536,7 +536,7 @@ def test_errors_name_the_renamed_node(checkpoint: Path, peer: Peer):
                                parameter_overrides=[Parameter("checkpoint", value=str(checkpoint)), Parameter("runtime.control_rate", value=5.0)])
     try:
         with pytest.raises(ConfigError, match="unknown parameter 'runtime.control_rate' for node 'right_arm'; did you mean"):
-            node.transport.parameters(parameter_defaults(), DESCRIPTIONS)
+            node.transport.parameters(parameter_defaults(), parameter_descriptions())
         node.trigger_configure()
         assert node.policy_node is None and node.state == "unconfigured"
         assert node.transport.log.name == "right_arm" and node.get_logger().name == "right_arm"

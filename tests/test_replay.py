@@ -20,15 +20,17 @@ import yaml
 from PIL import Image
 
 from vit_policy.cli import main
-from vit_policy.config import DataConfig, EncoderConfig, GripperConfig, PolicyConfig, ReplayConfig, RuntimeConfig, to_dict
+from vit_policy.config import to_dict
+from vit_policy.data.configuration import DataConfig, GripperConfig
+from vit_policy.model.configuration import EncoderConfig, PolicyConfig
+from vit_policy.replay import ReplayConfig
+from vit_policy.runtime import RuntimeConfig
 from vit_policy.data.bags import BagError, extract_episodes
-from vit_policy.data.synthetic import GRIPPER_JOINTS, SyntheticBag, write_synthetic_bag
+from synthetic import GRIPPER_JOINTS, SyntheticBag, write_synthetic_bag
 from vit_policy.geometry import pose_delta, rotvec_to_rot6d
 from vit_policy.model.policy import VisuomotorPolicy, identity_stats
 from vit_policy.observation import ActionChunk, Observation
-from vit_policy.replay import (
-    CommandStream, Predictions, chunk_metrics, evaluate, jerk, run_batch, run_faithful, stream_metrics,
-)
+from vit_policy.replay import replay_policies, run_batch, run_faithful
 
 K, DT = 8, 0.1
 IMG = 64  # bags are recorded at the encoder's resolution: batch and faithful see identical pixels
@@ -114,64 +116,6 @@ def bags(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SyntheticBag]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Metrics on arrays
-# --------------------------------------------------------------------------------------------------
-
-
-def test_jerk_of_a_cubic_is_its_third_derivative() -> None:
-    t = np.arange(10) * 0.1
-    p = np.stack([t**3, 2 * t**3, np.zeros_like(t)], axis=1)  # d3/dt3 = (6, 12, 0)
-    np.testing.assert_allclose(jerk(p, 0.1), np.hypot(6, 12), rtol=1e-9)
-
-
-def test_chunk_metrics_on_known_arrays() -> None:
-    n = 3
-    true_dp = np.zeros((n, K, 3))
-    pred_dp = true_dp.copy()
-    pred_dp[..., 0] = 0.004  # 4 mm off in x on every step
-    pred_dp[:, -1, 1] = -0.03  # and 30 mm off in y on the last step
-    rot = np.zeros((n, K, 3))
-    pred_rot = rot.copy()
-    pred_rot[..., 2] = np.radians(2.0)
-    true_g = np.ones((n, K))
-    true_g[:, 4:] = 0.0  # the gripper closes at step 5: a change from the open state at observation time
-    pred_g = true_g.copy()
-    pred_g[0, 4] = 1.0  # one missed close event
-    mask = np.ones((n, K), bool)
-    mask[2, 6:] = False  # padding past the episode end
-    p = Predictions(np.arange(n) * 10**8, 10**8, np.zeros((n, 3)), np.tile([0, 0, 0, 1.0], (n, 1)), np.ones(n),
-                    pred_dp, pred_rot, pred_g, true_dp, rot, true_g, mask)
-    m = chunk_metrics(p, tolerance_mm=10.0, tolerance_deg=5.0)
-    assert m["steps"] == mask.sum() == 22
-    assert m["translation_mae_mm"]["x"] == pytest.approx(4.0)
-    assert m["translation_mae_mm"]["y"] == pytest.approx(30.0 * 2 / 22)  # two unpadded last steps
-    assert m["translation_rmse_mm"]["y"] == pytest.approx(np.sqrt(900.0 * 2 / 22))
-    assert m["rotation_error_deg"]["mean"] == pytest.approx(2.0)
-    assert m["gripper_events"] == 4 + 4 + 2
-    assert m["gripper_event_accuracy"] == pytest.approx(9 / 10)
-    assert m["within_tolerance"] == pytest.approx(20 / 22)
-    assert m["horizon"]["translation_mm"][0] == pytest.approx(4.0)
-    assert m["horizon"]["translation_mm"][-1] == pytest.approx(np.hypot(4.0, 30.0))
-
-
-def test_stream_metrics_separate_seam_jerk() -> None:
-    """A step in the command stream where a new chunk takes over is seam jerk; a smooth ramp is not."""
-    m = 12
-    stamps = np.arange(m, dtype=np.int64) * 10**8
-    pos = np.zeros((m, 3))
-    pos[:, 0] = 0.01 * np.arange(m)
-    pos[6:, 0] += 0.005  # a 5 mm jump when chunk 2 takes over at tick 6
-    chunk_id = np.where(np.arange(m) < 6, 1, 2)
-    stream = CommandStream(stamps, pos, np.tile([0, 0, 0, 1.0], (m, 1)), np.ones(m), np.zeros(m, bool), chunk_id,
-                           ["ok"] * m, [""] * m)
-    out = stream_metrics([(stream, [])], 10**8)
-    assert out["seams"] == 1
-    assert out["jerk_rms_within"] == pytest.approx(0.0, abs=1e-6)
-    assert out["jerk_rms_seams"] > 1.0
-    assert out["jerk_max"] == pytest.approx(2 * 0.005 / 0.1**3, rel=1e-6)  # third difference of a step: h, -2h, h
-
-
-# --------------------------------------------------------------------------------------------------
 # Ground truth in, zero error out; latency; faithful == batch
 # --------------------------------------------------------------------------------------------------
 
@@ -179,7 +123,7 @@ def test_stream_metrics_separate_seam_jerk() -> None:
 @pytest.mark.parametrize("pose", ["pose", "tf"])
 def test_oracle_scores_zero_error_in_both_modes(bags: dict[str, SyntheticBag], tmp_path: Path, pose: str) -> None:
     gt = bags[pose]
-    (res,) = evaluate({"oracle": OraclePolicy(gt)}, [gt.path], tmp_path, replay_config(pose), report=False)
+    (res,) = replay_policies({"oracle": OraclePolicy(gt)}, [gt.path], tmp_path, replay_config(pose), report=False)
     for mode in ("faithful", "batch"):
         m = res.metrics[mode]
         assert m["frames"] >= 20, mode
@@ -200,7 +144,7 @@ def test_latency_delays_chunks_by_whole_ticks(bags: dict[str, SyntheticBag], tmp
     gt = bags["pose"]
     lost = {}
     for latency in (0.0, 0.3):
-        (res,) = evaluate({"oracle": OraclePolicy(gt)}, [gt.path], tmp_path, replay_config(latency_s=latency, modes=["faithful"]), report=False)
+        (res,) = replay_policies({"oracle": OraclePolicy(gt)}, [gt.path], tmp_path, replay_config(latency_s=latency, modes=["faithful"]), report=False)
         lost[latency] = res.metrics["faithful"]["frames_lost"]
         assert res.metrics["faithful"]["executed"]["translation_error_mm"]["max"] < 2e-2  # late chunks still on target
     assert lost[0.3]["waiting"] == lost[0.0]["waiting"] + 3  # 300 ms = 3 control periods before the first command
@@ -321,7 +265,7 @@ def test_report_links_non_blank_plots(cli_run: dict) -> None:
 def test_bag_without_the_configured_topics_is_a_clear_error(bags: dict[str, SyntheticBag], tmp_path: Path) -> None:
     gt = bags["tf"]  # the pose is on /tf, the config asks for /ee_pose
     with pytest.raises(BagError, match=r"no topic '/ee_pose' \(data.pose_topic\).*the bag has: .*/tf \(tf2_msgs/msg/TFMessage\)"):
-        evaluate({"oracle": OraclePolicy(gt)}, [gt.path], tmp_path, replay_config("pose"), report=False)
+        replay_policies({"oracle": OraclePolicy(gt)}, [gt.path], tmp_path, replay_config("pose"), report=False)
 
 
 def test_checkpoint_missing_a_file_is_a_clear_error(cli_run: dict, bags: dict[str, SyntheticBag], tmp_path: Path,
@@ -341,19 +285,19 @@ def test_checkpoint_missing_a_file_is_a_clear_error(cli_run: dict, bags: dict[st
 def test_replay_settings_follow_the_training_data_config(tmp_path: Path) -> None:
     """A train config's data: section sets the topics and, unless overridden, the node's control grid."""
     from vit_policy.config import ConfigError
-    from vit_policy.replay import load_data_config
+    from vit_policy.replay import load_replay_config
 
     train = tmp_path / "train.yaml"
     data = to_dict(data_config())
     data["control_rate_hz"] = 15.0
     train.write_text(yaml.safe_dump({"policy": {"cameras": ["front"]}, "bags": ["x"], "data": data}))
-    cfg = load_data_config(train, [])
+    cfg = load_replay_config(train, [])
     assert cfg.runtime.control_rate_hz == 15.0 and cfg.data.cameras == {"front": "/camera/front/image_raw"}
-    cfg = load_data_config(train, [], ["runtime.strategy=receding", "tolerance_mm=5"])
+    cfg = load_replay_config(train, [], ["runtime.strategy=receding", "tolerance_mm=5"])
     assert cfg.runtime.strategy == "receding" and cfg.tolerance_mm == 5.0
     with pytest.raises(ConfigError, match="runtime.control_rate_hz .* must equal data.control_rate_hz"):
-        load_data_config(train, [], ["runtime.control_rate_hz=10"])
+        load_replay_config(train, [], ["runtime.control_rate_hz=10"])
     with pytest.raises(ConfigError, match="tolerence_mm.*did you mean 'tolerance_mm'"):
-        load_data_config(train, [], ["tolerence_mm=5"])
+        load_replay_config(train, [], ["tolerence_mm=5"])
     with pytest.raises(ConfigError, match="pass --data-config"):
-        load_data_config(None, [tmp_path])  # a checkpoint directory without a recorded data config
+        load_replay_config(None, [tmp_path])  # a checkpoint directory without a recorded data config

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from vit_policy.config import EncoderConfig, PolicyConfig, PoseConfig, RuntimeConfig, SafetyConfig
+from vit_policy.model.configuration import EncoderConfig, PolicyConfig, PoseConfig
+from vit_policy.runtime import RuntimeConfig
+from vit_policy.safety import SafetyConfig
 from vit_policy.model.policy import VisuomotorPolicy, identity_stats
 from vit_policy.observation import ActionChunk, Observation
 from vit_policy.runtime import PolicyRunner

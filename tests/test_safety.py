@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from vit_policy.config import ConfigError, SafetyConfig, from_dict
+from vit_policy.config import ConfigError, from_dict
+from vit_policy.safety import SafetyConfig
 from vit_policy.observation import ActionChunk
 from vit_policy.safety import SafetyFilter
 

@@ -31,7 +31,7 @@ from realtime_bags import (
     ARM_JOINTS, BLUE, NS, RED, T0_NS, CameraSpec, RealtimeBag, Scenario, colour_band, decode_marker, gripper_at,
     position_at, quaternion_at, write_scenario,
 )
-from vit_policy.config import DataConfig, GripperConfig
+from vit_policy.data.configuration import DataConfig, GripperConfig
 
 K = 5  # chunk size
 CONTROL_HZ = 10.0

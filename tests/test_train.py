@@ -1,6 +1,6 @@
 """Training on synthetic rosbag2 demonstrations: learning, exact resume, torchrun DDP, the CLI.
 
-The bags are real rosbag2 files from ``vit_policy.data.synthetic``; the encoder is a real timm ViT
+The bags are real rosbag2 files from ``tests/synthetic.py``; the encoder is a real timm ViT
 (``test_vit``: timm's 6-block, 64-wide ViT, so that a CPU learns the task in about a minute).
 """
 
@@ -17,10 +17,11 @@ import pytest
 import torch
 import yaml
 
-from vit_policy.config import (
-    AugmentConfig, ConfigError, DataConfig, EncoderConfig, GripperConfig, PolicyConfig, TrainConfig, load_train_config, to_dict,
-)
-from vit_policy.data.synthetic import GRIPPER_JOINTS, write_synthetic_dataset
+from vit_policy.config import ConfigError, to_dict
+from vit_policy.data.configuration import AugmentConfig, DataConfig, GripperConfig
+from vit_policy.model.configuration import EncoderConfig, PolicyConfig
+from vit_policy.train import TrainConfig, load_train_config
+from synthetic import GRIPPER_JOINTS, write_synthetic_dataset
 from vit_policy.model.policy import VisuomotorPolicy
 from vit_policy.observation import Observation
 from vit_policy.train import STATE_FILE, train

@@ -1,8 +1,11 @@
 """The ``vit-policy`` command: the core's subcommands, plus those other packages register.
 
-Each subcommand imports its module lazily, so ``vit-policy --help`` stays fast. The CLI imports nothing
-above the core: ``serve`` (ros_nodes) and the simulator's commands (sim_tests) come in through the entry
-point group ``vit_policy.commands`` (setup.py), each a function that adds its subparsers.
+Each subcommand is an ``add_<name>`` function that adds its parser and a ``cmd_<name>`` function that
+turns the parsed arguments into typed calls of the library and prints the result; library modules never
+see the ``argparse.Namespace``. A command imports its modules lazily, so ``vit-policy --help`` stays fast.
+The CLI imports nothing above the core: ``serve`` (ros_nodes) and the simulator's commands (sim_tests)
+come in through the entry point group ``vit_policy.commands`` (setup.py), each a function that adds its
+subparsers.
 """
 
 from __future__ import annotations
@@ -16,6 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
+
+def set_threads(threads: int | None) -> None:
+    """torch CPU threads, when given (None or 0: torch's default)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 # --------------------------------------------------------------------------------------------------
 # demo: the default policy on a generated observation
 # --------------------------------------------------------------------------------------------------
@@ -25,7 +37,8 @@ def cmd_policy_demo(args: argparse.Namespace) -> int:
     """Build a policy from configs/, run it on a generated observation, print the chunk and latency."""
     import torch
 
-    from vit_policy.config import default_config, load_policy_config
+    from vit_policy.config import default_config
+    from vit_policy.model.configuration import load_policy_config
     from vit_policy.model.policy import VisuomotorPolicy, count_parameters, identity_stats
     from vit_policy.observation import Observation
 
@@ -76,21 +89,42 @@ def add_policy_demo(sub: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Check every bag and dataset of the config (each failure with its fix), train, print where the checkpoints are."""
+    import torch.distributed as dist
+
+    from vit_policy.train import load_train_config
+    from vit_policy.data.inspect import check_bags
+    from vit_policy.data.lerobot import check_dataset, is_dataset
+    from vit_policy.train import expand_bags, train
+
+    cfg = load_train_config(args.config, args.overrides)
+    paths = expand_bags(cfg.bags) + expand_bags(cfg.val_bags, "val_bags")
+    check_bags([p for p in paths if not is_dataset(p)], cfg.data)  # a bad bag fails now, with its fix
+    for p in filter(is_dataset, paths):
+        check_dataset(p, cfg.data)  # a LeRobot dataset without an EE pose or a mapped camera fails now
+    set_threads(args.threads)
+    result = train(cfg)
+    if result.last is not None:
+        final = result.history[-1] if result.history else {}
+        print(f"trained {result.step} steps; last checkpoint {result.last}, best {result.best}")
+        if "val/loss" in final:
+            print(f"validation loss {final['val/loss']:.4f} (mean-action predictor {final.get('val/baseline_loss', float('nan')):.4f})")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
 def add_train(sub: argparse._SubParsersAction) -> None:
-    def run(args: argparse.Namespace) -> int:
-        from vit_policy.train import cmd_train
-
-        return cmd_train(args)
-
     p = sub.add_parser("train", help="train a policy on rosbag2 demonstrations or LeRobotDataset v3 directories (under torchrun for several processes)")
     p.add_argument("--config", required=True, help="training YAML, e.g. configs/train/sim_fetch.yaml")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0: torch's default)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=5 policy.chunk_size=10")
-    p.set_defaults(func=run)
+    p.set_defaults(func=cmd_train)
 
 
 # --------------------------------------------------------------------------------------------------
-# replay: offline evaluation of checkpoints on recorded bags (vit_policy/replay.py)
+# replay: offline evaluation of checkpoints on recorded bags (vit_policy/replay/)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -112,9 +146,24 @@ def add_replay(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from vit_policy.replay import cli_replay
+    """Replay the checkpoints on the bags, print the metrics table, write metrics.json and report.html."""
+    from vit_policy.config import ConfigError
+    from vit_policy.replay import load_replay_config, replay_checkpoints
+    from vit_policy.report import metric_columns, metrics_table_text
 
-    return cli_replay(args)
+    overrides = list(args.set)
+    if args.mode != "both":
+        overrides.append(f"modes=[{args.mode}]")
+    if args.latency_ms is not None:
+        if args.latency_ms < 0:
+            raise ConfigError(f"--latency-ms: {args.latency_ms} must be >= 0 milliseconds")
+        overrides.append(f"runtime.inference_latency_s={args.latency_ms / 1e3}")
+    set_threads(args.threads)
+    cfg = load_replay_config(args.data_config, args.checkpoint, overrides)
+    results = replay_checkpoints(args.checkpoint, args.bags, args.out, cfg)  # checks every checkpoint and bag first
+    print(metrics_table_text(metric_columns(results)))
+    print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'report.html'}")
+    return 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -123,9 +172,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from vit_policy.data.inspect import cli_inspect
+    """Print each bag's report (or one JSON document); exit 0 if every bag would extract, else 2."""
+    import json
 
-    return cli_inspect(args)
+    from vit_policy.data.inspect import format_reports, inspect_bags, load_data_config
+
+    doc = inspect_bags(args.bags, load_data_config(args.data_config, args.set))
+    print(json.dumps(doc, indent=2) if args.json else format_reports(doc))
+    return 0 if doc["ok"] else 2
 
 
 def add_inspect(sub: argparse._SubParsersAction) -> None:
@@ -146,9 +200,16 @@ def add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export_dataset(args: argparse.Namespace) -> int:
-    from vit_policy.data.lerobot import cli_export
+    """Export the bags (globs expanded) as one LeRobotDataset v3 directory; print what was written."""
+    from vit_policy.data.inspect import load_data_config
+    from vit_policy.data.lerobot import export_dataset, format_export
+    from vit_policy.train import expand_bags
 
-    return cli_export(args)
+    data = load_data_config(args.data_config, args.set)
+    res = export_dataset(expand_bags(args.bags), data, args.out, args.fps, args.video, args.task, args.robot_type, args.vcodec,
+                         args.crf, progress=not args.no_progress)
+    print(format_export(res))
+    return 0
 
 
 def add_export_dataset(sub: argparse._SubParsersAction) -> None:
@@ -174,9 +235,14 @@ def add_export_dataset(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_fit_ood(args: argparse.Namespace) -> int:
-    from vit_policy.ood import cmd_fit_ood as run
+    """Fit each checkpoint's OOD monitor; print its thresholds and self-check as each one is written."""
+    from vit_policy.ood import refit_checkpoints
 
-    return run(args)
+    set_threads(args.threads)
+    for report in refit_checkpoints(args.checkpoint, args.bags, args.val_bags or [], args.val_fraction, args.quantile, args.seed,
+                                    args.batch_size, args.data_config, args.set):
+        print(report.format())
+    return 0
 
 
 def add_fit_ood(sub: argparse._SubParsersAction) -> None:
@@ -201,9 +267,16 @@ def add_fit_ood(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from vit_policy.deploy import cli_export
+    """Export the checkpoint as ONNX, print the check against torch and what was written."""
+    from vit_policy.deploy import EXPORT_REPORT, ONNX_FILE, ONNX_INT8_FILE, export_policy, format_report
 
-    return cli_export(args)
+    set_threads(args.threads)
+    report = export_policy(args.checkpoint, args.out, args.bags, args.int8, args.data_config, args.frames)
+    print(format_report(report))
+    int8 = "int8" in report
+    print(f"wrote {Path(args.out or args.checkpoint)}: {ONNX_FILE}" + (f", {ONNX_INT8_FILE}" if int8 else "")
+          + f", {EXPORT_REPORT}; run it with runtime.backend=onnxruntime" + (f" (runtime.onnx_file={ONNX_INT8_FILE} for int8)" if int8 else ""))
+    return 0
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
@@ -219,10 +292,6 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=cmd_export)
 
-
-# --------------------------------------------------------------------------------------------------
-# Subcommands of the other modules register here: one add_<name>(sub) function each.
-# --------------------------------------------------------------------------------------------------
 
 # --------------------------------------------------------------------------------------------------
 # Registration: the core's subcommands here, the other packages' through entry points

@@ -30,7 +30,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from vit_policy.config import ConfigError, PolicyConfig, RuntimeConfig
+from vit_policy.config import ConfigError
+from vit_policy.model.configuration import PolicyConfig
+from vit_policy.runtime import RuntimeConfig
 from vit_policy.geometry import geodesic_deg, rot6d_to_rotvec
 from vit_policy.model.checkpoint import CONFIG_FILE, METADATA_FILE, STATS_FILE, load_checkpoint, read_policy_config
 from vit_policy.model.policy import Batch, Policy, VisuomotorPolicy, chunks_from_actions, observation_batch
@@ -249,11 +251,11 @@ def held_out_frames(checkpoint: str | Path, bags: list[str | Path], data_config:
     (episode, index) groups; the topics come from ``data_config`` or the checkpoint's metadata, as for replay."""
     from vit_policy.data.bags import extract_episodes
     from vit_policy.data.inspect import check_bags
-    from vit_policy.replay import load_data_config
+    from vit_policy.replay import load_replay_config
 
     if not bags:
         raise ConfigError("--bags: give at least one held-out rosbag2 recording to check the export on")
-    data = load_data_config(data_config, [checkpoint]).data
+    data = load_replay_config(data_config, [checkpoint]).data
     check_bags(bags, data)
     episodes = [ep for bag in bags for ep in extract_episodes(bag, data, chunk_size, image_size)]
     pairs = [(e, i) for e, ep in enumerate(episodes) for i in range(len(ep.stamps_ns))]
@@ -330,14 +332,3 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"{r['file']:<18} vs torch: max {r['translation_mm_max']:.4f} mm, {r['rotation_deg_max']:.4f} deg, "
                          f"gripper {r['gripper_max']:.1e}{extra}")
     return "\n".join(lines)
-
-
-def cli_export(args: Any) -> int:
-    """``vit-policy export``: export, check, print the figures."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    report = export_policy(args.checkpoint, args.out, args.bags, args.int8, args.data_config, args.frames)
-    print(format_report(report))
-    print(f"wrote {Path(args.out or args.checkpoint)}: {ONNX_FILE}" + (f", {ONNX_INT8_FILE}" if "int8" in report else "")
-          + f", {EXPORT_REPORT}; run it with runtime.backend=onnxruntime" + (f" (runtime.onnx_file={ONNX_INT8_FILE} for int8)" if "int8" in report else ""))
-    return 0

@@ -150,6 +150,34 @@ def geodesic_deg(q_a: np.ndarray, q_b: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------
+# Interpolation (the live timing rule and the training labels use the same maths)
+# --------------------------------------------------------------------------------------------------
+
+
+def lerp_pose(a: np.ndarray, b: np.ndarray, f: np.ndarray | float) -> np.ndarray:
+    """Pose(s) [x y z qx qy qz qw] the fraction ``f`` of the way from ``a`` to ``b``: linear position, slerp
+    orientation (the rotation a -> b scaled by f); f outside [0, 1] extrapolates. ``a``, ``b`` (..., 7), ``f`` (...)."""
+    a, b, f = np.asarray(a, np.float64), np.asarray(b, np.float64), np.asarray(f, np.float64)[..., None]
+    ra = Rotation.from_quat(a[..., 3:])
+    step = (Rotation.from_quat(b[..., 3:]) * ra.inv()).as_rotvec()
+    q = (Rotation.from_rotvec(step * f) * ra).as_quat()
+    return np.concatenate([a[..., :3] + f * (b[..., :3] - a[..., :3]), q], axis=-1)
+
+
+def interpolate_poses(t: np.ndarray, v: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Poses (N, 7) at times ``s`` (N,) on a track of increasing stamps ``t`` (n,) and poses ``v`` (n, 7):
+    :func:`lerp_pose` between the stamps around each time, exact at a stamp, held at the first / last pose
+    outside the track (no gap limit: the live rule, ``inputs.interpolate_pose``, adds its limits around it)."""
+    t = np.asarray(t, np.int64)
+    s = np.clip(np.asarray(s, np.int64), t[0], t[-1])
+    i = np.clip(np.searchsorted(t, s, side="right") - 1, 0, len(t) - 1)
+    j = np.minimum(i + 1, len(t) - 1)
+    span = (t[j] - t[i]).astype(np.float64)
+    f = np.where(span > 0, (s - t[i]) / np.where(span > 0, span, 1.0), 0.0)
+    return lerp_pose(v[i], v[j], f)
+
+
+# --------------------------------------------------------------------------------------------------
 # Torch versions used inside the model (batched, differentiable)
 # --------------------------------------------------------------------------------------------------
 

@@ -32,9 +32,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from vit_policy import messages as M
+from vit_policy.config import ConfigError
+from vit_policy.geometry import lerp_pose
 
 POSE, GRIPPER = "pose", "gripper"
 IMAGE_TYPE, COMPRESSED_TYPE = "sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"
@@ -53,6 +54,16 @@ def camera_key(camera: str) -> str:
 
 
 TIMING_FIELDS = ("sync_tolerance_s", "max_age_s", "max_extrapolation_s", "max_stamp_lead_s", "position_bound_m")
+
+
+def check_timing(section: str, cfg: Any) -> None:
+    """Validate the timing-rule fields that data: (DataConfig) and runtime: (RuntimeConfig) share."""
+    if not 0 <= cfg.max_extrapolation_s <= cfg.max_age_s:
+        raise ConfigError(f"{section}.max_extrapolation_s: {cfg.max_extrapolation_s} must be in [0, max_age_s] seconds (e.g. 0.02)")
+    if not cfg.max_stamp_lead_s >= 0:
+        raise ConfigError(f"{section}.max_stamp_lead_s: {cfg.max_stamp_lead_s} must be >= 0 seconds (e.g. 0.2)")
+    if not cfg.position_bound_m > 0:
+        raise ConfigError(f"{section}.position_bound_m: {cfg.position_bound_m} must be > 0 metres (e.g. 10)")
 
 
 @dataclass(frozen=True)
@@ -98,7 +109,7 @@ class InputSpec:
 
     @classmethod
     def from_node(cls, cfg: Any, cameras: list[str]) -> "InputSpec":
-        """The inputs of the policy node's NodeConfig for the policy's cameras."""
+        """The inputs of the policy node's NodeConfig (ros_nodes/configuration.py) for the policy's cameras."""
         compressed = cfg.image_transport == "compressed"
         topics = {c: cfg.topics.image.format(camera=c) + ("/compressed" if compressed else "") for c in cameras}
         return cls(topics, None if cfg.pose_source == "tf" else cfg.topics.ee_pose, cfg.base_frame, cfg.ee_frame,
@@ -298,7 +309,7 @@ def interpolate_pose(t: np.ndarray, v: np.ndarray, s: int, rule: SyncRule) -> tu
             return np.zeros(0), f"{DROP}: frame {(t[0] - s) / 1e6:.0f} ms before the first EE pose"
         if n < 2 or t[1] - t[0] > 2 * rule.tolerance_ns:
             return v[0], ""
-        return _lerp_pose(v[0], v[1], (s - t[0]) / (t[1] - t[0])), ""
+        return lerp_pose(v[0], v[1], (s - t[0]) / (t[1] - t[0])), ""
     if i == n - 1:  # after the newest pose: extrapolate a little, or wait for the next pose
         ahead = s - t[i]
         if ahead > rule.max_extrapolation_ns:
@@ -306,20 +317,12 @@ def interpolate_pose(t: np.ndarray, v: np.ndarray, s: int, rule: SyncRule) -> tu
                                  f"(extrapolation limit {rule.max_extrapolation_ns / 1e6:.0f} ms)")
         if n < 2 or t[i] - t[i - 1] > 2 * rule.tolerance_ns:
             return v[i], ""
-        return _lerp_pose(v[i - 1], v[i], (s - t[i - 1]) / (t[i] - t[i - 1])), ""
+        return lerp_pose(v[i - 1], v[i], (s - t[i - 1]) / (t[i] - t[i - 1])), ""
     before, after = s - t[i], t[i + 1] - s
     if before + after > 2 * rule.tolerance_ns:
         return np.zeros(0), (f"{DROP}: EE pose gap around the frame (poses {before / 1e6:.0f} ms before and "
                              f"{after / 1e6:.0f} ms after; at most 2 x sync_tolerance_s = {2 * rule.tolerance_ns / 1e6:.0f} ms apart)")
-    return _lerp_pose(v[i], v[i + 1], before / (t[i + 1] - t[i])), ""
-
-
-def _lerp_pose(a: np.ndarray, b: np.ndarray, f: float) -> np.ndarray:
-    """Linear position, slerp orientation; f outside [0, 1] extrapolates."""
-    ra = Rotation.from_quat(a[3:])
-    step = (Rotation.from_quat(b[3:]) * ra.inv()).as_rotvec()
-    q = (Rotation.from_rotvec(step * f) * ra).as_quat()
-    return np.concatenate([a[:3] + f * (b[:3] - a[:3]), q])
+    return lerp_pose(v[i], v[i + 1], before / (t[i + 1] - t[i])), ""
 
 
 def interpolate_gripper(t: np.ndarray, v: np.ndarray, s: int, rule: SyncRule) -> tuple[float, str]:

@@ -35,6 +35,7 @@ from vit_policy.config import ConfigError
 from vit_policy.model.encoders import WeightsError, weights_error
 
 if TYPE_CHECKING:
+    from vit_policy.data.configuration import DataConfig
     from vit_policy.data.bags import Episode
     from vit_policy.model.policy import VisuomotorPolicy
 
@@ -399,7 +400,7 @@ def format_rates(rates: dict[str, dict[str, float]]) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Checkpoints and the CLI
+# Checkpoints
 # --------------------------------------------------------------------------------------------------
 
 
@@ -434,43 +435,75 @@ def replay_metrics(monitor: OODMonitor | None, scores: np.ndarray, margin: float
             "p99_over_threshold": max(ratio) if ratio else None}
 
 
-def cmd_fit_ood(args: Any) -> int:
-    """``vit-policy fit-ood``: fit (or refit) the OOD statistics of existing checkpoints on bags."""
-    from vit_policy.data.bags import extract_episodes
-    from vit_policy.data.dataset import split_episodes
+@dataclass
+class RefitReport:
+    """One checkpoint's refitted monitor, and its self-check on the validation frames (``detection_rates``)."""
+
+    checkpoint: str
+    replaced: bool  # an ood.safetensors was there before
+    monitor: OODMonitor
+    rates: dict[str, dict[str, float]]
+
+    def format(self) -> str:
+        """What was written, each camera's threshold and the self-check table."""
+        lines = [f"{self.checkpoint}: wrote {OOD_FILE}{' (replaced)' if self.replaced else ''}: {self.monitor.describe()}"]
+        lines += [f"  {cam}: threshold {st.threshold:.2f} (validation p50 {np.percentile(st.val_scores, 50):.2f}), shrinkage {st.shrinkage:.3f}"
+                  for cam, st in self.monitor.cameras.items()]
+        lines += ["self-check on the validation frames, as they are and corrupted:", format_rates(self.rates)]
+        return "\n".join(lines)
+
+
+def refit_checkpoints(
+    checkpoints: Sequence[str | Path],
+    bags: Sequence[str],
+    val_bags: Sequence[str] = (),
+    val_fraction: float = 0.2,
+    quantile: float | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    data_config: str | Path | None = None,
+    overrides: Sequence[str] = (),
+) -> Iterator[RefitReport]:
+    """Fit (or refit) the OOD statistics of existing checkpoints on bags (``vit-policy fit-ood``).
+
+    ``bags`` and ``val_bags`` may be globs. Without ``val_bags`` a ``val_fraction`` of the episodes
+    (split by ``seed``) sets the threshold, the ``quantile`` (default DEFAULT_QUANTILE) of their
+    scores. The arguments, checkpoints and bags are checked before this returns; each checkpoint is
+    fitted, and its ``ood.safetensors`` written, as the returned iterator reaches it.
+    """
     from vit_policy.data.inspect import check_bags
-    from vit_policy.model.checkpoint import load_checkpoint
-    from vit_policy.replay import check_checkpoints, load_data_config
+    from vit_policy.replay import check_checkpoints, load_replay_config
     from vit_policy.train import expand_bags
 
-    if args.quantile is None:
-        args.quantile = DEFAULT_QUANTILE
-    if not 0.0 < args.quantile <= 1.0:
-        raise ConfigError(f"--quantile: {args.quantile} must be in (0, 1] (e.g. 0.99)")
-    if not args.val_bags and not 0.0 < args.val_fraction < 1.0:
-        raise ConfigError(f"--val-fraction: {args.val_fraction} must be in (0, 1), or give --val-bags")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    check_checkpoints(args.checkpoint)
-    data = load_data_config(args.data_config, args.checkpoint, list(args.set)).data
-    bags, val_bags = expand_bags(args.bags), expand_bags(args.val_bags or [], "--val-bags")
-    check_bags(bags + val_bags, data)
-    for ckpt in args.checkpoint:
-        policy = load_checkpoint(ckpt, ood=False)
-        size, k = tuple(policy.image_size), policy.cfg.chunk_size
-        eps = [e for b in bags for e in extract_episodes(b, data, k, size)]
-        val = [e for b in val_bags for e in extract_episodes(b, data, k, size)]
-        train = eps
-        if not val_bags:
-            if len(eps) < 2:
-                raise ConfigError(f"--bags: {len(eps)} episode(s); splitting off validation frames needs 2 or more, or give --val-bags")
-            train, val = split_episodes(eps, args.val_fraction, args.seed)
-        replaced = (Path(ckpt) / OOD_FILE).is_file()
-        monitor, policy = fit_checkpoint(ckpt, train, val, args.quantile, args.batch_size)
-        print(f"{ckpt}: wrote {OOD_FILE}{' (replaced)' if replaced else ''}: {monitor.describe()}")
-        for cam, st in monitor.cameras.items():
-            print(f"  {cam}: threshold {st.threshold:.2f} (validation p50 {np.percentile(st.val_scores, 50):.2f}), shrinkage {st.shrinkage:.3f}")
-        rates = detection_rates(policy, monitor, episode_images(val, list(policy.cfg.cameras)), batch_size=args.batch_size)
-        print("self-check on the validation frames, as they are and corrupted:")
-        print(format_rates(rates))
-    return 0
+    quantile = DEFAULT_QUANTILE if quantile is None else quantile
+    if not 0.0 < quantile <= 1.0:
+        raise ConfigError(f"--quantile: {quantile} must be in (0, 1] (e.g. 0.99)")
+    if not val_bags and not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"--val-fraction: {val_fraction} must be in (0, 1), or give --val-bags")
+    check_checkpoints(list(checkpoints))
+    data = load_replay_config(data_config, list(checkpoints), list(overrides)).data
+    paths, val_paths = expand_bags(list(bags)), expand_bags(list(val_bags), "--val-bags")
+    check_bags(paths + val_paths, data)
+    return (_refit(ckpt, paths, val_paths, data, val_fraction, quantile, seed, batch_size) for ckpt in checkpoints)
+
+
+def _refit(ckpt: str | Path, bags: Sequence[Path], val_bags: Sequence[Path], data: "DataConfig", val_fraction: float,
+           quantile: float, seed: int, batch_size: int) -> RefitReport:
+    """One checkpoint of ``refit_checkpoints``: extract at its chunk size and image size, split, fit, self-check."""
+    from vit_policy.data.bags import extract_episodes
+    from vit_policy.data.dataset import split_episodes
+    from vit_policy.model.checkpoint import load_checkpoint
+
+    policy = load_checkpoint(ckpt, ood=False)
+    size, k = tuple(policy.image_size), policy.cfg.chunk_size
+    eps = [e for b in bags for e in extract_episodes(b, data, k, size)]
+    val = [e for b in val_bags for e in extract_episodes(b, data, k, size)]
+    train = eps
+    if not val_bags:
+        if len(eps) < 2:
+            raise ConfigError(f"--bags: {len(eps)} episode(s); splitting off validation frames needs 2 or more, or give --val-bags")
+        train, val = split_episodes(eps, val_fraction, seed)
+    replaced = (Path(ckpt) / OOD_FILE).is_file()
+    monitor, policy = fit_checkpoint(ckpt, train, val, quantile, batch_size)
+    rates = detection_rates(policy, monitor, episode_images(val, list(policy.cfg.cameras)), batch_size=batch_size)
+    return RefitReport(str(ckpt), replaced, monitor, rates)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from vit_policy.config import EncoderConfig
+from vit_policy.model.configuration import EncoderConfig
 from vit_policy.images import to_model_input
 from vit_policy.model.encoders import POINT_HEAD, PointHead, build_image_encoder
 

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # only for type hints: replay imports this module
-    from vit_policy.replay import BagResult, CheckpointResult
+    from vit_policy.replay.evaluation import CheckpointResult
+    from vit_policy.replay.modes import BagResult
 
 AXES = ("x", "y", "z")
 
@@ -247,17 +248,35 @@ def lookup(metrics: dict[str, Any], keys: tuple[str, ...]) -> Any:
     return node
 
 
-def metrics_table_html(columns: dict[str, dict[str, Any]]) -> str:
-    """One row per metric, one column per checkpoint / mode."""
-    head = "".join(f"<th>{html.escape(n)}</th>" for n in columns)
+def metric_columns(checkpoints: list["CheckpointResult"]) -> dict[str, dict[str, Any]]:
+    """One column per checkpoint and mode, named ``<checkpoint> (<mode>)``: its metrics."""
+    return {f"{c.name} ({mode})": m for c in checkpoints for mode, m in c.metrics.items()}
+
+
+def metric_rows(columns: dict[str, dict[str, Any]]) -> list[tuple[str, list[str]]]:
+    """(label, formatted cell per column) of every ROWS metric that some column has; '-' where one lacks it."""
     rows = []
     for label, keys, fmt in ROWS:
         vals = [lookup(m, keys) for m in columns.values()]
-        if all(v is None for v in vals):
-            continue
-        cells = "".join(f"<td>{'-' if v is None else fmt.format(v)}</td>" for v in vals)
-        rows.append(f"<tr><th class='l'>{html.escape(label)}</th>{cells}</tr>")
-    return f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table>"
+        if any(v is not None for v in vals):
+            rows.append((label, ["-" if v is None else fmt.format(v) for v in vals]))
+    return rows
+
+
+def metrics_table_html(columns: dict[str, dict[str, Any]]) -> str:
+    """One row per metric, one column per checkpoint / mode."""
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in columns)
+    rows = "".join(f"<tr><th class='l'>{html.escape(label)}</th>{''.join(f'<td>{c}</td>' for c in cells)}</tr>"
+                   for label, cells in metric_rows(columns))
+    return f"<table><tr><th></th>{head}</tr>{rows}</table>"
+
+
+def metrics_table_text(columns: dict[str, dict[str, Any]]) -> str:
+    """The same table as plain text for the terminal."""
+    width = max(14, *(len(n) for n in columns))
+    lines = [f"{'metric':<40}" + "".join(f"{n:>{width + 2}}" for n in columns)]
+    lines += [f"{label:<40}" + "".join(f"{c:>{width + 2}}" for c in cells) for label, cells in metric_rows(columns)]
+    return "\n".join(lines)
 
 
 def _figure(path: Path, root: Path, caption: str) -> str:
@@ -278,7 +297,7 @@ def write_report(out_dir: str | Path, checkpoints: list["CheckpointResult"], set
     out = Path(out_dir)
     plots = out / "plots"
     figures: list[str] = []
-    columns = {f"{c.name} ({mode})": m for c in checkpoints for mode, m in c.metrics.items()}
+    columns = metric_columns(checkpoints)
     figures.append(_figure(plot_horizon(columns, plots / "horizon.png"), out, "error against horizon step"))
     lat = {c.name: c.latencies_ms for c in checkpoints if c.latencies_ms.size}
     if lat:

@@ -29,19 +29,19 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import numpy as np
 from scipy.spatial.transform import Rotation
 
 from vit_policy import messages as M
-from vit_policy.config import RuntimeConfig, SafetyConfig
+from vit_policy.config import ConfigError
 from vit_policy.images import resize_uint8
-from vit_policy.inputs import GRIPPER, POSE, Frame, InputRouter, InputSpec, Resolved, Synchronizer, SyncRule, camera_key
+from vit_policy.inputs import GRIPPER, POSE, Frame, InputRouter, InputSpec, Resolved, Synchronizer, SyncRule, camera_key, check_timing
 from vit_policy.observation import ActionChunk, Observation, ObservationError, check_image
 from vit_policy.ood import OODState
-from vit_policy.safety import Command, SafetyFilter
+from vit_policy.safety import Command, SafetyConfig, SafetyFilter
 
 if TYPE_CHECKING:
     from vit_policy.model.policy import Policy
@@ -50,6 +50,61 @@ log = logging.getLogger(__name__)
 
 LATENCY_WINDOW = 500  # latency samples kept for the percentiles
 __all__ = ["POSE", "GRIPPER", "PolicyRunner", "camera_key"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration: runtime: of the ROS node, replay and the simulator (each help is the node parameter's description)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RuntimeConfig:
+    """How the runner turns streamed inputs into a command each control tick."""
+
+    control_rate_hz: float = field(default=10.0, metadata={"help": "control ticks per second (Hz)"})
+    sync_tolerance_s: float = field(default=0.05, metadata={"help": (
+        "other cameras within this of the reference frame; the EE poses around a frame at most 2x this apart (s)")})
+    max_age_s: float = field(default=0.5, metadata={"help": "an input older than this at a tick is stale: stop (s)"})
+    max_extrapolation_s: float = field(default=0.02, metadata={"help": (
+        "the EE pose may be extrapolated this far past the newest one; else the frame waits (s)")})
+    max_stamp_lead_s: float = field(default=0.2, metadata={"help": "a stamp further ahead of its arrival is rejected: clocks out of sync (s)"})
+    position_bound_m: float = field(default=10.0, metadata={"help": "an EE position further than this from the base on any axis is rejected (m)"})
+    strategy: Literal["receding", "ensemble"] = field(default="ensemble", metadata={"help": (
+        "receding (execute n steps, replan) or ensemble (ACT temporal ensembling)")})
+    execute_steps: int = field(default=4, metadata={"help": "receding horizon: steps executed before the next chunk takes over"})
+    ensemble_m: float = field(default=0.1, metadata={"help": "temporal ensembling weight exp(-m i), i = 0 for the oldest chunk"})
+    inference_latency_s: float | None = field(default=None, metadata={"help": (
+        "latency estimate for scheduling (s); null (as a ROS parameter: negative): measured")})
+    synchronous: bool = field(default=False, metadata={"help": (
+        "run inference inside the control tick (deterministic: replay, simulation; blocks the tick)")})
+    backend: Literal["torch", "onnxruntime"] = field(default="torch", metadata={"help": (
+        "inference backend: torch, or onnxruntime (the graph vit-policy export wrote into the checkpoint)")})
+    onnx_file: str = field(default="policy.onnx", metadata={"help": (
+        "onnxruntime: graph file in the checkpoint directory (policy.onnx, or policy.int8.onnx from export --int8)")})
+    providers: list[str] = field(default_factory=lambda: ["auto"], metadata={"help": (
+        "onnxruntime execution providers, e.g. [CUDAExecutionProvider, CPUExecutionProvider]; [auto]: GPU ones when present")})
+
+    def __post_init__(self) -> None:
+        if not self.onnx_file.endswith(".onnx") or "/" in self.onnx_file:
+            raise ConfigError(f"runtime.onnx_file: {self.onnx_file!r} must name a .onnx file in the checkpoint directory "
+                              "(policy.onnx or policy.int8.onnx)")
+        if not self.providers:
+            raise ConfigError("runtime.providers: list ONNX Runtime execution providers, or [auto]")
+        if not self.control_rate_hz > 0:
+            raise ConfigError(f"runtime.control_rate_hz: {self.control_rate_hz} must be > 0 Hz")
+        if self.sync_tolerance_s < 0 or not self.max_age_s > 0:
+            raise ConfigError("runtime.sync_tolerance_s must be >= 0 and runtime.max_age_s > 0 seconds")
+        check_timing("runtime", self)
+        if self.execute_steps < 1:
+            raise ConfigError(f"runtime.execute_steps: {self.execute_steps} must be >= 1")
+        if self.ensemble_m < 0:
+            raise ConfigError(f"runtime.ensemble_m: {self.ensemble_m} must be >= 0 (0 = plain average)")
+        if self.inference_latency_s is not None and self.inference_latency_s < 0:
+            raise ConfigError("runtime.inference_latency_s: must be >= 0 seconds, or null to measure it")
+
+    @property
+    def control_period_ns(self) -> int:
+        return int(round(1e9 / self.control_rate_hz))
 
 
 @dataclass

@@ -10,14 +10,50 @@ pose latched when the stop began (``hold_pose``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from vit_policy.config import SafetyConfig
+from vit_policy.config import ConfigError
 from vit_policy.geometry import canonical_quat
 from vit_policy.observation import ActionChunk
+
+# --------------------------------------------------------------------------------------------------
+# Configuration: safety: of the ROS node, replay and the simulator (each help is the node parameter's description)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SafetyConfig:
+    """Limits applied to every command; violations are clamped, non-finite values stop the arm."""
+
+    workspace_min: list[float] = field(default_factory=lambda: [-1.0, -1.0, 0.0], metadata={"help": (
+        "workspace box lower corner [x, y, z] in base_frame (m)")})
+    workspace_max: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.5], metadata={"help": (
+        "workspace box upper corner [x, y, z] in base_frame (m)")})
+    max_linear_speed: float = field(default=0.25, metadata={"help": "EE linear speed limit (m/s)"})
+    max_angular_speed: float = field(default=1.0, metadata={"help": "EE angular speed limit (rad/s)"})
+    max_step: float = field(default=0.05, metadata={"help": "largest EE translation commanded in one control tick (m)"})
+    stop_mode: Literal["zero_twist", "hold_pose"] = field(default="zero_twist", metadata={"help": (
+        "zero_twist (stop target follows the measured pose) or hold_pose (latched where the stop began)")})
+    ood_stop: bool = field(default=False, metadata={"help": (
+        "stop while a camera's frame is out of distribution (needs the checkpoint's ood.safetensors)")})
+    ood_margin: float = field(default=1.0, metadata={"help": (
+        "a frame is out of distribution above this x the checkpoint's calibrated OOD threshold")})
+
+    def __post_init__(self) -> None:
+        for name in ("workspace_min", "workspace_max"):
+            value = getattr(self, name)
+            if len(value) != 3 or not all(isinstance(v, (int, float)) and v == v for v in value):
+                raise ConfigError(f"safety.{name}: expected 3 numbers [x, y, z] in metres, got {value}")
+        if any(lo >= hi for lo, hi in zip(self.workspace_min, self.workspace_max)):
+            raise ConfigError(f"safety.workspace_min {self.workspace_min} must be below workspace_max {self.workspace_max} on every axis")
+        for name in ("max_linear_speed", "max_angular_speed", "max_step", "ood_margin"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"safety.{name}: {getattr(self, name)} must be > 0")
+
 
 STATUSES = ("ok", "disabled", "waiting", "stale", "fault", "shutdown", "ood")  # ood: safety.ood_stop (vit_policy/ood.py)
 

@@ -11,6 +11,9 @@ the weights of ``2N`` uninterrupted steps.
 Output directory: ``last/`` and ``best/`` (lowest validation loss) are checkpoint directories that
 ``load_checkpoint`` (vit_policy/model/checkpoint.py) loads; ``last/trainer_state.pt`` (tensors and numbers only,
 read with ``weights_only=True``) holds what resuming needs; ``tb/`` has TensorBoard scalars.
+
+:func:`train` runs one :class:`Trainer`. Its loss scores predictions (``policy.action_loss``), so validation
+scores the mean-action predictor (:func:`mean_action_prediction`) with the very same loss: ``val/baseline_loss``.
 """
 
 from __future__ import annotations
@@ -31,18 +34,88 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from vit_policy.config import ConfigError, TrainConfig, save_config, to_dict
+from vit_policy.config import ConfigError, load_config, save_config, to_dict
+from vit_policy.data.configuration import AugmentConfig, DataConfig
 from vit_policy.data.bags import Episode
 from vit_policy.data.cache import load_or_extract
 from vit_policy.data.dataset import EpisodeDataset, EpochBatchSampler, dataset_stats, split_episodes
-from vit_policy.geometry import NormStats, geodesic_deg, rot6d_to_quat
-from vit_policy.model.checkpoint import STATS_FILE, build_policy, save_checkpoint
+from vit_policy.geometry import geodesic_deg, rot6d_to_quat
+from vit_policy.model.checkpoint import build_policy, read_stats, save_checkpoint
+from vit_policy.model.configuration import PolicyConfig
 from vit_policy.model.policy import VisuomotorPolicy
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.pt"
 RESUME_FIX = "resume from another copy of the run's last/ directory, or start a new run (resume: null or a new out_dir)"
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """One training run: policy, data, split, optimiser and checkpointing."""
+
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    bags: list[str] = field(default_factory=list)  # bag directories / files or glob patterns
+    val_bags: list[str] = field(default_factory=list)  # explicit validation bags; else val_fraction of episodes
+    val_fraction: float = 0.2
+    cache_dir: str = "outputs/cache"
+    out_dir: str = "outputs/train"
+    epochs: int = 10
+    max_steps: int | None = None  # total optimiser steps (the schedule's length); default epochs x steps/epoch
+    batch_size: int = 32
+    lr_encoder: float = 1e-5
+    lr_head: float = 1e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    grad_clip: float = 1.0  # max gradient norm; 0 disables
+    ema: float = 0.0  # EMA decay of the weights (0: off; e.g. 0.999); checkpoints then hold the EMA weights
+    seed: int = 0
+    num_workers: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    log_every: int = 10
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    resume: str | None = None  # a 'last' checkpoint directory, or 'auto' for <out_dir>/last if it exists
+    tensorboard: bool = True
+    progress: bool = True  # tqdm bars
+    # at the end: fit the OOD monitor on the training split, threshold = this quantile of the validation scores (null: none)
+    ood_quantile: float | None = 0.99
+
+    def __post_init__(self) -> None:
+        if not self.bags:
+            raise ConfigError("bags: list the rosbag2 recordings to train on (directories or glob patterns)")
+        missing = [c for c in self.policy.cameras if c not in self.data.cameras]
+        if missing:
+            raise ConfigError(f"data.cameras: no topic for policy camera(s) {missing}; have {sorted(self.data.cameras)}")
+        if abs(self.data.dt_ns - self.policy.control_dt_ns) > 1000:
+            raise ConfigError(
+                f"data.control_rate_hz ({self.data.control_rate_hz} Hz) and policy.control_dt ({self.policy.control_dt} s) "
+                "disagree: the chunk steps are the control period; set control_dt = 1 / control_rate_hz"
+            )
+        if not self.val_bags and not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError("val_fraction: must be in [0, 1)")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("epochs and batch_size: must be >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError("max_steps: must be >= 1 (or null for epochs x steps per epoch)")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError("ema: decay must be in [0, 1) (0 disables EMA)")
+        if self.lr_encoder < 0 or self.lr_head <= 0:
+            raise ConfigError("lr_encoder must be >= 0 and lr_head > 0")
+        if self.warmup_steps < 0 or self.grad_clip < 0 or self.num_workers < 0 or self.log_every < 1:
+            raise ConfigError("warmup_steps, grad_clip, num_workers must be >= 0 and log_every >= 1")
+        if self.ood_quantile is not None and not 0.0 < self.ood_quantile <= 1.0:
+            raise ConfigError(f"ood_quantile: {self.ood_quantile} must be in (0, 1] (e.g. 0.99), or null to fit no OOD monitor")
+
+
+def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """A training YAML (configs/train/) with ``key=value`` overrides, validated."""
+    return load_config(TrainConfig, path, overrides)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -161,17 +234,6 @@ class EMA:
             model.load_state_dict(backup)
 
 
-class _LossModule(nn.Module):
-    """``forward`` = ``policy.compute_loss``, so DistributedDataParallel's gradient hooks see the loss."""
-
-    def __init__(self, policy: VisuomotorPolicy) -> None:
-        super().__init__()
-        self.policy = policy
-
-    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.policy.compute_loss(batch)
-
-
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     out = {}
     for k, v in batch.items():
@@ -189,58 +251,12 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _constant_prediction(policy: VisuomotorPolicy, action_mean: torch.Tensor, gripper_mean: float) -> Iterator[None]:
-    """Make ``policy.forward`` predict the training-mean action (in the head's frame), so the baseline uses the very same loss."""
+def mean_action_prediction(policy: VisuomotorPolicy, action_mean: torch.Tensor, gripper_mean: float) -> torch.Tensor:
+    """The mean-action predictor's head output (K, 10): the training-mean action (in the head's frame, normalised)
+    and the logit of the mean gripper target. Scored by the policy's own loss, it is the baseline a policy has to beat."""
     grip_logit = math.log(max(gripper_mean, 1e-4) / max(1.0 - gripper_mean, 1e-4))
     normalized = policy.normalize_action(action_mean.to(policy.device))  # (K, 9)
-
-    def forward(batch: dict[str, Any], return_attention: bool = False) -> dict[str, Any]:
-        b = batch["position"].shape[0]
-        grip = normalized.new_full((b, normalized.shape[0], 1), grip_logit)
-        return {"action": torch.cat([normalized.expand(b, -1, -1), grip], -1)}
-
-    policy.forward = forward  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        del policy.forward
-
-
-@torch.no_grad()
-def evaluate(
-    policy: VisuomotorPolicy, loader: DataLoader, device: torch.device, baseline: tuple[torch.Tensor, float] | None = None
-) -> dict[str, float]:
-    """Validation loss (the training loss, masked), per-dimension errors in physical units, and the
-    loss of the mean-action predictor on the same samples when ``baseline`` (mean action, mean gripper) is given."""
-    was_training = policy.training
-    policy.eval()
-    sums: dict[str, float] = {}
-    n_batches, abs_err, rot_err, grip_err, count = 0, np.zeros(3), 0.0, 0.0, 0.0
-    try:
-        for batch in loader:
-            batch = to_device(batch, device)
-            _, logs = policy.compute_loss(batch)
-            if baseline is not None:
-                with _constant_prediction(policy, *baseline):
-                    logs["baseline_loss"] = policy.compute_loss(batch)[1]["loss"]
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + v
-            n_batches += 1
-            pred = policy.decode_actions(policy.forward(batch)["action"], batch)  # raw (B, K, 10)
-            target = batch["action"].double().cpu().numpy()
-            mask = batch["action_mask"].cpu().numpy().astype(bool)
-            abs_err += np.abs(pred[..., :3] - target[..., :3])[mask].sum(0)
-            rot_err += float(geodesic_deg(rot6d_to_quat(pred[..., 3:9][mask]), rot6d_to_quat(target[..., 3:9][mask])).sum())
-            grip_err += float(np.abs(pred[..., 9] - target[..., 9])[mask].sum())
-            count += float(mask.sum())
-    finally:
-        policy.train(was_training)
-    out = {f"val/{k}": v / max(n_batches, 1) for k, v in sums.items()}
-    c = max(count, 1.0)
-    out.update({"val/err_x_mm": abs_err[0] / c * 1e3, "val/err_y_mm": abs_err[1] / c * 1e3, "val/err_z_mm": abs_err[2] / c * 1e3,
-                "val/err_rot_deg": rot_err / c, "val/err_gripper": grip_err / c})
-    return out
+    return torch.cat([normalized, normalized.new_full((normalized.shape[0], 1), grip_logit)], -1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -315,174 +331,261 @@ def _resume_dir(cfg: TrainConfig) -> Path | None:
     return path
 
 
-def train(cfg: TrainConfig, stop_at_step: int | None = None) -> TrainResult:
-    """Train ``cfg``; ``stop_at_step`` ends the run early (saving ``last``), as an interruption would."""
-    torch.manual_seed(cfg.seed)
-    ddp = setup_distributed(resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0"))))
-    device = resolve_device(cfg.device, ddp.local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    out_dir = Path(cfg.out_dir)
-    policy = build_policy(cfg.policy)
-    train_eps, val_eps = load_episodes(cfg, policy.image_size, ddp)
-    resume = _resume_dir(cfg)
-    if resume is not None:  # the statistics the run started with, not recomputed ones
-        from safetensors.torch import load_file
+class Trainer:
+    """One training run of a TrainConfig; :func:`train` is its entry point.
 
-        from vit_policy.model.encoders import weights_error
+    Everything the run holds is an attribute: the policy and its loss (``loss_fn(pred, batch) -> (loss,
+    logs)``), the episodes and loaders, optimiser, schedule and EMA, the step, the best validation loss and
+    the history. :meth:`fit` runs :meth:`train_step` until the stop step; at each epoch's end rank 0
+    validates (:meth:`validate`) and saves ``best`` and ``last`` (:meth:`save`). The constructor builds the pieces in a
+    fixed order (seed, model initialisation, data, optimiser, resumed state) so that a resumed run draws
+    the same random numbers as an uninterrupted one.
+    """
 
-        try:
-            raw = load_file(str(resume / STATS_FILE))
-        except Exception as exc:  # truncated or corrupt: the path, the cause and the fix
-            raise weights_error(resume / STATS_FILE, exc, RESUME_FIX) from exc
-        stats = {k: NormStats.from_tensors(raw, k, str(resume / STATS_FILE)) for k in ("state", "action")}
-    else:
-        stats = dataset_stats(train_eps, cfg.policy)
-    policy.set_stats(stats)
-    policy.to(device)
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        self.ddp = setup_distributed(resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0"))))
+        self.device = resolve_device(cfg.device, self.ddp.local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.out_dir = Path(cfg.out_dir)
+        self.policy = build_policy(cfg.policy)
+        self.train_eps, self.val_eps = load_episodes(cfg, self.policy.image_size, self.ddp)
+        resume = _resume_dir(cfg)
+        # resumed: the statistics the run started with, not recomputed ones
+        self.stats = read_stats(resume, RESUME_FIX) if resume is not None else dataset_stats(self.train_eps, cfg.policy)
+        self.policy.set_stats(self.stats)
+        self.policy.to(self.device)
+        self.loss_fn = self.policy.action_loss
 
-    cams, hist = cfg.policy.cameras, cfg.policy.pose.history
-    train_set = EpisodeDataset(train_eps, cams, hist, cfg.augment, cfg.seed)
-    sampler = EpochBatchSampler(len(train_set), cfg.batch_size, cfg.seed, True, ddp.rank, ddp.world_size)
-    # the loader's own generator: creating an iterator must not draw from the global RNG (dropout), or a
-    # resume in the middle of an epoch would shift every later random number
-    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                        generator=torch.Generator().manual_seed(cfg.seed))
-    val_loader = None
-    if val_eps and ddp.main:
-        val_set = EpisodeDataset(val_eps, cams, hist)
-        val_loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
-    steps_per_epoch = len(sampler)
-    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+        self.sampler, self.loader, self.val_loader = self._loaders()
+        self.steps_per_epoch = len(self.sampler)
+        self.total = cfg.max_steps or cfg.epochs * self.steps_per_epoch
 
-    optimizer = build_optimizer(policy, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, total))
-    ema = EMA(policy, cfg.ema) if cfg.ema > 0 else None
-    step, best_val, history = 0, math.inf, []
-    if resume is not None:
+        self.optimizer = build_optimizer(self.policy, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg.warmup_steps, self.total))
+        self.ema = EMA(self.policy, cfg.ema) if cfg.ema > 0 else None
+        self.step, self.best_val = 0, math.inf
+        self.history: list[dict[str, float]] = []
+        if resume is not None:
+            self._restore(resume)
+        self.model: nn.Module = self.policy  # what the training step calls: DistributedDataParallel sees the forward pass
+        if self.ddp.world_size > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.policy, device_ids=device_ids)
+
+        grip_targets = np.concatenate([np.asarray(e.action)[..., 9][np.asarray(e.action_mask)] for e in self.train_eps])
+        self.baseline = (torch.as_tensor(self.stats["action"].mean), float(grip_targets.mean()))  # mean action, mean gripper
+        self.writer = self._open_outputs()
+        self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
+        self.samples_seen = 0  # by this rank
+        self._epoch_loss, self._epoch_batches = 0.0, 0
+
+    def _loaders(self) -> tuple[EpochBatchSampler, DataLoader, DataLoader | None]:
+        """This rank's shard of the training episodes (sampler, loader); the validation loader on rank 0 when there are validation episodes."""
+        cfg, ddp = self.cfg, self.ddp
+        cams, hist = cfg.policy.cameras, cfg.policy.pose.history
+        train_set = EpisodeDataset(self.train_eps, cams, hist, cfg.augment, cfg.seed)
+        sampler = EpochBatchSampler(len(train_set), cfg.batch_size, cfg.seed, True, ddp.rank, ddp.world_size)
+        # the loader's own generator: creating an iterator must not draw from the global RNG (dropout), or a
+        # resume in the middle of an epoch would shift every later random number
+        loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(cfg.seed))
+        val_loader = None
+        if self.val_eps and ddp.main:
+            val_set = EpisodeDataset(self.val_eps, cams, hist)
+            val_loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
+        return sampler, loader, val_loader
+
+    def _open_outputs(self) -> Any:
+        """Rank 0: the output directory with the run's config, and the TensorBoard writer (None when off or on other ranks)."""
+        if not self.ddp.main:
+            return None
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, self.out_dir / "train_config.yaml")
+        if not self.cfg.tensorboard:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(self.out_dir / "tb"))
+
+    def _restore(self, resume: Path) -> None:
+        """Weights, optimiser, schedule, EMA, step, best validation loss and RNG state of ``resume``."""
         from vit_policy.model.encoders import weights_error
 
         try:
             state = torch.load(resume / STATE_FILE, map_location="cpu", weights_only=True)
         except Exception as exc:  # truncated or corrupt: the path, the cause and the fix
             raise weights_error(resume / STATE_FILE, exc, RESUME_FIX) from exc
-        policy.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ema is not None:
+        self.policy.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
             if "ema" not in state:
                 raise ConfigError(f"resume: {str(resume)!r} was trained without EMA; set ema: 0 or start a new run")
-            ema.shadow = {k: v.to(device) for k, v in state["ema"].items()}
-        step, best_val = int(state["step"]), float(state["best_val"])
-        _set_rng_state(state["rng"], device)
-        log.info("resumed from %s at step %d", resume, step)
-    model: nn.Module = _LossModule(policy)
-    if ddp.world_size > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            self.ema.shadow = {k: v.to(self.device) for k, v in state["ema"].items()}
+        self.step, self.best_val = int(state["step"]), float(state["best_val"])
+        _set_rng_state(state["rng"], self.device)
+        log.info("resumed from %s at step %d", resume, self.step)
 
-    action_mean = torch.as_tensor(stats["action"].mean)
-    grip_targets = np.concatenate([np.asarray(e.action)[..., 9][np.asarray(e.action_mask)] for e in train_eps])
-    baseline = (action_mean, float(grip_targets.mean()))
-    writer = None
-    if ddp.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "train_config.yaml")
-        if cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+    def eval_weights(self) -> contextlib.AbstractContextManager:
+        """The weights that are validated and saved: the EMA's while inside, when there is one."""
+        return self.ema.applied(self.policy) if self.ema is not None else contextlib.nullcontext()
 
-            writer = SummaryWriter(str(out_dir / "tb"))
+    # ---- steps ---------------------------------------------------------------------------------------
 
-    def checkpoint(name: str, metrics: dict[str, float], with_state: bool) -> Path:
-        directory = out_dir / name
-        meta = {"step": step, "epoch": step / steps_per_epoch, "world_size": ddp.world_size, "metrics": metrics,
-                "train_episodes": [e.source for e in train_eps], "val_episodes": [e.source for e in val_eps],
-                "weights": "ema" if ema is not None else "raw",
-                "data": to_dict(cfg.data)}  # the topic map: a checkpoint copied on its own can still be replayed
-        with ema.applied(policy) if ema is not None else contextlib.nullcontext():
-            save_checkpoint(policy, directory, metadata=meta)
+    def train_step(self, batch: dict[str, Any]) -> tuple[dict[str, float], torch.Tensor | None]:
+        """One optimiser step on ``batch``: (the loss's logs, the gradient norm before clipping or None)."""
+        batch = to_device(batch, self.device)
+        with self.amp:
+            loss, logs = self.loss_fn(self.model(batch)["action"], batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.cfg.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), clip) if clip > 0 else None
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.policy)
+        self.step += 1
+        self.samples_seen += int(batch["position"].shape[0])
+        self._epoch_loss += logs["loss"]
+        self._epoch_batches += 1
+        return logs, grad_norm
+
+    def _log_step(self, logs: dict[str, float], grad_norm: torch.Tensor | None, t0: float) -> None:
+        """TensorBoard scalars every ``log_every`` steps."""
+        if self.writer is None or self.step % self.cfg.log_every:
+            return
+        for k, v in logs.items():
+            self.writer.add_scalar(f"train/{k}", v, self.step)
+        self.writer.add_scalar("train/lr_head", self.scheduler.get_last_lr()[-1], self.step)
+        if grad_norm is not None:
+            self.writer.add_scalar("train/grad_norm", float(grad_norm), self.step)
+        rate = self.samples_seen * self.ddp.world_size / (time.perf_counter() - t0)
+        self.writer.add_scalar("train/samples_per_s", rate, self.step)
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Validation metrics with the weights :meth:`eval_weights` gives: the training loss (masked) and its parts,
+        ``baseline_loss`` (the same loss of :func:`mean_action_prediction` on the same samples) and per-dimension
+        errors in physical units."""
+        assert self.val_loader is not None, "validate() needs validation episodes (rank 0)"
+        policy = self.policy
+        was_training = policy.training
+        policy.eval()
+        sums: dict[str, float] = {}
+        n_batches, abs_err, rot_err, grip_err, count = 0, np.zeros(3), 0.0, 0.0, 0.0
+        try:
+            with self.eval_weights():
+                constant = mean_action_prediction(policy, *self.baseline)
+                for batch in self.val_loader:
+                    batch = to_device(batch, self.device)
+                    out = policy(batch)["action"]
+                    logs = self.loss_fn(out, batch)[1]
+                    logs["baseline_loss"] = self.loss_fn(constant.expand(out.shape[0], -1, -1), batch)[1]["loss"]
+                    for k, v in logs.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    n_batches += 1
+                    pred = policy.decode_actions(out, batch)  # raw (B, K, 10)
+                    target = batch["action"].double().cpu().numpy()
+                    mask = batch["action_mask"].cpu().numpy().astype(bool)
+                    abs_err += np.abs(pred[..., :3] - target[..., :3])[mask].sum(0)
+                    rot_err += float(geodesic_deg(rot6d_to_quat(pred[..., 3:9][mask]), rot6d_to_quat(target[..., 3:9][mask])).sum())
+                    grip_err += float(np.abs(pred[..., 9] - target[..., 9])[mask].sum())
+                    count += float(mask.sum())
+        finally:
+            policy.train(was_training)
+        metrics = {f"val/{k}": v / max(n_batches, 1) for k, v in sums.items()}
+        c = max(count, 1.0)
+        metrics.update({"val/err_x_mm": abs_err[0] / c * 1e3, "val/err_y_mm": abs_err[1] / c * 1e3, "val/err_z_mm": abs_err[2] / c * 1e3,
+                        "val/err_rot_deg": rot_err / c, "val/err_gripper": grip_err / c})
+        return metrics
+
+    # ---- outputs -------------------------------------------------------------------------------------
+
+    def save(self, name: str, metrics: dict[str, float], with_state: bool = False) -> Path:
+        """Checkpoint directory ``out_dir/name`` (the EMA weights when there are any); ``with_state`` adds what resuming needs."""
+        directory = self.out_dir / name
+        meta = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "world_size": self.ddp.world_size, "metrics": metrics,
+                "train_episodes": [e.source for e in self.train_eps], "val_episodes": [e.source for e in self.val_eps],
+                "weights": "ema" if self.ema is not None else "raw",
+                "data": to_dict(self.cfg.data)}  # the topic map: a checkpoint copied on its own can still be replayed
+        with self.eval_weights():
+            save_checkpoint(self.policy, directory, metadata=meta)
         if with_state:
-            state = {"model": policy.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "step": step, "best_val": best_val, "rng": _rng_state(device)}
-            if ema is not None:
-                state["ema"] = ema.shadow
+            state = {"model": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                     "step": self.step, "best_val": self.best_val, "rng": _rng_state(self.device)}
+            if self.ema is not None:
+                state["ema"] = self.ema.shadow
             torch.save(state, directory / STATE_FILE)
         return directory
 
-    def end_of_epoch(epoch: int) -> None:
-        nonlocal best_val
-        metrics: dict[str, float] = {"epoch": float(epoch), "step": float(step), "train/loss": epoch_loss[0] / max(epoch_loss[1], 1)}
-        epoch_loss[:] = [0.0, 0]
-        if val_loader is not None:
-            with ema.applied(policy) if ema is not None else contextlib.nullcontext():
-                metrics.update(evaluate(policy, val_loader, device, baseline))
-            log.info("epoch %d step %d: %s", epoch, step, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("val/")))
-            if writer is not None:
+    def end_epoch(self, epoch: int) -> None:
+        """Rank 0 at an epoch's end: the epoch's mean training loss, validation, ``best`` (lowest validation loss) and ``last``."""
+        metrics = {"epoch": float(epoch), "step": float(self.step), "train/loss": self._epoch_loss / max(self._epoch_batches, 1)}
+        self._epoch_loss, self._epoch_batches = 0.0, 0
+        if self.val_loader is not None:
+            metrics.update(self.validate())
+            log.info("epoch %d step %d: %s", epoch, self.step, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("val/")))
+            if self.writer is not None:
                 for k, v in metrics.items():
                     if k.startswith("val/"):
-                        writer.add_scalar(k, v, step)
-        history.append(metrics)
+                        self.writer.add_scalar(k, v, self.step)
+        self.history.append(metrics)
         val = metrics.get("val/loss", math.inf)
-        if val < best_val or not math.isfinite(best_val):
-            best_val = min(val, best_val)
-            checkpoint("best", metrics, with_state=False)
-        checkpoint("last", metrics, with_state=True)
+        if val < self.best_val or not math.isfinite(self.best_val):
+            self.best_val = min(val, self.best_val)
+            self.save("best", metrics)
+        self.save("last", metrics, with_state=True)
 
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    stop = min(total, stop_at_step) if stop_at_step is not None else total
-    bar = None
-    if cfg.progress and ddp.main:
-        from tqdm.auto import tqdm
+    # ---- the run -------------------------------------------------------------------------------------
 
-        bar = tqdm(total=stop, initial=step, desc="train", unit="step", dynamic_ncols=True)
-    policy.train()
-    samples_seen, epoch_loss = 0, [0.0, 0]
-    t0 = time.perf_counter()
-    while step < stop:
-        epoch, start_batch = divmod(step, steps_per_epoch)
-        sampler.set_epoch(epoch, start_batch)
-        for batch in loader:
-            batch = to_device(batch, device)
-            with amp:
-                loss, logs = model(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update(policy)
-            step += 1
-            samples_seen += int(batch["position"].shape[0])
-            epoch_loss[0] += logs["loss"]
-            epoch_loss[1] += 1
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{logs['loss']:.4f}")
-            if writer is not None and step % cfg.log_every == 0:
-                for k, v in logs.items():
-                    writer.add_scalar(f"train/{k}", v, step)
-                writer.add_scalar("train/lr_head", scheduler.get_last_lr()[-1], step)
-                if grad_norm is not None:
-                    writer.add_scalar("train/grad_norm", float(grad_norm), step)
-                writer.add_scalar("train/samples_per_s", samples_seen * ddp.world_size / (time.perf_counter() - t0), step)
-            if step % steps_per_epoch == 0 or step == total:
-                if ddp.main:
-                    end_of_epoch(step // steps_per_epoch)
-                ddp.barrier()
-            if step >= stop:
-                break
-    if bar is not None:
-        bar.close()
-    if step == stop and step % steps_per_epoch and step != total and ddp.main:
-        checkpoint("last", {"step": float(step)}, with_state=True)  # interrupted mid-epoch: resumable
-    if ddp.main and step == total and cfg.ood_quantile is not None:
-        fit_ood(out_dir, train_eps, val_eps, cfg.ood_quantile)
-    ddp.barrier()
-    if writer is not None:
-        writer.close()
-    last = out_dir / "last" if ddp.main else None
-    best = out_dir / "best" if ddp.main and (out_dir / "best").is_dir() else None
-    return TrainResult(out_dir, step, last, best, history, samples_seen)
+    def fit(self, stop_at_step: int | None = None) -> TrainResult:
+        """Train up to the run's total steps, or ``stop_at_step`` (saving a resumable ``last``, as an interruption would);
+        at the end of the run the OOD monitor is fitted when ``ood_quantile`` is set."""
+        cfg, ddp, spe = self.cfg, self.ddp, self.steps_per_epoch
+        stop = min(self.total, stop_at_step) if stop_at_step is not None else self.total
+        bar = None
+        if cfg.progress and ddp.main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=stop, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        self.policy.train()
+        t0 = time.perf_counter()
+        while self.step < stop:
+            epoch, start_batch = divmod(self.step, spe)
+            self.sampler.set_epoch(epoch, start_batch)
+            for batch in self.loader:
+                logs, grad_norm = self.train_step(batch)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{logs['loss']:.4f}")
+                self._log_step(logs, grad_norm, t0)
+                if self.step % spe == 0 or self.step == self.total:
+                    if ddp.main:
+                        self.end_epoch(self.step // spe)
+                    ddp.barrier()
+                if self.step >= stop:
+                    break
+        if bar is not None:
+            bar.close()
+        if self.step == stop and self.step % spe and self.step != self.total and ddp.main:
+            self.save("last", {"step": float(self.step)}, with_state=True)  # interrupted mid-epoch: resumable
+        if ddp.main and self.step == self.total and cfg.ood_quantile is not None:
+            fit_ood(self.out_dir, self.train_eps, self.val_eps, cfg.ood_quantile)
+        ddp.barrier()
+        if self.writer is not None:
+            self.writer.close()
+        last = self.out_dir / "last" if ddp.main else None
+        best = self.out_dir / "best" if ddp.main and (self.out_dir / "best").is_dir() else None
+        return TrainResult(self.out_dir, self.step, last, best, self.history, self.samples_seen)
+
+
+def train(cfg: TrainConfig, stop_at_step: int | None = None) -> TrainResult:
+    """Train ``cfg``; ``stop_at_step`` ends the run early (saving ``last``), as an interruption would."""
+    return Trainer(cfg).fit(stop_at_step)
 
 
 def fit_ood(out_dir: Path, train_eps: list[Episode], val_eps: list[Episode], quantile: float) -> None:
@@ -496,33 +599,3 @@ def fit_ood(out_dir: Path, train_eps: list[Episode], val_eps: list[Episode], qua
         if (out_dir / name).is_dir():
             monitor, _ = fit_checkpoint(out_dir / name, train_eps, val_eps, quantile)
             log.info("OOD monitor of %s: thresholds %s", name, {c: round(t, 2) for c, t in monitor.thresholds.items()})
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------------
-
-
-def cmd_train(args: Any) -> int:
-    """``vit-policy train --config <yaml> [key=value ...]`` (also under torchrun)."""
-    from vit_policy.config import load_train_config
-    from vit_policy.data.inspect import check_bags
-
-    from vit_policy.data.lerobot import check_dataset, is_dataset
-
-    cfg = load_train_config(args.config, args.overrides)
-    paths = expand_bags(cfg.bags) + expand_bags(cfg.val_bags, "val_bags")
-    check_bags([p for p in paths if not is_dataset(p)], cfg.data)  # a bad bag fails now, with its fix
-    for p in filter(is_dataset, paths):
-        check_dataset(p, cfg.data)  # a LeRobot dataset without an EE pose or a mapped camera fails now
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    result = train(cfg)
-    if result.last is not None:
-        final = result.history[-1] if result.history else {}
-        print(f"trained {result.step} steps; last checkpoint {result.last}, best {result.best}")
-        if "val/loss" in final:
-            print(f"validation loss {final['val/loss']:.4f} (mean-action predictor {final.get('val/baseline_loss', float('nan')):.4f})")
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return 0

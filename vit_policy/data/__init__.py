@@ -1,6 +1,6 @@
 """Demonstration data: rosbag2 -> episodes (``bags``) -> episode cache (``cache``) -> torch Dataset (``dataset``).
 
-``synthetic`` writes rosbag2 demonstrations with exact ground truth for tests and benchmarks.
+The synthetic demonstrations of the tests and benchmarks (exact ground truth) are written by tests/synthetic.py.
 """
 
 from vit_policy.data.bags import BagError, Episode, bag_topics, extract_episodes, iter_bag_messages

@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from vit_policy import messages as M
-from vit_policy.config import DataConfig
-from vit_policy.geometry import pose_delta, rotvec_to_rot6d
+from vit_policy.data.configuration import DataConfig
+from vit_policy.geometry import interpolate_poses, pose_delta, rotvec_to_rot6d
 from vit_policy.images import resize_uint8
 from vit_policy.inputs import (
     COMPRESSED_TYPE, FLOAT64_TYPE, IMAGE_TYPE, JOINT_STATE_TYPE, POSE_TYPE, TF_TYPE, Frame, InputRouter, InputSpec, Resolved,
@@ -174,28 +173,14 @@ def check_topics(path: str | Path, data: DataConfig, have: dict[str, str]) -> di
 # --------------------------------------------------------------------------------------------------
 
 
-class _PoseTrack:
-    """A time series of poses (stamps ns, positions, quaternions): linear + slerp interpolation."""
-
-    def __init__(self, stamps: list[int], pos: list[np.ndarray], quat: list[np.ndarray]) -> None:
-        order = np.argsort(np.asarray(stamps, np.int64), kind="stable")
-        t = np.asarray(stamps, np.int64)[order]
-        keep = np.r_[True, np.diff(t) > 0]  # one pose per stamp
-        self.t = t[keep]
-        self.p = np.asarray(pos, np.float64).reshape(-1, 3)[order][keep]
-        self.q = np.asarray(quat, np.float64).reshape(-1, 4)[order][keep]
-
-    def at(self, t_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Poses at times inside [t[0], t[-1]] (callers clip); exact at sample stamps."""
-        t = np.clip(np.asarray(t_ns, np.int64), self.t[0], self.t[-1])
-        i = np.clip(np.searchsorted(self.t, t, side="right") - 1, 0, len(self.t) - 1)
-        j = np.minimum(i + 1, len(self.t) - 1)
-        span = (self.t[j] - self.t[i]).astype(np.float64)
-        a = np.where(span > 0, (t - self.t[i]) / np.where(span > 0, span, 1.0), 0.0)
-        pos = self.p[i] + a[:, None] * (self.p[j] - self.p[i])
-        r_i = Rotation.from_quat(self.q[i])
-        step = (Rotation.from_quat(self.q[j]) * r_i.inv()).as_rotvec()  # slerp: a fraction of the rotation i -> j
-        return pos, (Rotation.from_rotvec(step * a[:, None]) * r_i).as_quat()
+def _pose_track(stamps: list[int], pos: list[np.ndarray], quat: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Poses as received (commands: no synchroniser admitted them) -> a track for
+    ``geometry.interpolate_poses``: stamps sorted (stable), one pose per stamp, [x y z qx qy qz qw] rows."""
+    order = np.argsort(np.asarray(stamps, np.int64), kind="stable")
+    t = np.asarray(stamps, np.int64)[order]
+    keep = np.r_[True, np.diff(t) > 0]
+    v = np.concatenate([np.asarray(pos, np.float64).reshape(-1, 3), np.asarray(quat, np.float64).reshape(-1, 4)], axis=1)
+    return t[keep], v[order][keep]
 
 
 def _hold_index(stamps: np.ndarray, t_ns: np.ndarray) -> np.ndarray:
@@ -332,10 +317,9 @@ def extract_episodes(
     _log_losses(path, sync, len(p.ref_frames), len(samples))
     p.check(len(samples))
 
-    pt, pv = sync.poses.arrays()
-    track = _PoseTrack(list(pt), list(pv[:, :3]), list(pv[:, 3:]))
+    track = sync.poses.arrays()  # admitted by the synchroniser: increasing stamps, one pose each
     grip_t, grip_v = sync.grippers.arrays()
-    cmd = _PoseTrack(*cmds) if cmds[0] else None
+    cmd = _pose_track(*cmds) if cmds[0] else None
     cmd_g = (np.asarray(cmd_grips[0], np.int64), np.asarray(cmd_grips[1])) if cmd_grips[0] else None
 
     stamps = np.array([o.stamp_ns for o, _ in samples], np.int64)
@@ -367,7 +351,8 @@ def _stream_end(stamps: np.ndarray, after: int, gap_ns: int) -> int:
 
 
 def _episode(
-    path: Path, samples: list, track: _PoseTrack, grip_t: np.ndarray, grip_v: np.ndarray, cmd: _PoseTrack | None,
+    path: Path, samples: list, track: tuple[np.ndarray, np.ndarray], grip_t: np.ndarray, grip_v: np.ndarray,
+    cmd: tuple[np.ndarray, np.ndarray] | None,
     cmd_g: tuple[np.ndarray, np.ndarray] | None, data: DataConfig, k: int, stack: bool = True,
 ) -> Episode | None:
     stamps = np.array([o.stamp_ns for o, _ in samples], np.int64)
@@ -377,13 +362,13 @@ def _episode(
     gap = int(data.gap_split_s * 1e9)
     steps = stamps[:, None] + data.dt_ns * np.arange(1, k + 1, dtype=np.int64)[None]  # (T, K)
     if data.labels == "future_pose":
-        end = _stream_end(track.t, int(stamps[-1]), gap)
-        tp, tq = track.at(steps.ravel())
+        end = _stream_end(track[0], int(stamps[-1]), gap)
+        target = interpolate_poses(*track, steps.ravel())
     else:
         assert cmd is not None
-        end = _stream_end(cmd.t, int(stamps[-1]), gap)
-        held = _hold_index(cmd.t, steps.ravel())
-        tp, tq = cmd.p[held], cmd.q[held]
+        end = _stream_end(cmd[0], int(stamps[-1]), gap)
+        target = cmd[1][_hold_index(cmd[0], steps.ravel())]
+    tp, tq = target[:, :3], target[:, 3:]
     mask = steps <= end
     if cmd_g is not None:
         tg = cmd_g[1][_hold_index(cmd_g[0], steps.ravel())]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vit_policy.config import DataConfig
+from vit_policy.data.configuration import DataConfig
 from vit_policy.data.bags import Episode, extract_episodes
 
 log = logging.getLogger(__name__)

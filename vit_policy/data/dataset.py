@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from vit_policy.config import AugmentConfig, PolicyConfig
+from vit_policy.data.configuration import AugmentConfig
+from vit_policy.model.configuration import PolicyConfig
 from vit_policy.data.bags import Episode
 from vit_policy.geometry import NormStats
 

@@ -22,7 +22,6 @@ few frames fewer than are paired here.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from collections import Counter
@@ -32,7 +31,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from vit_policy import messages as M
-from vit_policy.config import DataConfig, apply_overrides, from_dict, read_yaml
+from vit_policy.config import apply_overrides, from_dict, read_yaml
+from vit_policy.data.configuration import DataConfig
 from vit_policy.data.bags import (
     FLOAT64_TYPE,
     IMAGE_TYPES,
@@ -525,11 +525,3 @@ def format_report(report: dict[str, Any]) -> str:
 def format_reports(doc: dict[str, Any]) -> str:
     n_ok = sum(b["ok"] for b in doc["bags"])
     return "\n\n".join([*map(format_report, doc["bags"]), f"{n_ok} of {len(doc['bags'])} bag(s) would extract"])
-
-
-def cli_inspect(args: Any) -> int:
-    """``vit-policy inspect BAG... [--json] [--data-config YAML] [--set key=value]``: 0 if every bag would extract, else 2."""
-    data = load_data_config(args.data_config, args.set)
-    doc = inspect_bags(args.bags, data)
-    print(json.dumps(doc, indent=2) if args.json else format_reports(doc))
-    return 0 if doc["ok"] else 2

@@ -44,7 +44,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vit_policy.config import ConfigError, DataConfig
+from vit_policy.config import ConfigError
+from vit_policy.data.configuration import DataConfig
 from vit_policy.data.bags import Episode, extract_episodes
 from vit_policy.geometry import apply_delta, pose_delta, rot6d_to_rotvec, rotvec_to_rot6d
 
@@ -746,23 +747,16 @@ def _decode_video(root: Path, info: dict[str, Any], key: str, ep: dict[str, Any]
 
 
 # --------------------------------------------------------------------------------------------------
-# CLI
+# Human output
 # --------------------------------------------------------------------------------------------------
 
 
-def cli_export(args: Any) -> int:
-    """``vit-policy export-dataset --bags ... --data-config YAML --out DIR [--fps N] [--video]``."""
-    from vit_policy.data.inspect import load_data_config
-    from vit_policy.train import expand_bags
-
-    data = load_data_config(args.data_config, args.set)
-    res = export_dataset(expand_bags(args.bags), data, args.out, args.fps, args.video, args.task, args.robot_type, args.vcodec,
-                         args.crf, progress=not args.no_progress)
+def format_export(res: ExportResult) -> str:
+    """One line: what an export wrote, what it left out and where its time went."""
     mb = res.bag_bytes / 2**20
     s = res.seconds
-    print(f"wrote {res.out}: {res.episodes} episode(s), {res.frames} frames at {res.fps} fps "
-          f"({res.thinned} thinned to 1/fps; {res.holes} ticks without a frame and {res.undecodable} undecodable frames, each ending "
-          f"an episode) from {mb:.1f} MB of bags in {s['total']:.1f} s "
-          f"({mb / max(s['total'], 1e-9):.1f} MB/s, {res.frames / max(s['total'], 1e-9):.0f} frames/s; "
-          f"video encoding {s['video']:.1f} s, PNG {s['png']:.1f} s)")
-    return 0
+    return (f"wrote {res.out}: {res.episodes} episode(s), {res.frames} frames at {res.fps} fps "
+            f"({res.thinned} thinned to 1/fps; {res.holes} ticks without a frame and {res.undecodable} undecodable frames, each ending "
+            f"an episode) from {mb:.1f} MB of bags in {s['total']:.1f} s "
+            f"({mb / max(s['total'], 1e-9):.1f} MB/s, {res.frames / max(s['total'], 1e-9):.0f} frames/s; "
+            f"video encoding {s['video']:.1f} s, PNG {s['png']:.1f} s)")

@@ -23,8 +23,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from vit_policy.config import ConfigError, PolicyConfig, from_dict, read_yaml, save_config
+from vit_policy.config import ConfigError, from_dict, read_yaml, save_config
 from vit_policy.geometry import NormStats
+from vit_policy.model.configuration import PolicyConfig, load_policy_config
 from vit_policy.model.encoders import (
     POINT_HEAD, WeightsError, load_encoder_weights, load_instruction_weights, load_matching, read_state_dict, weights_error,
 )
@@ -44,8 +45,6 @@ CONFIG_FILE, WEIGHTS_FILE, STATS_FILE, METADATA_FILE = "config.yaml", "model.saf
 def build_policy(cfg: PolicyConfig | dict[str, Any] | str | Path) -> VisuomotorPolicy:
     """A policy from a PolicyConfig, a mapping or a YAML path (validated), with the pretrained parts its config names."""
     if isinstance(cfg, (str, Path)):
-        from vit_policy.config import load_policy_config
-
         cfg = load_policy_config(cfg)
     elif isinstance(cfg, dict):
         cfg = from_dict(PolicyConfig, cfg)
@@ -67,8 +66,8 @@ def load_pretrained_parts(policy: VisuomotorPolicy) -> None:
             load_encoder_weights(encoder, path)  # type: ignore[arg-type]
         if policy.point_head is not None:
             load_point_head(policy, path)
-        if cfg.points and cfg.points_frame == "ee":
-            _, policy.point_mean, policy.point_std = read_point_stats(path, "points_frame: ee", "or set points_frame: base")
+        if cfg.points is not None and cfg.points.frame == "ee":
+            _, policy.point_mean, policy.point_std = read_point_stats(path, "points.frame: ee", "or set points.frame: base")
     if policy.language is not None and cfg.language.weights:
         load_instruction_weights(policy.language, cfg.language.weights)
 
@@ -76,10 +75,11 @@ def load_pretrained_parts(policy: VisuomotorPolicy) -> None:
 def load_point_head(policy: VisuomotorPolicy, path: str | Path) -> None:
     """The pretrained point head of a pretraining file into ``policy.point_head``; its cameras must be the policy's, in order."""
     cfg = policy.cfg
+    assert cfg.points is not None
     state = {k.removeprefix(POINT_HEAD): v for k, v in read_state_dict(path).items() if k.startswith(POINT_HEAD)}
     if not state:
-        raise WeightsError(f"points: {cfg.points}, but {str(path)!r} has no point head ({POINT_HEAD}* keys); "
-                           "pretrain one with vit_policy.pretrain (vit-policy sim-pretrain) or set points: 0")
+        raise WeightsError(f"points.count: {cfg.points.count}, but {str(path)!r} has no point head ({POINT_HEAD}* keys); "
+                           "pretrain one with vit_policy.pretrain (vit-policy sim-pretrain) or set points: null")
     meta = safetensors_metadata(path)
     if "cameras" in meta and json.loads(meta["cameras"]) != list(cfg.cameras):
         raise ConfigError(f"cameras: {cfg.cameras}, but the point head of {str(path)!r} was pretrained on "

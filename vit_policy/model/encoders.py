@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vit_policy.config import ConfigError, EncoderConfig, LanguageConfig
+from vit_policy.config import ConfigError
+from vit_policy.model.configuration import EncoderConfig, LanguageConfig
 
 log = logging.getLogger(__name__)
 

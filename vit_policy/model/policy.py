@@ -31,7 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vit_policy.config import ActionFrame, ConfigError, PolicyConfig
+from vit_policy.config import ConfigError
+from vit_policy.model.configuration import ActionFrame, PolicyConfig
 from vit_policy.geometry import NormStats, matrix_from_rot6d_t, matrix_to_rot6d_t, quat_to_matrix_t, rot6d_to_rotvec
 from vit_policy.images import to_model_input
 from vit_policy.model.encoders import ImageEncoder, InstructionEncoder, PointHead
@@ -40,7 +41,7 @@ from vit_policy.observation import ActionChunk, Observation, ObservationError
 from vit_policy.ood import OODMonitor, capture
 
 ACTION_DIM = 10  # dp (3) + rot6d (6) + gripper (1)
-EE_POINT_SCALE_M = 0.1  # points_frame: ee offsets in units of 10 cm, about the spread of a tabletop task
+EE_POINT_SCALE_M = 0.1  # points.frame: ee offsets in units of 10 cm, about the spread of a tabletop task
 
 Batch = dict[str, Any]
 
@@ -173,14 +174,15 @@ class VisuomotorPolicy(nn.Module):
             self.camera_embed = nn.Parameter(torch.randn(len(cams), 1, d) * 0.02)
             self.token_embed = nn.Parameter(torch.randn(1, enc.num_tokens, d) * 0.02)  # slot within a camera
         self.pose_tokens = PoseTokenizer(cfg.pose, d)
-        self.point_head = PointHead(len(cams) * enc.num_patches, enc.embed_dim, cfg.points) if cfg.points else None
+        points = cfg.points
+        self.point_head = PointHead(len(cams) * enc.num_patches, enc.embed_dim, points.count) if points else None
         if self.point_head is not None and cfg.encoder.freeze == "all":
             self.point_head.requires_grad_(False)  # pretrained perception stays as it was, with the backbone
-        if cfg.points and cfg.points_frame == "ee":  # metres = normalised * std + mean: from the pretraining file, saved with the weights
-            self.register_buffer("point_mean", torch.zeros(cfg.points, 3))
-            self.register_buffer("point_std", torch.ones(cfg.points, 3))
-        self.point_proj = nn.Linear(3, d) if cfg.points else None
-        self.point_embed = nn.Parameter(torch.randn(1, cfg.points, d) * 0.02) if cfg.points else None
+        if points and points.frame == "ee":  # metres = normalised * std + mean: from the pretraining file, saved with the weights
+            self.register_buffer("point_mean", torch.zeros(points.count, 3))
+            self.register_buffer("point_std", torch.ones(points.count, 3))
+        self.point_proj = nn.Linear(3, d) if points else None
+        self.point_embed = nn.Parameter(torch.randn(1, points.count, d) * 0.02) if points else None
         self.language = InstructionEncoder(cfg.language) if cfg.language.enabled else None
         self.lang_proj = nn.Linear(self.language.embed_dim, d) if self.language is not None else None
         self.blocks = nn.ModuleList(EncoderBlock(d, cfg.n_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.n_encoder_layers))
@@ -225,7 +227,6 @@ class VisuomotorPolicy(nn.Module):
 
     def set_stats(self, stats: dict[str, NormStats]) -> None:
         """Install normalisation statistics ('state' (D,), 'action' (K, 9)); required before use."""
-        mode = self.cfg.pose.normalization
         want = {"state": (self.pose_tokens.state_dim,), "action": (self.cfg.chunk_size, ACTION_DIM - 1)}
         for key, shape in want.items():
             if key not in stats:
@@ -234,7 +235,8 @@ class VisuomotorPolicy(nn.Module):
                 raise ValueError(f"normalisation statistics {key!r}: shape {stats[key].mean.shape}, the model needs {shape}")
         self.stats = dict(stats)
         for key in want:
-            center, scale = stats[key].center_scale(mode)
+            mode = self.cfg.pose.normalization if key == "state" else self.cfg.action_normalization
+            center, scale = stats[key].center_scale(str(mode))
             setattr(self, f"{key}_center", torch.as_tensor(center, device=self.device))
             setattr(self, f"{key}_scale", torch.as_tensor(scale, device=self.device))
 
@@ -303,7 +305,7 @@ class VisuomotorPolicy(nn.Module):
     def encode_points(self, images: dict[str, torch.Tensor]) -> torch.Tensor:
         """The point head's (B, T, 3) normalised points for raw uint8 frames {camera: (B, H, W, 3)}."""
         if self.point_head is None:
-            raise ConfigError("encode_points: this policy has no point head (points: 0)")
+            raise ConfigError("encode_points: this policy has no point head (points: null)")
         return self.point_head(torch.cat([f for f, _ in self._encode_images(images, False)], dim=1))
 
     def forward_features(self, batch: Batch, return_attention: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -327,7 +329,7 @@ class VisuomotorPolicy(nn.Module):
                 offset += feats.shape[1]
         if self.point_head is not None:  # the pretrained points (goal, object, EE) as tokens of their own
             points = self.point_head(torch.cat(patches, dim=1))
-            if self.cfg.points_frame == "ee":  # offsets from the observed (not the augmented) EE position
+            if self.cfg.points is not None and self.cfg.points.frame == "ee":  # offsets from the observed (not the augmented) EE position
                 ee = batch["position"].to(points.device, torch.float32)[:, None]
                 points = (points * self.point_std + self.point_mean - ee) / EE_POINT_SCALE_M
             tokens.append(self.point_proj(points) + self.point_embed)
@@ -376,12 +378,17 @@ class VisuomotorPolicy(nn.Module):
         return batch["position"].to(self.device, torch.float32), batch["quaternion"].to(self.device, torch.float32)
 
     def compute_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training loss (:meth:`action_loss`) of this policy's prediction for ``batch``."""
+        return self.action_loss(self.forward(batch)["action"], batch)
+
+    def action_loss(self, pred: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """L1 on normalised translation and rotation, BCE on the gripper; padded steps are masked out.
 
-        ``batch['action']`` is raw (B, K, 10) [dp, rot6d of the delta rotation, gripper in [0, 1]] and
-        ``batch['action_mask']`` (B, K) marks real (not padded) steps.
+        ``pred`` is a head output (B, K, 10) in normalised units (gripper as a logit), from this policy or
+        any other predictor (the trainer scores the mean-action predictor with it). ``batch['action']`` is
+        raw (B, K, 10) [dp, rot6d of the delta rotation, gripper in [0, 1]] and ``batch['action_mask']``
+        (B, K) marks real (not padded) steps.
         """
-        pred = self.forward(batch)["action"]
         target = batch["action"].to(self.device, torch.float32)
         mask = batch.get("action_mask")
         mask = torch.ones(target.shape[:2], device=self.device) if mask is None else mask.to(self.device, torch.float32)

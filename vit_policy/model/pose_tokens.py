@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from vit_policy.config import PoseConfig
+from vit_policy.model.configuration import PoseConfig
 from vit_policy.geometry import ROTATION_DIMS, quat_relative_t, rotation_features_t
 
 

@@ -1,4 +1,4 @@
-"""Synthetic demonstration bags with exact ground truth, for tests of extraction, training and replay.
+"""Synthetic demonstration bags with exact ground truth, for tests (and benchmarks) of extraction, training and replay.
 
 A red target lies on a table at (Tx, Ty). The scripted expert moves the end effector towards it:
 the horizontal offset decays exponentially, p_xy(t) = T + (p0_xy - T) exp(-a t), the height and
@@ -13,6 +13,9 @@ marker in blue).
 Messages are built with ``vit_policy.messages`` (the code that the node and bag reading use) and
 written as real rosbag2 files with ``rosbags`` (sqlite3 or mcap). ``SyntheticBag`` holds the analytic
 trajectory, every stamp and every frame, so tests can check extraction exactly.
+
+A test helper, not part of the package: tests import it as ``synthetic`` (pytest puts tests/ on
+sys.path); benchmarks and sim_tests add tests/ to sys.path first.
 """
 
 from __future__ import annotations
