@@ -125,11 +125,11 @@ def print_point_error(cfg: SimConfig, encoder_file: Path, episodes: int, noise_m
 
     from sim_tests.experts import expert_command, make_expert, with_execution_noise
     from sim_tests.record import policy_config_for
-    from vit_policy.model.policy import VisuomotorPolicy, read_point_stats
+    from vit_policy.model.checkpoint import build_policy, read_point_stats
 
     names, mean_t, std_t = read_point_stats(encoder_file, "--point-error")
     mean, std = mean_t.numpy(), std_t.numpy()
-    policy = VisuomotorPolicy(policy_config_for(cfg, overrides=[f"encoder.weights={encoder_file}", f"points.count={len(names)}"])).eval()
+    policy = build_policy(policy_config_for(cfg, overrides=[f"encoder.weights={encoder_file}", f"points.count={len(names)}"])).eval()
     sim, rng, errors = FetchSim(cfg), np.random.default_rng(0), {}
     for i in range(episodes):
         frame, expert = sim.reset(seed=EVAL_SEED + i), make_expert(cfg.task)

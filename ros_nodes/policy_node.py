@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import sys
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import TYPE_CHECKING, Any, get_type_hints
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from vit_policy.observation import ActionChunk
 from vit_policy.inputs import InputSpec
 from vit_policy.runtime import PolicyRunner
 from vit_policy.safety import Command
+
+if TYPE_CHECKING:
+    from vit_policy.model.policy import Policy
 
 NODE_NAME = "policy_node"
 LATENCY_MEASURED = -1.0  # ROS parameters have no null: a negative inference_latency_s means "measured"
@@ -176,12 +179,13 @@ def read_parameter_file(path: str | Path, node_name: str = NODE_NAME) -> dict[st
 # --------------------------------------------------------------------------------------------------
 
 
-def load_policy(cfg: NodeConfig, log: logging.Logger) -> tuple[Any, bool]:
+def load_policy(cfg: NodeConfig, log: logging.Logger) -> tuple[Policy, bool]:
     """The checkpoint's policy, or (allow_untrained) a randomly initialised one. Returns (policy, untrained)."""
     import torch
 
+    from vit_policy.model.checkpoint import build_policy
     from vit_policy.model.configuration import load_policy_config
-    from vit_policy.model.policy import VisuomotorPolicy, identity_stats
+    from vit_policy.model.policy import identity_stats
 
     torch.set_num_threads(cfg.threads)
     if cfg.checkpoint:
@@ -193,7 +197,7 @@ def load_policy(cfg: NodeConfig, log: logging.Logger) -> tuple[Any, bool]:
     if cfg.runtime.backend != "torch":
         raise ConfigError(f"runtime.backend: {cfg.runtime.backend} runs an exported checkpoint; allow_untrained builds a torch "
                           "model: set runtime.backend: torch, or give checkpoint: <exported dir>")
-    policy = VisuomotorPolicy.from_config(load_policy_config(cfg.policy_config)).to(cfg.device).eval()
+    policy = build_policy(load_policy_config(cfg.policy_config)).to(cfg.device).eval()
     policy.set_stats(identity_stats(policy.cfg))
     log.warning("UNTRAINED policy from %s (random weights, identity statistics): for plumbing checks only", cfg.policy_config)
     return policy, True
@@ -202,7 +206,7 @@ def load_policy(cfg: NodeConfig, log: logging.Logger) -> tuple[Any, bool]:
 class PolicyNode:
     """Subscriptions, control and diagnostics timers, publishers and enable / reset over a Transport."""
 
-    def __init__(self, transport: Transport, cfg: NodeConfig, policy: Any = None, untrained: bool = False) -> None:
+    def __init__(self, transport: Transport, cfg: NodeConfig, policy: Policy | None = None, untrained: bool = False) -> None:
         self.t, self.cfg, self.f, self.log = transport, cfg, transport.factory, transport.log
         if policy is None:
             policy, untrained = load_policy(cfg, self.log)

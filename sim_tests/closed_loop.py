@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from sim_tests.configuration import SimConfig
 from sim_tests.experts import expert_command, make_expert
 from sim_tests.fetch_env import ArmCommand, FetchSim, SimFrame
 from vit_policy.config import ConfigError
+
+if TYPE_CHECKING:
+    from vit_policy.model.policy import Policy
 
 
 class Controller(Protocol):
@@ -127,7 +130,7 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
 class RunnerController:
     """A policy behind ``PolicyRunner``, fed like the ROS node feeds it: frames, pose, then a tick."""
 
-    def __init__(self, policy: Any, cfg: SimConfig) -> None:
+    def __init__(self, policy: Policy, cfg: SimConfig) -> None:
         from vit_policy.runtime import PolicyRunner
 
         missing = [c for c in policy.cfg.cameras if c not in cfg.cameras]
@@ -289,9 +292,9 @@ def run_episodes(
     return report
 
 
-def evaluate_policy(policy: Any, cfg: SimConfig, episodes: int, seed: int = 0, out_dir: str | Path | None = None,
+def evaluate_policy(policy: Policy, cfg: SimConfig, episodes: int, seed: int = 0, out_dir: str | Path | None = None,
                     gifs: int = 0, progress: bool = False) -> EvalReport:
-    """Closed-loop success of a ``VisuomotorPolicy`` through ``PolicyRunner``."""
+    """Closed-loop success of a policy (torch or ONNX Runtime) through ``PolicyRunner``."""
     return run_episodes(cfg, lambda sim: RunnerController(policy, cfg), episodes, seed, out_dir, gifs, "policy", progress)
 
 

@@ -58,7 +58,7 @@ def test_pretrained_encoder_places_new_goals_and_the_policy_starts_from_it(tmp_p
     from safetensors.torch import load_file
 
     from sim_tests.record import policy_config_for
-    from vit_policy.model.policy import VisuomotorPolicy
+    from vit_policy.model.checkpoint import build_policy
 
     cfg = reach_sim_config()
     torch.manual_seed(0)
@@ -68,7 +68,7 @@ def test_pretrained_encoder_places_new_goals_and_the_policy_starts_from_it(tmp_p
     spread = float(np.median(np.linalg.norm(points[:, 0] - points[:, 0].mean(0), axis=-1)))  # ~13 cm: ignore the pixels
     assert res.val_error_m["goal"] < 0.5 * spread, (res.val_error_m, spread)
     assert res.val_error_m["ee"] < 0.5 * spread, (res.val_error_m, spread)
-    policy = VisuomotorPolicy(policy_config_for(cfg, overrides=[f"encoder.weights={res.path}"]))
+    policy = build_policy(policy_config_for(cfg, overrides=[f"encoder.weights={res.path}"]))
     saved = load_file(str(res.path))
     own = policy.encoder_for("side").backbone.state_dict()
     assert all(torch.equal(saved[k], own[k]) for k in own)

@@ -316,14 +316,14 @@ def test_pose_noise_is_seeded_training_only_and_leaves_the_labels(episodes: list
     ds = EpisodeDataset(episodes, ["front"], augment=AugmentConfig(pose_noise_m=0.02), seed=1)
     plain = EpisodeDataset(episodes, ["front"])
     a, b, c = ds[(0, 5)], ds[(0, 5)], ds[(1, 5)]
-    assert torch.equal(a["position_noise"], b["position_noise"]) and not torch.equal(a["position_noise"], c["position_noise"])
-    noise = torch.stack([ds[(e, i)]["position_noise"] for e in range(4) for i in range(len(ds))])
+    assert torch.equal(a["state_position"], b["state_position"]) and not torch.equal(a["state_position"], c["state_position"])
+    noise = torch.stack([s["state_position"] - s["position"] for s in (ds[(e, i)] for e in range(4) for i in range(len(ds)))])
     assert 0.015 < float(noise.std()) < 0.025 and abs(float(noise.mean())) < 0.003
     # the true pose, the labels and the frames are untouched: only what the model reads moves
     for key in ("position", "action"):
         assert torch.equal(a[key], plain[(0, 5)][key])
     assert torch.equal(a["images"]["front"], plain[(0, 5)]["images"]["front"])
-    assert "position_noise" not in plain[(0, 5)]
+    assert "state_position" not in plain[(0, 5)]
     with pytest.raises(ConfigError, match="augment.pose_noise_m"):
         AugmentConfig(pose_noise_m=-0.01)
 

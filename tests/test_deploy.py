@@ -114,6 +114,8 @@ def test_onnxruntime_predict_matches_torch_for_any_batch_and_every_input(exporte
     ort_policy = OnnxPolicy(exported["out"])
     torch_policy = VisuomotorPolicy.from_pretrained(exported["ckpt"])
     assert ort_policy.image_size == torch_policy.image_size == (IMG, IMG)
+    for policy in (ort_policy, torch_policy):  # both are a vit_policy.model.policy.Policy
+        assert policy.cfg.cameras == ["front"] and policy.ood is None and callable(policy.eval) and callable(policy.predict)
     ep = extract_episodes(bag.path, data_config(), K, (IMG, IMG))[0]
     obs = [Observation(int(ep.stamps_ns[i]), {"front": ep.images["front"][i]}, ep.position[i], ep.quaternion[i], float(ep.gripper[i]))
            for i in (0, 5, 10)]

@@ -6,7 +6,7 @@ from safetensors.torch import save_file
 
 from vit_policy.config import ConfigError
 from vit_policy.model.configuration import EncoderConfig, LanguageConfig
-from vit_policy.model.encoders import ImageEncoder, InstructionEncoder, WeightsError
+from vit_policy.model.encoders import ImageEncoder, InstructionEncoder, WeightsError, build_image_encoder
 
 
 
@@ -76,7 +76,7 @@ def test_timm_weights_from_local_file_reproduce_outputs(tmp_path, suffix):
     state = {k: v.contiguous() for k, v in src.backbone.state_dict().items()}
     save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
     torch.manual_seed(1)  # a different random init: equal outputs can only come from the file
-    dst = ImageEncoder(EncoderConfig(name="vit_tiny_patch16_224", img_size=64, token_mode="cls", weights=str(path))).eval()
+    dst = build_image_encoder(EncoderConfig(name="vit_tiny_patch16_224", img_size=64, token_mode="cls", weights=str(path))).eval()
     x = torch.randn(2, 3, 64, 64)
     torch.testing.assert_close(dst(x)[0], src(x)[0], rtol=0, atol=0)
 
@@ -85,7 +85,7 @@ def test_timm_weights_interpolate_position_embeddings(tmp_path):
     src = ImageEncoder(EncoderConfig(name="vit_tiny_patch16_224", img_size=64))
     path = tmp_path / "vit.safetensors"
     save_file({k: v.contiguous() for k, v in src.backbone.state_dict().items()}, str(path))
-    dst = ImageEncoder(EncoderConfig(name="vit_tiny_patch16_224", img_size=96, token_mode="patches", weights=str(path)))
+    dst = build_image_encoder(EncoderConfig(name="vit_tiny_patch16_224", img_size=96, token_mode="patches", weights=str(path)))
     assert dst.backbone.pos_embed.shape == (1, 1 + 36, 192)
     assert dst(torch.randn(1, 3, 96, 96))[0].shape == (1, 36, 192)
 
@@ -94,7 +94,7 @@ def test_patch_size_gives_a_finer_grid_and_resamples_local_weights(tmp_path):
     src = ImageEncoder(EncoderConfig(name="vit_tiny_patch16_224", img_size=64))
     path = tmp_path / "vit.safetensors"
     save_file({k: v.contiguous() for k, v in src.backbone.state_dict().items()}, str(path))
-    dst = ImageEncoder(EncoderConfig(name="vit_tiny_patch16_224", img_size=64, patch_size=8, token_mode="patches", weights=str(path)))
+    dst = build_image_encoder(EncoderConfig(name="vit_tiny_patch16_224", img_size=64, patch_size=8, token_mode="patches", weights=str(path)))
     assert dst.grid == (8, 8) and dst.backbone.patch_embed.proj.weight.shape == (192, 3, 8, 8)
     assert dst(torch.randn(1, 3, 64, 64))[0].shape == (1, 64, 192)
     torch.testing.assert_close(dst.backbone.blocks[3].attn.qkv.weight, src.backbone.blocks[3].attn.qkv.weight)  # the rest: as saved
@@ -112,7 +112,7 @@ def test_open_clip_checkpoint_reproduces_outputs(tmp_path):
     path = tmp_path / "open_clip_model.bin"
     torch.save(clip.state_dict(), path)  # a whole open_clip checkpoint (visual.* + text tower)
     torch.manual_seed(1)
-    enc = ImageEncoder(EncoderConfig(family="open_clip", name="ViT-B-32", img_size=64, token_mode="cls", weights=str(path))).eval()
+    enc = build_image_encoder(EncoderConfig(family="open_clip", name="ViT-B-32", img_size=64, token_mode="cls", weights=str(path))).eval()
     clip.visual.output_tokens = True
     x = torch.randn(1, 3, 64, 64)
     v = clip.visual.eval()
@@ -122,20 +122,20 @@ def test_open_clip_checkpoint_reproduces_outputs(tmp_path):
 
 def test_weights_errors_name_the_file_and_keys(tmp_path):
     with pytest.raises(WeightsError, match="does not exist"):
-        ImageEncoder(EncoderConfig(name="vit_tiny_patch16_224", img_size=32, weights=str(tmp_path / "nope.safetensors")))
+        build_image_encoder(EncoderConfig(name="vit_tiny_patch16_224", img_size=32, weights=str(tmp_path / "nope.safetensors")))
     small = ImageEncoder(EncoderConfig(name="vit_small_patch16_224", img_size=32))
     path = tmp_path / "small.safetensors"
     save_file({k: v.contiguous() for k, v in small.backbone.state_dict().items()}, str(path))
     with pytest.raises(WeightsError, match=r"small\.safetensors.*shape mismatches: .*blocks\.0"):
-        ImageEncoder(EncoderConfig(name="vit_tiny_patch16_224", img_size=32, weights=str(path)))
+        build_image_encoder(EncoderConfig(name="vit_tiny_patch16_224", img_size=32, weights=str(path)))
     partial = {k: v.contiguous() for k, v in small.backbone.state_dict().items() if not k.startswith("blocks.11")}
     partial["extra.weight"] = torch.zeros(1)
     save_file(partial, str(path))
     with pytest.raises(WeightsError, match=r"missing keys: blocks\.11.*unexpected keys: extra\.weight"):
-        ImageEncoder(EncoderConfig(name="vit_small_patch16_224", img_size=32, weights=str(path)))
+        build_image_encoder(EncoderConfig(name="vit_small_patch16_224", img_size=32, weights=str(path)))
     path.write_bytes(path.read_bytes()[:1000])  # truncated file
     with pytest.raises(WeightsError, match=r"cannot read weights file .*small\.safetensors"):
-        ImageEncoder(EncoderConfig(name="vit_small_patch16_224", img_size=32, weights=str(path)))
+        build_image_encoder(EncoderConfig(name="vit_small_patch16_224", img_size=32, weights=str(path)))
 
 
 def test_unknown_model_names_are_config_errors():

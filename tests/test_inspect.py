@@ -394,7 +394,7 @@ def test_train_fails_fast_on_a_bag_without_its_pose_topic(bags: dict[str, Path],
 def test_replay_checks_the_bags_before_loading_a_checkpoint(bags: dict[str, Path], tmp_path: Path,
                                                              capsys: pytest.CaptureFixture) -> None:
     from vit_policy.cli import main
-    from vit_policy.model.policy import CONFIG_FILE, STATS_FILE, WEIGHTS_FILE
+    from vit_policy.model.checkpoint import CONFIG_FILE, STATS_FILE, WEIGHTS_FILE
 
     ckpt = tmp_path / "ckpt"  # complete by name only: loading it would fail, so the bag check must come first
     ckpt.mkdir()

@@ -66,6 +66,18 @@ def test_packages_above_the_core_do_not_import_the_cli(package: str, forbidden: 
     assert offending(library_files(package), forbidden) == []
 
 
+def test_the_model_module_only_computes() -> None:
+    """The model builds and computes; file formats and weight-file readers belong to vit_policy/model/checkpoint.py
+    (which policy.py imports only lazily, in its delegating conveniences from_config / save_pretrained / from_pretrained)."""
+    files = [ROOT / "vit_policy" / "model" / name for name in ("policy.py", "pose_tokens.py")]
+    readers = ("read_state_dict", "load_matching", "weights_error", "load_encoder_weights", "load_instruction_weights", "build_image_encoder")
+    io = ("safetensors", "yaml", "json", "pickle", "vit_policy.config.read_yaml", "vit_policy.config.save_config",
+          "vit_policy.model.configuration.load_policy_config", *(f"vit_policy.model.encoders.{name}" for name in readers))
+    assert offending(files, io) == []
+    top_level = [name for node in ast.parse(files[0].read_text()).body if isinstance(node, ast.ImportFrom) for name in [node.module]]
+    assert "vit_policy.model.checkpoint" not in top_level
+
+
 COMMAND_MODULES = {ROOT / "vit_policy" / "cli.py", ROOT / "ros_nodes" / "commands.py", ROOT / "sim_tests" / "commands.py"}
 
 
@@ -90,6 +102,8 @@ def test_every_command_runs_a_cmd_function() -> None:
     funcs = {name: p.get_default("func") for name, p in commands.items()}
     assert {n: f"{f.__module__}.{f.__name__}" for n, f in funcs.items() if not f.__name__.startswith("cmd_")} == {}
     assert {f.__module__ for f in funcs.values()} <= {"vit_policy.cli", "ros_nodes.commands", "sim_tests.commands"}
+
+
 @pytest.mark.parametrize("package", ["vit_policy", "ros_nodes", "sim_tests"])
 def test_product_modules_do_not_import_test_helpers(package: str, tmp_path: Path) -> None:
     """Test data generators live in tests/; the package, the nodes and the simulator code run without them."""

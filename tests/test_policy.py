@@ -233,12 +233,13 @@ def test_a_constant_head_is_one_target_in_the_absolute_frame_and_one_offset_in_t
         assert np.abs(targets - targets[:1]).max() > 0.1  # the same offset from three different poses
 
 
-def test_position_noise_moves_what_the_model_reads_not_the_labels():
-    """augment.pose_noise_m: the noisy position feeds the pose tokens; the loss labels stay on the true pose."""
+def test_state_position_moves_what_the_model_reads_not_the_labels():
+    """augment.pose_noise_m (the dataset's ``state_position``): the noisy position feeds the pose tokens; the
+    loss labels stay on the true pose."""
     cfg = tiny_cfg(cameras=["front"], action_frame="absolute")
     batch = make_batch(cfg, b=3, seed=11)
     model = with_stats(cfg, batch).eval()
-    noisy = dict(batch, position_noise=torch.full((3, 3), 0.05))
+    noisy = dict(batch, state_position=batch["position"] + 0.05)
     moved = dict(batch, position=batch["position"] + 0.05)
     with torch.no_grad():
         torch.testing.assert_close(model.state_vector(noisy), model.state_vector(moved))
@@ -246,6 +247,41 @@ def test_position_noise_moves_what_the_model_reads_not_the_labels():
         assert not torch.allclose(model(noisy)["action"], model(batch)["action"])
         # same network output, different label: the noisy batch keeps the true targets
         assert model.compute_loss(noisy)[0].item() != pytest.approx(model.compute_loss(moved)[0].item(), rel=1e-3)
+
+
+def test_the_constructor_reads_no_file_and_the_builder_loads_the_pretrained_parts(tmp_path):
+    """VisuomotorPolicy(cfg) only builds modules; build_policy (from_config) reads ``encoder.weights``."""
+    from safetensors.torch import save_file
+
+    from vit_policy.model.checkpoint import build_policy
+
+    missing = tiny_cfg(cameras=["front"], encoder=EncoderConfig(name="vit_tiny_patch16_224", img_size=32, weights=str(tmp_path / "nope.safetensors")))
+    VisuomotorPolicy(missing)  # a file that does not exist: never opened
+    with pytest.raises(WeightsError, match="nope.safetensors' does not exist"):
+        build_policy(missing)
+    torch.manual_seed(0)
+    src = VisuomotorPolicy(tiny_cfg(cameras=["front"]))
+    path = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in src.encoder_for("front").backbone.state_dict().items()}, str(path))
+    cfg = tiny_cfg(cameras=["front"], encoder=EncoderConfig(name="vit_tiny_patch16_224", img_size=32, token_mode="pooled",
+                                                            num_pooled_tokens=4, weights=str(path)))
+    torch.manual_seed(1)  # another random init: equal weights can only come from the file
+    built = build_policy(cfg)
+    for k, v in src.encoder_for("front").backbone.state_dict().items():
+        assert torch.equal(built.encoder_for("front").backbone.state_dict()[k], v), k
+    torch.manual_seed(1)
+    assert not torch.equal(VisuomotorPolicy(cfg).encoder_for("front").backbone.pos_embed, src.encoder_for("front").backbone.pos_embed)
+
+
+def test_predict_changes_no_mode():
+    """predict computes only: a model in training mode stays in it (the caller chooses eval mode)."""
+    cfg = tiny_cfg(cameras=["front"])
+    batch = make_batch(cfg, b=2)
+    model = with_stats(cfg, batch)
+    for training in (True, False):
+        model.train(training)
+        model.predict(batch)
+        assert all(m.training == training for m in model.modules() if m is not model.language)
 
 
 def test_save_load_bit_identical(tmp_path):

@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 
 from vit_policy.model.configuration import EncoderConfig
-from vit_policy.model.encoders import ImageEncoder
+from vit_policy.model.encoders import ImageEncoder, build_image_encoder
 from vit_policy.pretrain import pretrain_encoder
 
 SIZE = 32
@@ -44,7 +44,7 @@ def test_saved_backbone_loads_as_encoder_weights(tmp_path):
         saved = {k: f.get_tensor(k) for k in f.keys()}
         assert f.metadata()["encoder"] == "test_vit"
     fresh = ImageEncoder(ENC)
-    loaded = ImageEncoder(EncoderConfig(**{**ENC.__dict__, "weights": str(res.path)}))
+    loaded = build_image_encoder(EncoderConfig(**{**ENC.__dict__, "weights": str(res.path)}))
     state = loaded.backbone.state_dict()
     assert {k for k in saved if not k.startswith("point_head.")} == set(state)  # the backbone, plus the point head beside it
     assert any(k.startswith("point_head.") for k in saved)
@@ -72,13 +72,14 @@ def test_bad_inputs_are_named(tmp_path, bad, match):
 def _points_policy(path, cameras=("top", "side"), points=1, freeze="all", image_tokens=True, points_frame="base"):
     import dataclasses
 
+    from vit_policy.model.checkpoint import build_policy
     from vit_policy.model.configuration import PointTokenConfig, PolicyConfig
-    from vit_policy.model.policy import VisuomotorPolicy, identity_stats
+    from vit_policy.model.policy import identity_stats
 
     tokens = PointTokenConfig(count=points, frame=points_frame, image_tokens=image_tokens) if points else None
     cfg = PolicyConfig(cameras=list(cameras), encoder=dataclasses.replace(ENC, weights=str(path), freeze=freeze), points=tokens,
                        d_model=32, n_heads=4, n_encoder_layers=1, n_decoder_layers=1, chunk_size=3)
-    policy = VisuomotorPolicy(cfg)
+    policy = build_policy(cfg)
     policy.set_stats(identity_stats(cfg))
     return policy
 

@@ -14,7 +14,7 @@ tokens, fusion and head are all inside; what is left in Python is rot6d -> rotat
 ActionChunk (:func:`vit_policy.model.policy.chunks_from_actions`, shared with the torch backend).
 
 :func:`load_policy` is the one place that turns ``runtime.backend`` into a policy object; the node,
-replay and ``sim-eval`` all call it, and every backend's object has VisuomotorPolicy's ``predict``.
+replay and ``sim-eval`` all call it, and every backend's object is a :class:`vit_policy.model.policy.Policy`.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from vit_policy.config import ConfigError, from_dict, read_yaml
+from vit_policy.config import ConfigError
 from vit_policy.model.configuration import PolicyConfig
 from vit_policy.runtime import RuntimeConfig
 from vit_policy.geometry import geodesic_deg, rot6d_to_rotvec
-from vit_policy.model.policy import (
-    CONFIG_FILE, STATS_FILE, Batch, VisuomotorPolicy, chunks_from_actions, observation_batch,
-)
+from vit_policy.model.checkpoint import CONFIG_FILE, METADATA_FILE, STATS_FILE, load_checkpoint, read_policy_config
+from vit_policy.model.policy import Batch, Policy, VisuomotorPolicy, chunks_from_actions, observation_batch
 from vit_policy.observation import ActionChunk, Observation
+from vit_policy.ood import OODMonitor
 
 log = logging.getLogger(__name__)
 
@@ -118,23 +118,17 @@ def resolve_providers(names: list[str]) -> list[str]:
     return list(names)
 
 
-def read_policy_config(directory: Path, fix: str) -> PolicyConfig:
-    """The config.yaml of a checkpoint or export directory (its errors name the file and ``fix``)."""
-    try:
-        return from_dict(PolicyConfig, read_yaml(directory / CONFIG_FILE))
-    except ConfigError as exc:
-        raise ConfigError(f"{str(directory / CONFIG_FILE)!r}: {exc}; {fix}") from None
-
-
 class OnnxPolicy:
-    """An exported policy on ONNX Runtime with VisuomotorPolicy's ``predict`` contract (ActionChunks).
+    """An exported policy on ONNX Runtime: a :class:`vit_policy.model.policy.Policy`, as VisuomotorPolicy is.
 
     Loads ``config.yaml`` and the graph from a directory written by :func:`export_policy`; no torch
-    weights are read. Attention maps are not part of the graph: ``return_attention`` gives chunks without them.
+    weights are read. Attention maps are not part of the graph: ``return_attention`` gives chunks without
+    them; neither are the encoder features the OOD monitor scores, so ``ood`` is None.
     """
 
     training = False
     language = None
+    ood: OODMonitor | None = None
 
     def __init__(self, directory: str | Path, onnx_file: str = ONNX_FILE, providers: list[str] | None = None,
                  threads: int | None = None) -> None:
@@ -188,14 +182,14 @@ class OnnxPolicy:
         return chunks[0] if single else chunks
 
 
-def load_policy(checkpoint: str | Path, runtime: RuntimeConfig, device: str = "cpu") -> Any:
-    """The policy of ``checkpoint`` on the backend ``runtime.backend`` names: the node, replay and sim-eval all load here."""
+def load_policy(checkpoint: str | Path, runtime: RuntimeConfig, device: str = "cpu") -> Policy:
+    """The policy of ``checkpoint`` on the backend ``runtime.backend`` names, in eval mode: the node, replay and sim-eval all load here."""
     if runtime.backend == "onnxruntime":
         providers = list(runtime.providers)
         if device.startswith("cuda") and providers == ["auto"]:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         return OnnxPolicy(checkpoint, runtime.onnx_file, providers)
-    return VisuomotorPolicy.from_pretrained(checkpoint, map_location=device).eval()
+    return load_checkpoint(checkpoint, map_location=device)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -285,12 +279,12 @@ def export_policy(checkpoint: str | Path, out: str | Path | None, bags: list[str
 
     src = Path(checkpoint)
     dst = Path(out) if out is not None else src
-    policy = VisuomotorPolicy.from_pretrained(src).eval()
+    policy = load_checkpoint(src)
     PolicyStep(policy)  # refuses what cannot be exported, before the bags are read
     groups = held_out_frames(src, bags, data_config, policy.image_size, policy.cfg.chunk_size, frames)
     dst.mkdir(parents=True, exist_ok=True)
     if dst.resolve() != src.resolve():  # config and statistics beside the graph: the directory is a deployable checkpoint
-        for name in (CONFIG_FILE, STATS_FILE, "metadata.json"):
+        for name in (CONFIG_FILE, STATS_FILE, METADATA_FILE):
             if (src / name).is_file():
                 shutil.copy2(src / name, dst / name)
     batches = [episode_batch(policy, ep, idx) for ep, idx in groups]

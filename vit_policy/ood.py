@@ -14,7 +14,8 @@ scores need class logits, and this policy regresses actions: it has none.
 
 The statistics live in the checkpoint directory as ``ood.safetensors`` (float64 tensors, metadata with
 the method, quantile, frame counts and a fingerprint of the encoder weights they were fitted with). A
-checkpoint without the file loads and runs with the monitor off.
+checkpoint without the file loads and runs with the monitor off (saved and loaded with the checkpoint by
+:mod:`vit_policy.model.checkpoint`).
 """
 
 from __future__ import annotations
@@ -265,16 +266,6 @@ class OODMonitor:
         return bool(np.isclose(encoder_fingerprint(policy), self.fingerprint, rtol=1e-9, atol=0.0))
 
 
-def load_monitor(directory: str | Path, policy: "VisuomotorPolicy") -> OODMonitor | None:
-    """The monitor of a checkpoint directory, checked against ``policy``; None when it has no statistics."""
-    path = Path(directory) / OOD_FILE
-    if not path.is_file():
-        return None
-    monitor = OODMonitor.load(path)
-    monitor.check(policy, str(path))
-    return monitor
-
-
 def fit_monitor(policy: "VisuomotorPolicy", train: Sequence["Episode"], val: Sequence["Episode"],
                 quantile: float = DEFAULT_QUANTILE, batch_size: int = 64) -> OODMonitor:
     """Fit per-camera statistics on the ``train`` episodes' frames and calibrate thresholds on ``val``'s."""
@@ -416,9 +407,9 @@ def format_rates(rates: dict[str, dict[str, float]]) -> str:
 def fit_checkpoint(directory: str | Path, train: Sequence["Episode"], val: Sequence["Episode"],
                    quantile: float = DEFAULT_QUANTILE, batch_size: int = 64) -> tuple[OODMonitor, "VisuomotorPolicy"]:
     """Fit the monitor of a checkpoint directory with its own weights and write ``ood.safetensors`` into it."""
-    from vit_policy.model.policy import VisuomotorPolicy
+    from vit_policy.model.checkpoint import load_checkpoint
 
-    policy = VisuomotorPolicy.from_pretrained(directory, map_location="cpu", ood=False)
+    policy = load_checkpoint(directory, map_location="cpu", ood=False)
     monitor = fit_monitor(policy, train, val, quantile, batch_size)
     monitor.save(Path(directory) / OOD_FILE)
     policy.ood = monitor
@@ -501,9 +492,9 @@ def _refit(ckpt: str | Path, bags: Sequence[Path], val_bags: Sequence[Path], dat
     """One checkpoint of ``refit_checkpoints``: extract at its chunk size and image size, split, fit, self-check."""
     from vit_policy.data.bags import extract_episodes
     from vit_policy.data.dataset import split_episodes
-    from vit_policy.model.policy import VisuomotorPolicy
+    from vit_policy.model.checkpoint import load_checkpoint
 
-    policy = VisuomotorPolicy.from_pretrained(ckpt, ood=False)
+    policy = load_checkpoint(ckpt, ood=False)
     size, k = tuple(policy.image_size), policy.cfg.chunk_size
     eps = [e for b in bags for e in extract_episodes(b, data, k, size)]
     val = [e for b in val_bags for e in extract_episodes(b, data, k, size)]

@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from vit_policy.model.configuration import EncoderConfig
 from vit_policy.images import to_model_input
-from vit_policy.model.encoders import POINT_HEAD, ImageEncoder, PointHead
+from vit_policy.model.encoders import POINT_HEAD, PointHead, build_image_encoder
 
 
 @dataclass
@@ -85,7 +85,7 @@ def pretrain_encoder(
     if steps < 1:
         raise ValueError(f"steps: {steps} must be at least 1")
     torch.manual_seed(seed)
-    encoder = ImageEncoder(dataclasses.replace(encoder_cfg, freeze="none"))  # the policy may freeze it later; this trains it
+    encoder = build_image_encoder(dataclasses.replace(encoder_cfg, freeze="none"))  # the policy may freeze it later; this trains it
     cams = list(images)  # this order is the point head's input order: the policy's cameras
     head = PointHead(len(cams) * encoder.num_patches, encoder.embed_dim, len(target_names))
     n_val = max(1, int(round(n * val_fraction)))

@@ -30,7 +30,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -42,6 +42,9 @@ from vit_policy.inputs import GRIPPER, POSE, Frame, InputRouter, InputSpec, Reso
 from vit_policy.observation import ActionChunk, Observation, ObservationError, check_image
 from vit_policy.ood import OODState
 from vit_policy.safety import Command, SafetyConfig, SafetyFilter
+
+if TYPE_CHECKING:
+    from vit_policy.model.policy import Policy
 
 log = logging.getLogger(__name__)
 
@@ -159,14 +162,14 @@ class _Plan:
 class PolicyRunner:
     """Streams of images and EE poses in, one safe :class:`Command` per control tick out."""
 
-    def __init__(self, policy: Any, runtime: RuntimeConfig, safety: SafetyConfig, clock: Callable[[], int] | None = None,
+    def __init__(self, policy: Policy, runtime: RuntimeConfig, safety: SafetyConfig, clock: Callable[[], int] | None = None,
                  inputs: InputSpec | None = None) -> None:
         self.policy = policy
         self.cfg = runtime
         self.cameras: list[str] = list(policy.cfg.cameras)
         self.chunk_dt_ns: int = int(policy.cfg.control_dt_ns)
         self.history_len: int = int(policy.cfg.pose.history)
-        self.image_size: tuple[int, int] | None = getattr(policy, "image_size", None)  # encoder input (H, W)
+        self.image_size: tuple[int, int] | None = getattr(policy, "image_size", None)  # encoder input (H, W); stand-ins may have none
         self.period_ns = runtime.control_period_ns
         self.safety = SafetyFilter(safety, self.period_ns)
         self.clock: Callable[[], int] = clock or time.time_ns

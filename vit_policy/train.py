@@ -9,7 +9,7 @@ optional EMA weights. Training is counted in optimiser steps, and every source o
 the weights of ``2N`` uninterrupted steps.
 
 Output directory: ``last/`` and ``best/`` (lowest validation loss) are checkpoint directories that
-``VisuomotorPolicy.from_pretrained`` loads; ``last/trainer_state.pt`` (tensors and numbers only,
+``load_checkpoint`` (vit_policy/model/checkpoint.py) loads; ``last/trainer_state.pt`` (tensors and numbers only,
 read with ``weights_only=True``) holds what resuming needs; ``tb/`` has TensorBoard scalars.
 
 :func:`train` runs one :class:`Trainer`. Its loss scores predictions (``policy.action_loss``), so validation
@@ -39,9 +39,10 @@ from vit_policy.data.configuration import AugmentConfig, DataConfig
 from vit_policy.data.bags import Episode
 from vit_policy.data.cache import load_or_extract
 from vit_policy.data.dataset import EpisodeDataset, EpochBatchSampler, dataset_stats, split_episodes
-from vit_policy.geometry import NormStats, geodesic_deg, rot6d_to_quat
+from vit_policy.geometry import geodesic_deg, rot6d_to_quat
+from vit_policy.model.checkpoint import build_policy, read_stats, save_checkpoint
 from vit_policy.model.configuration import PolicyConfig
-from vit_policy.model.policy import STATS_FILE, VisuomotorPolicy
+from vit_policy.model.policy import VisuomotorPolicy
 
 log = logging.getLogger(__name__)
 
@@ -330,19 +331,6 @@ def _resume_dir(cfg: TrainConfig) -> Path | None:
     return path
 
 
-def _resumed_stats(resume: Path) -> dict[str, NormStats]:
-    """The normalisation statistics the resumed run started with (not recomputed ones)."""
-    from safetensors.torch import load_file
-
-    from vit_policy.model.encoders import weights_error
-
-    try:
-        raw = load_file(str(resume / STATS_FILE))
-    except Exception as exc:  # truncated or corrupt: the path, the cause and the fix
-        raise weights_error(resume / STATS_FILE, exc, RESUME_FIX) from exc
-    return {k: NormStats.from_tensors(raw, k, str(resume / STATS_FILE)) for k in ("state", "action")}
-
-
 class Trainer:
     """One training run of a TrainConfig; :func:`train` is its entry point.
 
@@ -362,10 +350,11 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.out_dir = Path(cfg.out_dir)
-        self.policy = VisuomotorPolicy.from_config(cfg.policy)
+        self.policy = build_policy(cfg.policy)
         self.train_eps, self.val_eps = load_episodes(cfg, self.policy.image_size, self.ddp)
         resume = _resume_dir(cfg)
-        self.stats = _resumed_stats(resume) if resume is not None else dataset_stats(self.train_eps, cfg.policy)
+        # resumed: the statistics the run started with, not recomputed ones
+        self.stats = read_stats(resume, RESUME_FIX) if resume is not None else dataset_stats(self.train_eps, cfg.policy)
         self.policy.set_stats(self.stats)
         self.policy.to(self.device)
         self.loss_fn = self.policy.action_loss
@@ -524,7 +513,7 @@ class Trainer:
                 "weights": "ema" if self.ema is not None else "raw",
                 "data": to_dict(self.cfg.data)}  # the topic map: a checkpoint copied on its own can still be replayed
         with self.eval_weights():
-            self.policy.save_pretrained(directory, metadata=meta)
+            save_checkpoint(self.policy, directory, metadata=meta)
         if with_state:
             state = {"model": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                      "step": self.step, "best_val": self.best_val, "rng": _rng_state(self.device)}

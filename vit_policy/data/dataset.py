@@ -1,8 +1,10 @@
 """Torch Dataset over cached episodes, the epoch/shard sampler, augmentations and statistics.
 
 Samples come out in the policy's batch format (``model/policy.py``): uint8 images per camera, raw
-pose, history, raw action labels (K, 10) and their padding mask. Randomness (shuffling and
-augmentation) is a pure function of (seed, epoch, sample), so a resumed or multi-process run sees
+pose, history, raw action labels (K, 10) and their padding mask. All training noise is applied here,
+never in the model: image shift and colour jitter, and ``augment.pose_noise_m`` as ``state_position``
+(the position plus noise, which the pose tokens read while the labels stay on the true ``position``).
+Randomness (shuffling and augmentation) is a pure function of (seed, epoch, sample), so a resumed or multi-process run sees
 exactly the samples and augmentations of an uninterrupted one, whatever the number of workers.
 """
 
@@ -112,8 +114,9 @@ class EpisodeDataset(Dataset):
             "action_mask": torch.from_numpy(np.array(ep.action_mask[t], bool)),
             "stamp_ns": torch.tensor(int(ep.stamps_ns[t]), dtype=torch.int64),
         }
-        if aug is not None and rng is not None and aug.pose_noise_m:
-            sample["position_noise"] = torch.from_numpy(rng.normal(0.0, aug.pose_noise_m, 3).astype(np.float32))
+        if aug is not None and rng is not None and aug.pose_noise_m:  # what the state reads; labels stay on "position"
+            noise = torch.from_numpy(rng.normal(0.0, aug.pose_noise_m, 3).astype(np.float32))
+            sample["state_position"] = sample["position"] + noise
         if self.history:
             sample["history"] = torch.tensor(episode_history(ep, t, self.history), dtype=torch.float32)
         return sample

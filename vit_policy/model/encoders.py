@@ -3,8 +3,10 @@
 ``ImageEncoder.forward_features`` returns every token the backbone produces ([prefix tokens, patch
 tokens]); ``forward`` selects what the policy sees by ``token_mode``: ``cls`` (1 token), ``mean``
 (global average pool of the patches, 1 token), ``patches`` (all N patch tokens) or ``pooled``
-(N learned queries attending over the patches). Weights come from the hub (``pretrained``), a local
-file (``weights``) or random initialisation; nothing here reaches a network unless asked to.
+(N learned queries attending over the patches). Weights come from the hub (``pretrained``, through
+timm's / open_clip's own ``create_model``), random initialisation, or a local file (``weights``) that
+:func:`build_image_encoder` / :func:`load_encoder_weights` read after construction: the modules' constructors
+read no file. Nothing here reaches a network unless asked to.
 """
 
 from __future__ import annotations
@@ -183,7 +185,11 @@ class PointHead(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """A ViT-family backbone and its token read-out; knows its own resolution and mean/std."""
+    """A ViT-family backbone and its token read-out; knows its own resolution and mean/std.
+
+    Builds from the config only; ``cfg.weights`` (a local file) is loaded by :func:`build_image_encoder`
+    or :func:`load_encoder_weights`.
+    """
 
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
@@ -215,11 +221,6 @@ class ImageEncoder(nn.Module):
         self.backbone = timm.create_model(cfg.name, pretrained=cfg.pretrained, **kwargs)
         if not hasattr(self.backbone, "patch_embed") or not hasattr(self.backbone, "blocks"):
             raise ConfigError(f"encoder.name: {cfg.name!r} is not a ViT-family model (no patch_embed/blocks)")
-        if cfg.weights:
-            from timm.models.vision_transformer import checkpoint_filter_fn
-
-            state = checkpoint_filter_fn(read_state_dict(cfg.weights), self.backbone)  # resamples pos_embed
-            load_matching(self.backbone, state, cfg.weights, ignore=("head.", POINT_HEAD))  # classifier head unused
         pc = self.backbone.pretrained_cfg
         self.embed_dim = self.backbone.embed_dim
         self.num_prefix_tokens = self.backbone.num_prefix_tokens
@@ -241,16 +242,6 @@ class ImageEncoder(nn.Module):
         visual = clip.visual
         if not hasattr(visual, "conv1"):
             raise ConfigError(f"encoder.name: {cfg.name!r} has no ViT visual tower")
-        if cfg.weights:
-            state = read_state_dict(cfg.weights)
-            if any(k.startswith("visual.") for k in state):  # a whole open_clip checkpoint
-                state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
-            pos = state.get("positional_embedding")
-            if pos is not None and pos.shape != visual.positional_embedding.shape:
-                from timm.layers import resample_abs_pos_embed
-
-                state["positional_embedding"] = resample_abs_pos_embed(pos[None], list(visual.grid_size), num_prefix_tokens=1)[0]
-            load_matching(visual, state, cfg.weights)
         self.backbone = visual
         self.embed_dim = visual.transformer.width
         self.num_prefix_tokens = 1
@@ -302,16 +293,16 @@ class ImageEncoder(nn.Module):
 
 
 class InstructionEncoder(nn.Module):
-    """The CLIP text tower: an instruction -> one embedding, cached per instruction (tower frozen)."""
+    """The CLIP text tower: an instruction -> one embedding, cached per instruction (tower frozen).
+
+    ``cfg.weights`` (a local open_clip checkpoint) is read by :func:`load_instruction_weights`, not here.
+    """
 
     def __init__(self, cfg: LanguageConfig) -> None:
         super().__init__()
         import open_clip
 
         clip = open_clip.create_model(cfg.model, pretrained=cfg.pretrained)
-        if cfg.weights:
-            state = read_state_dict(cfg.weights)
-            load_matching(clip, state, cfg.weights, ignore=("visual.",))
         clip.visual = nn.Identity()  # only the text tower is kept
         self.clip = clip.requires_grad_(False)
         self.tokenizer = open_clip.get_tokenizer(cfg.model)
@@ -333,3 +324,46 @@ class InstructionEncoder(nn.Module):
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         self._cache.clear()  # new weights: cached embeddings are stale
         super()._load_from_state_dict(*args, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Local weight files (read after construction: the modules above only build and compute)
+# --------------------------------------------------------------------------------------------------
+
+
+def load_encoder_weights(encoder: ImageEncoder, path: str | Path) -> None:
+    """A local weights file into ``encoder``'s backbone; any missing or mis-shaped key is a WeightsError.
+
+    timm: position embedding and patch embedding resampled to this model (``checkpoint_filter_fn``), the
+    classifier head and a pretraining file's point head ignored. open_clip: the visual tower of a whole
+    checkpoint, its position embedding resampled to this grid.
+    """
+    state = read_state_dict(path)
+    if encoder.cfg.family == "timm":
+        from timm.models.vision_transformer import checkpoint_filter_fn
+
+        state = checkpoint_filter_fn(state, encoder.backbone)  # resamples pos_embed
+        load_matching(encoder.backbone, state, str(path), ignore=("head.", POINT_HEAD))  # classifier head unused
+        return
+    visual = encoder.backbone
+    if any(k.startswith("visual.") for k in state):  # a whole open_clip checkpoint
+        state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
+    pos = state.get("positional_embedding")
+    if pos is not None and pos.shape != visual.positional_embedding.shape:
+        from timm.layers import resample_abs_pos_embed
+
+        state["positional_embedding"] = resample_abs_pos_embed(pos[None], list(visual.grid_size), num_prefix_tokens=1)[0]
+    load_matching(visual, state, str(path))
+
+
+def build_image_encoder(cfg: EncoderConfig) -> ImageEncoder:
+    """``ImageEncoder(cfg)`` with the local weights file ``cfg.weights`` loaded, when it names one."""
+    encoder = ImageEncoder(cfg)
+    if cfg.weights:
+        load_encoder_weights(encoder, cfg.weights)
+    return encoder
+
+
+def load_instruction_weights(encoder: InstructionEncoder, path: str | Path) -> None:
+    """A local open_clip checkpoint into the text tower (its visual tower's keys are ignored)."""
+    load_matching(encoder.clip, read_state_dict(path), str(path), ignore=("visual.",))

@@ -11,39 +11,65 @@ Each step outputs [translation (3), rot6d (6), gripper logit (1)] in normalised 
 saved with the checkpoint), in the frame ``action_frame`` names: relative to the observed pose
 (``delta``) or in the base frame (``absolute``). Whatever the frame, actions leave the model as deltas
 to the observed pose, rot6d turned into a rotation vector (ARCHITECTURE.md action semantics).
+
+This module only builds and computes (timm's vision_transformer.py, nanoGPT's model.py): the constructor
+builds modules from the config and reads no file, training noise comes with the batch (the dataset's
+augmentation), and ``predict`` changes no mode. Pretrained parts (local encoder weights, a pretrained
+point head) and checkpoints are read and written by :mod:`vit_policy.model.checkpoint`
+(``build_policy``, ``save_checkpoint``, ``load_checkpoint``). :class:`Policy` is the inference contract
+the runner, the node, the closed loop and replay rely on.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vit_policy.config import ConfigError, from_dict, read_yaml, save_config
+from vit_policy.config import ConfigError
 from vit_policy.model.configuration import ActionFrame, PolicyConfig
 from vit_policy.geometry import NormStats, matrix_from_rot6d_t, matrix_to_rot6d_t, quat_to_matrix_t, rot6d_to_rotvec
 from vit_policy.images import to_model_input
-from vit_policy.model.encoders import (
-    POINT_HEAD, ImageEncoder, InstructionEncoder, PointHead, WeightsError, load_matching, read_state_dict, weights_error,
-)
+from vit_policy.model.encoders import ImageEncoder, InstructionEncoder, PointHead
 from vit_policy.model.pose_tokens import PoseTokenizer, pose_features
 from vit_policy.observation import ActionChunk, Observation, ObservationError
-from vit_policy.ood import OOD_FILE, OODMonitor, capture, load_monitor
-
-log = logging.getLogger(__name__)
+from vit_policy.ood import OODMonitor, capture
 
 ACTION_DIM = 10  # dp (3) + rot6d (6) + gripper (1)
 EE_POINT_SCALE_M = 0.1  # points.frame: ee offsets in units of 10 cm, about the spread of a tabletop task
-CONFIG_FILE, WEIGHTS_FILE, STATS_FILE = "config.yaml", "model.safetensors", "stats.safetensors"
 
 Batch = dict[str, Any]
+
+
+class Policy(Protocol):
+    """What the runner, the node, the closed loop and replay call on a policy, whatever runs it.
+
+    :class:`VisuomotorPolicy` (torch) and :class:`vit_policy.deploy.OnnxPolicy` (ONNX Runtime) satisfy
+    it; :func:`vit_policy.deploy.load_policy` returns one, in eval mode.
+    """
+
+    @property
+    def cfg(self) -> PolicyConfig:
+        """The policy's config: cameras, chunk size, control period, pose history."""
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """The encoder's input (H, W): frames are resized to it (``resize_uint8``) before ``predict``."""
+
+    @property
+    def ood(self) -> OODMonitor | None:
+        """The out-of-distribution monitor whose scores the chunks carry, or None."""
+
+    def eval(self) -> Any:
+        """Inference mode (torch modules; a no-op elsewhere). Loaders already return policies in it."""
+
+    def predict(self, obs: Observation | list[Observation] | Batch, return_attention: bool = False) -> ActionChunk | list[ActionChunk]:
+        """One observation -> ActionChunk; a list of observations or a batch -> list of ActionChunks."""
 
 
 def actions_to_frame(action: torch.Tensor, position: torch.Tensor, quaternion: torch.Tensor, frame: ActionFrame) -> torch.Tensor:
@@ -126,7 +152,12 @@ class DecoderBlock(nn.Module):
 
 
 class VisuomotorPolicy(nn.Module):
-    """Cameras + EE pose (+ instruction) -> an ActionChunk of K target poses and gripper targets."""
+    """Cameras + EE pose (+ instruction) -> an ActionChunk of K target poses and gripper targets.
+
+    ``VisuomotorPolicy(cfg)`` builds the modules from the config (random or hub weights) and reads no file;
+    ``build_policy`` (``from_config``) also loads the pretrained parts ``cfg`` names, ``load_checkpoint``
+    (``from_pretrained``) a trained checkpoint.
+    """
 
     def __init__(self, cfg: PolicyConfig) -> None:
         super().__init__()
@@ -143,13 +174,15 @@ class VisuomotorPolicy(nn.Module):
             self.camera_embed = nn.Parameter(torch.randn(len(cams), 1, d) * 0.02)
             self.token_embed = nn.Parameter(torch.randn(1, enc.num_tokens, d) * 0.02)  # slot within a camera
         self.pose_tokens = PoseTokenizer(cfg.pose, d)
-        self.point_head = self._build_point_head(cfg, enc) if cfg.points else None
-        if cfg.points and cfg.points.frame == "ee":  # metres = normalised * std + mean: saved with the weights
-            mean, std = self._point_stats(cfg)
-            self.register_buffer("point_mean", mean)
-            self.register_buffer("point_std", std)
-        self.point_proj = nn.Linear(3, d) if cfg.points else None
-        self.point_embed = nn.Parameter(torch.randn(1, cfg.points.count, d) * 0.02) if cfg.points else None
+        points = cfg.points
+        self.point_head = PointHead(len(cams) * enc.num_patches, enc.embed_dim, points.count) if points else None
+        if self.point_head is not None and cfg.encoder.freeze == "all":
+            self.point_head.requires_grad_(False)  # pretrained perception stays as it was, with the backbone
+        if points and points.frame == "ee":  # metres = normalised * std + mean: from the pretraining file, saved with the weights
+            self.register_buffer("point_mean", torch.zeros(points.count, 3))
+            self.register_buffer("point_std", torch.ones(points.count, 3))
+        self.point_proj = nn.Linear(3, d) if points else None
+        self.point_embed = nn.Parameter(torch.randn(1, points.count, d) * 0.02) if points else None
         self.language = InstructionEncoder(cfg.language) if cfg.language.enabled else None
         self.lang_proj = nn.Linear(self.language.embed_dim, d) if self.language is not None else None
         self.blocks = nn.ModuleList(EncoderBlock(d, cfg.n_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.n_encoder_layers))
@@ -163,45 +196,13 @@ class VisuomotorPolicy(nn.Module):
         for name in ("state_center", "state_scale", "action_center", "action_scale"):
             self.register_buffer(name, torch.empty(0), persistent=False)  # filled by set_stats
 
-    @staticmethod
-    def _build_point_head(cfg: PolicyConfig, enc: ImageEncoder) -> PointHead:
-        """The pretrained point head of ``encoder.weights`` (random when there is no file: a checkpoint fills it)."""
-        assert cfg.points is not None
-        head = PointHead(len(cfg.cameras) * enc.num_patches, enc.embed_dim, cfg.points.count)
-        path = cfg.encoder.weights
-        if path:
-            state = {k.removeprefix(POINT_HEAD): v for k, v in read_state_dict(path).items() if k.startswith(POINT_HEAD)}
-            if not state:
-                raise WeightsError(f"points.count: {cfg.points.count}, but {path!r} has no point head ({POINT_HEAD}* keys); "
-                                   "pretrain one with vit_policy.pretrain (vit-policy sim-pretrain) or set points: null")
-            meta = _safetensors_metadata(path)
-            if "cameras" in meta and json.loads(meta["cameras"]) != list(cfg.cameras):
-                raise ConfigError(f"cameras: {cfg.cameras}, but the point head of {path!r} was pretrained on "
-                                  f"{json.loads(meta['cameras'])} in that order; list the cameras so")
-            load_matching(head, state, f"{path} ({POINT_HEAD}*)")
-        if cfg.encoder.freeze == "all":
-            head.requires_grad_(False)  # pretrained perception stays as it was, with the backbone
-        return head
-
-    @staticmethod
-    def _point_stats(cfg: PolicyConfig) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pretraining file's (points, 3) mean and std in metres (placeholders without a file: a checkpoint fills them)."""
-        assert cfg.points is not None
-        if not cfg.encoder.weights:
-            return torch.zeros(cfg.points.count, 3), torch.ones(cfg.points.count, 3)
-        _, mean, std = read_point_stats(cfg.encoder.weights, "points.frame: ee", "or set points.frame: base")
-        return mean, std
-
     @classmethod
     def from_config(cls, cfg: PolicyConfig | dict[str, Any] | str | Path) -> "VisuomotorPolicy":
-        """Build from a PolicyConfig, a mapping, or a YAML path (validated at load)."""
-        if isinstance(cfg, (str, Path)):
-            from vit_policy.model.configuration import load_policy_config
+        """Build from a PolicyConfig, a mapping, or a YAML path, with the pretrained parts its config names:
+        :func:`vit_policy.model.checkpoint.build_policy`."""
+        from vit_policy.model.checkpoint import build_policy
 
-            cfg = load_policy_config(cfg)
-        elif isinstance(cfg, dict):
-            cfg = from_dict(PolicyConfig, cfg)
-        return cls(cfg)
+        return build_policy(cfg)
 
     # ---- properties ----------------------------------------------------------------------------------
 
@@ -242,7 +243,7 @@ class VisuomotorPolicy(nn.Module):
     def _require_stats(self) -> None:
         if self.stats is None:
             raise RuntimeError(
-                "normalisation statistics are missing: load a trained checkpoint (from_pretrained), call "
+                "normalisation statistics are missing: load a trained checkpoint (load_checkpoint), call "
                 "set_stats(compute_norm_stats(...)), or for a plumbing check set_stats(identity_stats(cfg))"
             )
 
@@ -270,17 +271,17 @@ class VisuomotorPolicy(nn.Module):
     def state_vector(self, batch: Batch) -> torch.Tensor:
         """Raw (unnormalised) state features of a batch: what the statistics are computed on.
 
-        A training batch may carry ``position_noise`` (augment.pose_noise_m): the model reads the noisy
-        position while the labels stay relative to the true one.
+        A training batch may carry ``state_position`` (the dataset's augment.pose_noise_m: the position plus
+        noise): the state reads it, while the labels, the point offsets and the decoded chunks stay relative
+        to ``position``, the true pose.
         """
         dev = self.device
         grip = batch.get("gripper")
         b = batch["position"].shape[0]
         grip = torch.ones(b, device=dev) if grip is None else torch.as_tensor(grip, dtype=torch.float32, device=dev)
         hist = batch.get("history")
-        position = batch["position"].to(dev, torch.float32)
-        if batch.get("position_noise") is not None:
-            position = position + batch["position_noise"].to(dev, torch.float32)
+        position = batch.get("state_position")
+        position = (batch["position"] if position is None else position).to(dev, torch.float32)
         return pose_features(
             position, batch["quaternion"].to(dev, torch.float32), grip,
             None if hist is None else hist.to(dev, torch.float32), self.cfg.pose,
@@ -421,19 +422,16 @@ class VisuomotorPolicy(nn.Module):
 
     @torch.inference_mode()
     def predict(self, obs: Observation | list[Observation] | Batch, return_attention: bool = False) -> ActionChunk | list[ActionChunk]:
-        """One observation -> ActionChunk; a list of observations or a batch -> list of ActionChunks."""
+        """One observation -> ActionChunk; a list of observations or a batch -> list of ActionChunks.
+
+        Changes no mode: the caller puts the model in eval mode (``.eval()``; ``load_checkpoint`` and
+        ``load_policy`` return it so), else dropout stays on.
+        """
         single = isinstance(obs, Observation)
         batch = self.observation_batch([obs] if single else obs) if isinstance(obs, (Observation, list)) else obs
-        was_training = self.training
         monitor = self.ood
-        if was_training:  # toggling walks every module (a few ms a call): only when needed
-            self.eval()
-        try:
-            with capture(self) if monitor is not None else contextlib.nullcontext() as cap:
-                out = self.forward(batch, return_attention)
-        finally:
-            if was_training:
-                self.train(True)
+        with capture(self) if monitor is not None else contextlib.nullcontext() as cap:
+            out = self.forward(batch, return_attention)
         scores = monitor.score(cap.features()) if monitor is not None else None
         n = out["action"].shape[0]
         attention = None
@@ -444,77 +442,20 @@ class VisuomotorPolicy(nn.Module):
                                      batch["quaternion"].numpy(force=True), batch.get("stamp_ns"), self.cfg.control_dt_ns, attention, ood)
         return chunks[0] if single else chunks
 
-    # ---- checkpoints -------------------------------------------------------------------------------------
+    # ---- checkpoints (vit_policy.model.checkpoint) -----------------------------------------------------
 
     def save_pretrained(self, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-        """Write config.yaml, model.safetensors and stats.safetensors (+ metadata.json) into a directory."""
-        from safetensors.torch import save_file
+        """:func:`vit_policy.model.checkpoint.save_checkpoint` (the name HF / timm users look for)."""
+        from vit_policy.model.checkpoint import save_checkpoint
 
-        self._require_stats()
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_config(self.cfg, directory / CONFIG_FILE)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(_dedupe_shared(state), str(directory / WEIGHTS_FILE))
-        tensors: dict[str, torch.Tensor] = {}
-        for key, st in (self.stats or {}).items():
-            tensors.update(st.to_tensors(key))
-        save_file(tensors, str(directory / STATS_FILE))
-        self._save_ood(directory / OOD_FILE)
-        if metadata is not None:
-            (directory / "metadata.json").write_text(json.dumps(metadata, indent=2, default=str))
-        return directory
-
-    def _save_ood(self, path: Path) -> None:
-        """Write the OOD statistics when they were fitted with these weights; never leave stale ones beside new weights."""
-        if self.ood is not None and self.ood.fitted_with(self):
-            self.ood.save(path)
-            return
-        if self.ood is not None:
-            log.warning("OOD statistics not saved: the encoder weights changed since they were fitted (vit-policy fit-ood fits them again)")
-        path.unlink(missing_ok=True)
+        return save_checkpoint(self, directory, metadata)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu", ood: bool = True) -> "VisuomotorPolicy":
-        """Load a checkpoint directory written by ``save_pretrained``; nothing is unpickled.
+        """:func:`vit_policy.model.checkpoint.load_checkpoint` (the name HF / timm users look for)."""
+        from vit_policy.model.checkpoint import load_checkpoint
 
-        Its OOD statistics (``ood.safetensors``, when present and ``ood``) become ``policy.ood``.
-        """
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise FileNotFoundError(f"checkpoint directory {str(directory)!r} does not exist")
-        for name in (CONFIG_FILE, WEIGHTS_FILE, STATS_FILE):
-            if not (directory / name).is_file():
-                raise FileNotFoundError(f"checkpoint {str(directory)!r} is incomplete: {name} is missing")
-        fix = (f"copy the checkpoint directory {str(directory)!r} again from where it was trained (a copy was cut short), "
-               "or export it again (VisuomotorPolicy.save_pretrained; vit-policy train writes last/ and best/)")
-        raw_cfg = read_yaml(directory / CONFIG_FILE)  # its errors name the file
-        try:
-            cfg = from_dict(PolicyConfig, raw_cfg)
-        except ConfigError as exc:
-            raise ConfigError(f"{str(directory / CONFIG_FILE)!r}: {exc}; {fix}") from None
-        # the weights come from the checkpoint: never download or read the original encoder weights again
-        cfg.encoder.pretrained, cfg.encoder.weights = False, None
-        cfg.language.pretrained, cfg.language.weights = None, None
-        model = cls(cfg)
-        state = read_state_dict(directory / WEIGHTS_FILE, fix)
-        missing, unexpected = model.load_state_dict(_restore_shared(state, model), strict=False)
-        if missing or unexpected:
-            raise WeightsError(f"checkpoint {str(directory / WEIGHTS_FILE)!r} does not match its config: missing {missing[:8]}, "
-                               f"unexpected {unexpected[:8]}; {CONFIG_FILE} and {WEIGHTS_FILE} must come from the same save: {fix}")
-        src = str(directory / STATS_FILE)
-        try:
-            raw = load_file(src)
-        except Exception as exc:
-            raise weights_error(src, exc, fix) from exc
-        try:
-            model.set_stats({k: NormStats.from_tensors(raw, k, src) for k in ("state", "action")})
-        except (KeyError, ValueError) as exc:
-            raise WeightsError(f"checkpoint statistics {src!r} do not fit the model: {exc.args[0] if exc.args else exc}; {fix}") from None
-        model.ood = load_monitor(directory, model) if ood else None
-        return model.to(map_location).eval()
+        return load_checkpoint(directory, map_location, ood)
 
 
 def observation_batch(cfg: PolicyConfig, observations: list[Observation]) -> Batch:
@@ -553,63 +494,6 @@ def chunks_from_actions(actions: np.ndarray, position: np.ndarray, quaternion: n
                         attention=None if attention is None else attention[i], ood=None if ood is None else ood[i])
             for i in range(actions.shape[0])]
 
-
-def read_point_stats(path: str | Path, needed_by: str, fix: str = "") -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    """A pretraining file's point names and their (points, 3) mean and std in metres (vit_policy.pretrain
-    stores them as metadata: the point head's outputs are normalised by them)."""
-    meta = _safetensors_metadata(path)
-    if not {"points", "point_mean_m", "point_std_m"} <= set(meta):
-        raise WeightsError(f"{needed_by} needs the point statistics (point_mean_m, point_std_m) that vit_policy.pretrain "
-                           f"stores, and {str(path)!r} has none; pretrain it again {fix}".rstrip())
-    names = json.loads(meta["points"])
-    mean, std = (torch.tensor(json.loads(meta[k]), dtype=torch.float32) for k in ("point_mean_m", "point_std_m"))
-    if mean.shape != (len(names), 3) or std.shape != (len(names), 3):
-        raise WeightsError(f"{str(path)!r}: point_mean_m / point_std_m should be {len(names)} x 3 (one per point), got "
-                           f"{tuple(mean.shape)} / {tuple(std.shape)}; pretrain it again")
-    return names, mean, std
-
-
-def _safetensors_metadata(path: str | Path) -> dict[str, str]:
-    """The string metadata of a .safetensors file ({} for other formats)."""
-    if Path(path).suffix != ".safetensors":
-        return {}
-    from safetensors import safe_open
-
-    if not Path(path).is_file():
-        raise WeightsError(f"weights file {str(path)!r} does not exist")
-    try:
-        with safe_open(str(path), "pt") as f:
-            return dict(f.metadata() or {})
-    except Exception as exc:  # truncated or corrupt: the path, the cause and the fix
-        raise weights_error(path, exc) from exc
-
-
-def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """safetensors refuses tensors that share memory; keep one copy of each (the first name)."""
-    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
-    out = {}
-    for k, v in state.items():
-        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
-        if v.numel() and key in seen:
-            continue
-        seen[key] = k
-        out[k] = v
-    return out
-
-
-def _restore_shared(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Fill keys dropped by ``_dedupe_shared`` from the tensor they shared memory with."""
-    own = model.state_dict()
-    by_ptr = {}
-    for k, v in own.items():
-        by_ptr.setdefault((v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape)), []).append(k)
-    out = dict(state)
-    for names in by_ptr.values():
-        have = [n for n in names if n in state]
-        for n in names:
-            if n not in out and have:
-                out[n] = state[have[0]]
-    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from vit_policy.replay.metrics import Predictions, chunk_metrics, latency_summar
 from vit_policy.replay.modes import BagResult, RecordedTrack, attention_samples, run_batch, run_faithful
 
 if TYPE_CHECKING:
-    from vit_policy.model.policy import VisuomotorPolicy
+    from vit_policy.model.policy import Policy
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class CheckpointResult:
 def check_checkpoints(paths: list[str | Path], model_file: str | None = None) -> None:
     """Every checkpoint directory exists and holds its three files (``model_file``: the backend's instead of
     model.safetensors); one error lists every problem."""
-    from vit_policy.model.policy import CONFIG_FILE, STATS_FILE, WEIGHTS_FILE
+    from vit_policy.model.checkpoint import CONFIG_FILE, STATS_FILE, WEIGHTS_FILE
 
     problems = []
     for p in map(Path, paths):
@@ -69,7 +69,7 @@ def check_checkpoints(paths: list[str | Path], model_file: str | None = None) ->
         missing = [n for n in (CONFIG_FILE, model_file or WEIGHTS_FILE, STATS_FILE) if not (p / n).is_file()]
         if missing:
             problems.append(f"checkpoint {str(p)!r} is incomplete: {', '.join(missing)} missing "
-                            "(a checkpoint is the directory written by save_pretrained / vit-policy train"
+                            "(a checkpoint is the directory written by save_checkpoint / vit-policy train"
                             + (", and vit-policy export for runtime.backend: onnxruntime)" if model_file else ")"))
     if problems:
         raise FileNotFoundError("; ".join(problems))
@@ -117,7 +117,7 @@ def _mode_metrics(results: list[BagResult], cfg: ReplayConfig, monitor: Any = No
     return m
 
 
-def _check_policy(name: str, policy: "VisuomotorPolicy", data: DataConfig) -> None:
+def _check_policy(name: str, policy: "Policy", data: DataConfig) -> None:
     """The data config feeds this policy: its cameras are mapped and its chunk period is the label period."""
     missing = [c for c in policy.cfg.cameras if c not in data.cameras]
     if missing:
@@ -136,7 +136,7 @@ def replay_settings(bags: list[str | Path], cfg: ReplayConfig) -> dict[str, str]
 
 
 def replay_policies(
-    policies: dict[str, "VisuomotorPolicy"],
+    policies: dict[str, "Policy"],
     bags: list[str | Path],
     out_dir: str | Path,
     cfg: ReplayConfig,

@@ -31,7 +31,7 @@ from vit_policy.replay.metrics import CommandStream, Predictions
 
 if TYPE_CHECKING:
     from vit_policy.data.bags import Episode
-    from vit_policy.model.policy import VisuomotorPolicy
+    from vit_policy.model.policy import Policy
 
 MODES = ("faithful", "batch")
 
@@ -72,7 +72,7 @@ class BagResult:
 # --------------------------------------------------------------------------------------------------
 
 
-def episode_batch(policy: "VisuomotorPolicy", ep: "Episode", index: np.ndarray) -> dict[str, Any]:
+def episode_batch(policy: "Policy", ep: "Episode", index: np.ndarray) -> dict[str, Any]:
     """Frames ``index`` of an episode in the model's batch format."""
     cams = policy.cfg.cameras
     missing = [c for c in cams if c not in ep.images]
@@ -93,7 +93,7 @@ def episode_batch(policy: "VisuomotorPolicy", ep: "Episode", index: np.ndarray) 
     return batch
 
 
-def run_batch(policy: "VisuomotorPolicy", episodes: list["Episode"], batch_size: int) -> tuple[Predictions, float]:
+def run_batch(policy: "Policy", episodes: list["Episode"], batch_size: int) -> tuple[Predictions, float]:
     """Batched ``policy.predict`` over every synchronised frame; returns predictions and wall seconds."""
     parts = []
     t0 = time.perf_counter()
@@ -106,7 +106,7 @@ def run_batch(policy: "VisuomotorPolicy", episodes: list["Episode"], batch_size:
     return Predictions.concat(parts), time.perf_counter() - t0
 
 
-def attention_samples(policy: "VisuomotorPolicy", episodes: list["Episode"], n: int) -> list[dict[str, Any]]:
+def attention_samples(policy: "Policy", episodes: list["Episode"], n: int) -> list[dict[str, Any]]:
     """Attention of the action queries on ``n`` frames spread evenly over the episodes."""
     frames = [(e, i) for e, ep in enumerate(episodes) for i in range(len(ep.stamps_ns))]
     if n <= 0 or not frames:
@@ -133,7 +133,7 @@ class _RecordingPolicy:
     ``latency_ms`` is the wall time of each call (this machine's inference latency).
     """
 
-    def __init__(self, policy: "VisuomotorPolicy", clock: list[int]) -> None:
+    def __init__(self, policy: "Policy", clock: list[int]) -> None:
         self.policy, self.cfg, self._clock = policy, policy.cfg, clock
         self.ood = getattr(policy, "ood", None)  # the runner scores (and with safety.ood_stop, stops) like the node's
         self.chunks: list[tuple[int, ActionChunk]] = []  # (simulated time of the inference, chunk)
@@ -147,7 +147,7 @@ class _RecordingPolicy:
         return chunk
 
 
-def measure_latency(policy: "VisuomotorPolicy", episodes: list["Episode"], repeats: int = 5) -> float:
+def measure_latency(policy: "Policy", episodes: list["Episode"], repeats: int = 5) -> float:
     """Median wall time (s) of one single-observation ``predict`` on this machine, after a warm-up."""
     ep = next(e for e in episodes if len(e.stamps_ns))
     batch = episode_batch(policy, ep, np.array([0]))
@@ -160,7 +160,7 @@ def measure_latency(policy: "VisuomotorPolicy", episodes: list["Episode"], repea
     return float(np.median(times))
 
 
-def run_faithful(policy: "VisuomotorPolicy", bag: str | Path, episodes: list["Episode"], cfg: ReplayConfig) -> BagResult:
+def run_faithful(policy: "Policy", bag: str | Path, episodes: list["Episode"], cfg: ReplayConfig) -> BagResult:
     """Replay one bag through PolicyRunner on bag time; score its chunks and its command stream.
 
     The clock ticks every control period from the bag's first message (the extraction's grid); a tick
