@@ -386,7 +386,7 @@ def run(transport: Transport) -> int:
         transport.spin()
     finally:
         node.shutdown()
-        transport.shutdown()
+        transport.close()
     return 0
 
 

@@ -247,7 +247,7 @@ class DDSSimBridge:
         finally:
             if self.switches is not None:
                 self.switches.close()
-            self.t.shutdown()
+            self.t.close()
             self.sim.close()
 
 

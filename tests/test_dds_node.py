@@ -260,7 +260,7 @@ def test_policy_node_end_to_end_over_dds(checkpoint: Path, tmp_path: Path):
     finally:
         streamer.close()
         out = stop_node(proc)
-        t.shutdown()
+        t.close()
     assert proc.returncode == 0, out
     assert "ERROR" not in out and "Traceback" not in out, out
 
@@ -360,8 +360,8 @@ def test_node_with_tf_compressed_images_gripper_and_trajectory_output(tmp_path: 
         assert len(t_ns) == 1 and np.allclose(pos[0], position)  # hold where the arm is
     finally:
         node.shutdown()
-        peer.shutdown()
-        node_t.shutdown()
+        peer.close()
+        node_t.close()
 
 
 def test_sim_time_clock_and_timers_pause(tmp_path: Path):
@@ -402,5 +402,5 @@ def test_sim_time_clock_and_timers_pause(tmp_path: Path):
         assert node.runner.last_status[0] == "disabled"
     finally:
         node.shutdown()
-        peer.shutdown()
-        node_t.shutdown()
+        peer.close()
+        node_t.close()

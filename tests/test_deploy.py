@@ -222,4 +222,4 @@ def test_node_runs_the_exported_graph(exported: dict) -> None:
         assert node.runner.inferences == 1 and cmd.is_finite()
     finally:
         node.shutdown()
-        node_t.shutdown()
+        node_t.close()

@@ -312,7 +312,7 @@ def test_every_message_type_both_ways_with_rclpy_on_fast_dds(tmp_path, monkeypat
         elapsed = time.monotonic() - t0
     finally:
         err = peer.close()
-        t.shutdown()
+        t.close()
     assert peer.info("rmw") == "rmw_fastrtps_cpp", f"the peer did not start on Fast DDS:\n{err}"
     missing = peer.info("missing")
     assert set(missing) <= {"tf2_msgs/msg/TFMessage"}, f"rclpy lacks message packages: {missing}"
@@ -348,6 +348,6 @@ def test_users_cyclonedds_uri_overrides_the_interop_setting(tmp_path, monkeypatc
         time.sleep(2.0)  # ten more publications of the image
     finally:
         err = peer.close()
-        t.shutdown()
+        t.close()
     assert "std_msgs/msg/Bool" in got, f"the peer never matched (a type without sequences):\n{err}"
     assert "sensor_msgs/msg/Image" not in got, "the user's CYCLONEDDS_URI did not replace the vendor list"

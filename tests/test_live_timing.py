@@ -590,4 +590,4 @@ def test_diagnostics_level_is_an_octet_as_rosidl_declares_it():
             got += reader.take(N=10)
         assert got, "the octet-typed reader never matched the node's /diagnostics writer"
     finally:
-        node_t.shutdown()
+        node_t.close()

@@ -69,7 +69,12 @@ class Transport(ABC):
         """Process callbacks until shutdown (Ctrl-C or :meth:`shutdown`)."""
 
     @abstractmethod
-    def shutdown(self) -> None: ...
+    def shutdown(self) -> None:
+        """Stop spinning and the timers; publishing still works (the node's final stop goes out after this)."""
+
+    def close(self) -> None:
+        """Shut down and release the middleware's entities now, on this thread."""
+        self.shutdown()
 
 
 def check_parameter_names(params: dict[str, Any], defaults: dict[str, Any], node_name: str) -> None:
