@@ -53,6 +53,11 @@ def camera_key(camera: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+def period_ns(rate_hz: float) -> int:
+    """One control period in integer nanoseconds: the grid that data labels, runtime ticks and chunk steps share."""
+    return int(round(1e9 / rate_hz))
+
+
 TIMING_FIELDS = ("sync_tolerance_s", "max_age_s", "max_extrapolation_s", "max_stamp_lead_s", "position_bound_m")
 
 

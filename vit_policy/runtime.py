@@ -38,7 +38,7 @@ from scipy.spatial.transform import Rotation
 from vit_policy import messages as M
 from vit_policy.config import ConfigError
 from vit_policy.images import resize_uint8
-from vit_policy.inputs import GRIPPER, POSE, Frame, InputRouter, InputSpec, Resolved, Synchronizer, SyncRule, camera_key, check_timing
+from vit_policy.inputs import GRIPPER, POSE, Frame, InputRouter, InputSpec, Resolved, Synchronizer, SyncRule, camera_key, check_timing, period_ns
 from vit_policy.observation import ActionChunk, Observation, ObservationError, check_image
 from vit_policy.ood import OODState
 from vit_policy.safety import Command, SafetyConfig, SafetyFilter
@@ -104,7 +104,7 @@ class RuntimeConfig:
 
     @property
     def control_period_ns(self) -> int:
-        return int(round(1e9 / self.control_rate_hz))
+        return period_ns(self.control_rate_hz)
 
 
 @dataclass

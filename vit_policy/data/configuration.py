@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from vit_policy.config import ConfigError, load_config
-from vit_policy.inputs import check_timing
+from vit_policy.inputs import check_timing, period_ns
 
 
 @dataclass
@@ -67,7 +67,7 @@ class DataConfig:
 
     @property
     def dt_ns(self) -> int:
-        return int(round(1e9 / self.control_rate_hz))
+        return period_ns(self.control_rate_hz)
 
 
 @dataclass
