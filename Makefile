@@ -33,17 +33,20 @@ setup: sysdeps $(STAMP)
 demo: setup
 	$(PY) -m vit_policy.cli demo --threads 2
 
-# Two processes: the simulator suite segfaulted (in libc free) late in a run that shared its process
-# with tests/ (likely a thread left by the in-process DDS tests); each suite alone passes. Timeouts guard
-# against hangs, not speed: the Reach fixture (300 demonstrations recorded, 5000 training steps) alone
-# took 19 of one test's minutes on a slow 2-core host.
+# Two pytest-xdist workers, one torch thread each (conftest.py); DDS tests draw domains no other worker
+# uses. The simulator suite goes by file (--dist loadfile): the Reach chain, which trains once per session,
+# is one module, started first (sim_tests/conftest.py). Two processes: the simulator suite once segfaulted
+# late in a run that shared its process with tests/. Timeouts guard against hangs, not speed: at least 3x
+# the idle time of the slowest test (the Reach chain's first test, about 5 minutes with its fixtures).
+TEST_WORKERS ?= 2
+SIM_DIST := --dist loadfile --no-loadscope-reorder
 test: setup
-	$(PY) -m pytest -q -ra --durations=15 --timeout=1200 tests
-	$(PY) -m pytest -q -raP --durations=15 --timeout=3600 sim_tests  # P: the closed-loop tests print their success counts
+	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --durations=15 --timeout=1200 tests
+	$(PY) -m pytest -q -raP -n $(TEST_WORKERS) $(SIM_DIST) --durations=15 --timeout=1800 sim_tests  # P: the closed-loop tests print their success counts
 
 test-fast: setup
-	$(PY) -m pytest -q -ra -m "not slow" tests
-	$(PY) -m pytest -q -ra -m "not slow" sim_tests
+	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) -m "not slow" tests
+	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) $(SIM_DIST) -m "not slow" sim_tests
 
 bench: setup
 	$(PY) benchmarks/inference.py

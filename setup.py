@@ -76,7 +76,7 @@ setup(
     extras_require={
         "dds": ["cyclonedds>=0.10.5"],
         "sim": ["mujoco>=3.1,<3.4", "gymnasium-robotics==1.4.2", "imageio>=2.30"],
-        "dev": ["pytest>=7", "pytest-timeout>=2", "cyclonedds>=0.10.5"],
+        "dev": ["pytest>=7", "pytest-timeout>=2", "pytest-xdist>=3.5", "cyclonedds>=0.10.5"],
         # LeRobotDataset v3 export / read (vit_policy/data/lerobot.py): parquet and video, without lerobot itself
         "lerobot": ["pyarrow>=14", "av>=12"],
         # ROS 2 from pip (Kilted wheels, Fast DDS) for machines WITHOUT a ROS install: rclpy and the message

@@ -182,7 +182,8 @@ class FedNode:
         tmp = Path(tempfile.mkdtemp(prefix="ros_path_"))
         torch.manual_seed(0)
         cfg = PolicyConfig(cameras=cameras, encoder=EncoderConfig(name="vit_tiny_patch16_224", img_size=img_size),
-                           d_model=128, n_heads=4, n_encoder_layers=1, n_decoder_layers=1, chunk_size=10)
+                           d_model=128, n_heads=4, n_encoder_layers=1, n_decoder_layers=1, chunk_size=10,
+                           control_dt=1.0 / control_hz)  # the checkpoint's chunk step is the control period
         policy = VisuomotorPolicy.from_config(cfg)
         policy.set_stats(identity_stats(cfg))
         ckpt = policy.save_pretrained(tmp / "ckpt")

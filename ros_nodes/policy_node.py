@@ -215,9 +215,6 @@ class PolicyNode:
         self.runner = PolicyRunner(policy, cfg.runtime, cfg.safety, clock=transport.now_ns, inputs=self.inputs)
         self.runner.instruction = cfg.instruction or None
         self.period_ns = cfg.runtime.control_period_ns
-        if abs(policy.cfg.control_dt_ns - self.period_ns) > 1000:
-            self.log.info("chunk step %.0f ms differs from the control period %.0f ms: targets are interpolated",
-                          policy.cfg.control_dt_ns / 1e6, self.period_ns / 1e6)
         self.published = 0
         self._timers: list[Any] = []
         self._warned: set[str] = set()

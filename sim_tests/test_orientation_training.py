@@ -31,14 +31,9 @@ def test_policy_turns_the_gripper_to_its_demonstrated_goals(tmp_path: Path) -> N
 
     cfg = load_task_config("FetchReachOrient", None, ["episode_steps=30"])
     infos = record_demonstrations(cfg, tmp_path / "demos", DEMOS, seed=SEED, hold_steps=3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
-    try:
-        result = train(train_config_for(cfg, [str(tmp_path / "demos" / "episode_*")], tmp_path, steps=STEPS,
-                                        overrides=["val_fraction=0.0"]))
-    finally:
-        torch.set_num_threads(threads)
+    torch.manual_seed(0)  # one thread (conftest.py): the other xdist worker or a busy machine shares the cores
+    result = train(train_config_for(cfg, [str(tmp_path / "demos" / "episode_*")], tmp_path, steps=STEPS,
+                                    overrides=["val_fraction=0.0"]))
     policy = VisuomotorPolicy.from_pretrained(result.last).eval()
     seeds = [i.seed for i in infos]
     assert seeds == list(range(SEED, SEED + DEMOS))  # the expert solved each; the policy gets the same goals

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 from sim_tests.configuration import SimConfig
-from sim_tests.conftest import reach_sim_config
 from sim_tests.fetch_env import FetchSim
-from sim_tests.pretrain import PRETRAIN_SEED, localization_frames, pretrain_for_task
+from sim_tests.pretrain import PRETRAIN_SEED, localization_frames
 
 
 def test_labels_are_the_simulator_state_of_each_frame() -> None:
@@ -48,30 +47,6 @@ def test_bad_counts_are_rejected() -> None:
         localization_frames(SimConfig(task="FetchReach-v4"), resets=0)
     with pytest.raises(ValueError, match="expert_fraction"):
         localization_frames(SimConfig(task="FetchPush-v4"), resets=2, expert_fraction=1.5)
-
-
-@pytest.mark.slow
-def test_pretrained_encoder_places_new_goals_and_the_policy_starts_from_it(tmp_path: Path) -> None:
-    """2400 Reach frames, 600 steps: goals of resets it never saw are placed far better than their spread,
-    and a policy built with encoder.weights starts from exactly that backbone."""
-    import torch
-    from safetensors.torch import load_file
-
-    from sim_tests.record import policy_config_for
-    from vit_policy.model.checkpoint import build_policy
-
-    cfg = reach_sim_config()
-    torch.manual_seed(0)
-    res = pretrain_for_task(cfg, tmp_path / "reach.safetensors", resets=300, steps=600)
-    print(res.table())
-    _, points, _ = localization_frames(cfg, resets=40, frames_per_reset=1, seed=PRETRAIN_SEED)
-    spread = float(np.median(np.linalg.norm(points[:, 0] - points[:, 0].mean(0), axis=-1)))  # ~13 cm: ignore the pixels
-    assert res.val_error_m["goal"] < 0.5 * spread, (res.val_error_m, spread)
-    assert res.val_error_m["ee"] < 0.5 * spread, (res.val_error_m, spread)
-    policy = build_policy(policy_config_for(cfg, overrides=[f"encoder.weights={res.path}"]))
-    saved = load_file(str(res.path))
-    own = policy.encoder_for("side").backbone.state_dict()
-    assert all(torch.equal(saved[k], own[k]) for k in own)
 
 
 def test_sim_pretrain_command_writes_the_weights_and_rejects_bad_counts(tmp_path: Path) -> None:

@@ -7,8 +7,6 @@ enables the node through ``policy/enable`` and checks what comes back on ``cmd/t
 
 from __future__ import annotations
 
-import os
-import random
 import subprocess
 import threading
 import time
@@ -193,8 +191,8 @@ def checkpoint(tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.dds
-def test_policy_node_end_to_end_over_dds(checkpoint: Path, tmp_path: Path):
-    domain = random.Random(os.getpid() ^ time.time_ns()).randint(100, 199)
+def test_policy_node_end_to_end_over_dds(checkpoint: Path, tmp_path: Path, dds_domain):
+    domain = dds_domain(100, 199)
     params = {"policy_node": {"ros__parameters": {
         "checkpoint": str(checkpoint), "threads": 1, "output_mode": "twist",
         "runtime": {"control_rate_hz": RATE_HZ, "max_age_s": MAX_AGE_S, "sync_tolerance_s": 0.1},
@@ -293,7 +291,7 @@ def test_parameter_file_and_errors():
             serve("rclpy", None, ["checkpoint=/x"])
 
 
-def test_node_with_tf_compressed_images_gripper_and_trajectory_output(tmp_path: Path, caplog):
+def test_node_with_tf_compressed_images_gripper_and_trajectory_output(tmp_path: Path, caplog, dds_domain):
     from scipy.spatial.transform import Rotation
 
     from ros_nodes.policy_node import PolicyNode, config_from_parameters, parameter_defaults
@@ -308,7 +306,7 @@ def test_node_with_tf_compressed_images_gripper_and_trajectory_output(tmp_path: 
         "gripper_joints": ["finger_l", "finger_r"], "gripper_closed": 0.0, "gripper_open": 0.08,
         "runtime.synchronous": True, "runtime.max_age_s": 5.0, "runtime.sync_tolerance_s": 1.0,
     })
-    domain = random.Random(os.getpid() ^ time.time_ns()).randint(200, 230)
+    domain = dds_domain(200, 230)
     node_t = DDSTransport("policy_node", domain_id=domain)
     node = PolicyNode(node_t, cfg)
     assert node.untrained
@@ -364,17 +362,17 @@ def test_node_with_tf_compressed_images_gripper_and_trajectory_output(tmp_path: 
         node_t.close()
 
 
-def test_sim_time_clock_and_timers_pause(tmp_path: Path):
+def test_sim_time_clock_and_timers_pause(tmp_path: Path, dds_domain):
     """use_sim_time: commands carry /clock time; no pose target before a valid pose; pause sends a stop and stops the timers."""
     from ros_nodes.policy_node import PolicyNode, config_from_parameters, parameter_defaults
     from vit_policy.config import save_config
 
     policy_yaml = tmp_path / "tiny.yaml"
     save_config(PolicyConfig(cameras=["front"], encoder=EncoderConfig(name="vit_tiny_patch16_224", img_size=32, token_mode="pooled"),
-                             d_model=32, n_heads=4, n_encoder_layers=1, n_decoder_layers=1, chunk_size=4), policy_yaml)
+                             d_model=32, n_heads=4, n_encoder_layers=1, n_decoder_layers=1, chunk_size=4, control_dt=0.05), policy_yaml)
     cfg = config_from_parameters({**parameter_defaults(), "allow_untrained": True, "policy_config": str(policy_yaml), "threads": 1,
                                   "runtime.control_rate_hz": 20.0, "output_mode": "pose"})
-    domain = random.Random(os.getpid() ^ time.time_ns()).randint(231, 232)
+    domain = dds_domain(231, 232)
     node_t = DDSTransport("policy_node", domain_id=domain, use_sim_time=True)
     node = PolicyNode(node_t, cfg)
     peer = DDSTransport("peer", domain_id=domain)

@@ -8,15 +8,12 @@ recording is exported with ``vit-policy export``; the same replay then runs on e
 from __future__ import annotations
 
 import json
-import os
-import random
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from vit_policy.cli import main
 from vit_policy.config import ConfigError, to_dict
@@ -189,7 +186,7 @@ def test_history_policy_exports_its_history_input(bag: SyntheticBag, tmp_path: P
     assert report["inputs"][-1] == "history" and report["fp32"]["normalized_abs_max"] <= 1e-4
 
 
-def test_node_runs_the_exported_graph(exported: dict) -> None:
+def test_node_runs_the_exported_graph(exported: dict, dds_domain) -> None:
     """The ROS node (CycloneDDS transport) with runtime.backend: onnxruntime commands the arm from the graph.
 
     The inputs are handed to the node's subscription callback rather than written by a second participant in
@@ -203,7 +200,7 @@ def test_node_runs_the_exported_graph(exported: dict) -> None:
     cfg = config_from_parameters({**parameter_defaults(), "checkpoint": str(exported["out"]), "threads": 1,
                                   "runtime.backend": "onnxruntime", "runtime.synchronous": True, "runtime.max_age_s": 5.0,
                                   "runtime.sync_tolerance_s": 1.0})
-    domain = random.Random(os.getpid() ^ time.time_ns()).randint(231, 232)
+    domain = dds_domain(231, 232)
     node_t = DDSTransport("policy_node", domain_id=domain)
     node = PolicyNode(node_t, cfg)
     try:

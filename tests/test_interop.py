@@ -22,7 +22,6 @@ import base64
 import importlib.util
 import json
 import os
-import random
 import subprocess
 import sys
 import threading
@@ -273,10 +272,6 @@ def topic(kind: str, typename: str, run: str) -> str:
     return f"/interop_{run}/{kind}/{typename.rsplit('/', 1)[1].lower()}"
 
 
-def fresh_domain() -> int:
-    return random.Random(os.getpid() ^ time.time_ns()).randint(100, 232)  # Fast DDS's port mapping ends at 232
-
-
 def test_domain_config_puts_the_fast_dds_setting_first_and_the_users_uri_after_it(monkeypatch):
     assert "<Compatibility><IgnoreTypeInformation>1.15</IgnoreTypeInformation></Compatibility>" in ROS_INTEROP_CONFIG
     monkeypatch.delenv("CYCLONEDDS_URI", raising=False)
@@ -285,9 +280,9 @@ def test_domain_config_puts_the_fast_dds_setting_first_and_the_users_uri_after_i
     assert domain_config() == ROS_INTEROP_CONFIG + ",file:///etc/cyclonedds.xml"  # later sources override earlier ones
 
 
-def test_every_message_type_both_ways_with_rclpy_on_fast_dds(tmp_path, monkeypatch):
+def test_every_message_type_both_ways_with_rclpy_on_fast_dds(tmp_path, monkeypatch, dds_domain):
     monkeypatch.delenv("CYCLONEDDS_URI", raising=False)
-    domain, run = fresh_domain(), f"{os.getpid()}_{time.time_ns() % 10**6}"
+    domain, run = dds_domain(100, 232), f"{os.getpid()}_{time.time_ns() % 10**6}"  # Fast DDS's port mapping ends at 232
     cases = {tn: {"qos": qos, "sample": sample, "to_dds": topic("to_dds", tn, run), "to_ros": topic("to_ros", tn, run)}
              for tn, (qos, sample) in samples().items()}
     t0 = time.monotonic()
@@ -328,11 +323,11 @@ def test_every_message_type_both_ways_with_rclpy_on_fast_dds(tmp_path, monkeypat
     print(f"{len(checked)} types both ways in {elapsed:.1f} s; not checked (no rclpy package): {sorted(missing)}")
 
 
-def test_users_cyclonedds_uri_overrides_the_interop_setting(tmp_path, monkeypatch):
+def test_users_cyclonedds_uri_overrides_the_interop_setting(tmp_path, monkeypatch, dds_domain):
     """With the vendor list replaced by ``1.1`` (Cyclone's own), Fast DDS's Image no longer matches; Bool does."""
     monkeypatch.setenv("CYCLONEDDS_URI", "<CycloneDDS><Domain><Compatibility><IgnoreTypeInformation>1.1"
                                          "</IgnoreTypeInformation></Compatibility></Domain></CycloneDDS>")
-    domain, run = fresh_domain(), f"{os.getpid()}_{time.time_ns() % 10**6}"
+    domain, run = dds_domain(100, 232), f"{os.getpid()}_{time.time_ns() % 10**6}"  # Fast DDS's port mapping ends at 232
     kinds = samples()
     cases = {tn: {"qos": "reliable", "sample": kinds[tn][1], "to_dds": topic("to_dds", tn, run), "to_ros": topic("to_ros", tn, run)}
              for tn in ("std_msgs/msg/Bool", "sensor_msgs/msg/Image")}

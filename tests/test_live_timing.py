@@ -31,7 +31,6 @@ No ``from __future__ import annotations`` here: cyclonedds reads the IdlStruct a
 
 import math
 import os
-import random
 import threading
 import time
 from dataclasses import dataclass
@@ -350,17 +349,14 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return policy.save_pretrained(tmp_path_factory.mktemp("live_timing") / "ckpt")
 
 
-_DOMAINS = iter(random.Random(os.getpid() ^ time.time_ns()).sample(range(100, 230), 16))
-
-
 class LiveNode:
     """The node process and the peer on a fresh domain; ``finish`` stops both and returns the node's log.
 
     LIVE_TIMING_LOG=1 prints each node's log (``pytest -s``).
     """
 
-    def __init__(self, checkpoint: Path, workdir: Path, **params: Any) -> None:
-        self.domain = next(_DOMAINS)
+    def __init__(self, checkpoint: Path, workdir: Path, domain: int, **params: Any) -> None:
+        self.domain = domain
         ros_params = {"checkpoint": str(checkpoint), "threads": 1, "output_mode": "twist", "diagnostics_rate_hz": 5.0,
                       "runtime": {"control_rate_hz": RATE_HZ}, **params}
         self.proc = spawn_dds_node({"policy_node": {"ros__parameters": ros_params}}, workdir, self.domain)
@@ -387,11 +383,11 @@ class LiveNode:
 
 
 @pytest.fixture
-def live(checkpoint: Path, tmp_path: Path):
+def live(checkpoint: Path, tmp_path: Path, dds_domain):
     nodes: list[LiveNode] = []
 
     def start(**params: Any) -> LiveNode:
-        node = LiveNode(checkpoint, tmp_path / f"node{len(nodes)}", **params)
+        node = LiveNode(checkpoint, tmp_path / f"node{len(nodes)}", dds_domain(100, 229), **params)
         nodes.append(node)
         return node
 
@@ -571,12 +567,12 @@ def test_pose_output_never_invents_or_passes_on_a_bad_pose(live):
 # --------------------------------------------------------------------------------------------------
 
 
-def test_diagnostics_level_is_an_octet_as_rosidl_declares_it():
+def test_diagnostics_level_is_an_octet_as_rosidl_declares_it(dds_domain):
     """A reader typed from the ROS IDL (``octet level``) receives the node's /diagnostics (no node process needed)."""
     from ros_nodes.transport.dds_backend import DDSTransport
     from vit_policy import messages as M
 
-    domain = next(_DOMAINS)
+    domain = dds_domain(100, 229)
     node_t = DDSTransport("policy_node", domain_id=domain)
     dp = DomainParticipant(domain)
     got: list[Any] = []

@@ -21,7 +21,6 @@ Every command received is checked for NaN. The node processes talk to this one o
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -205,9 +204,9 @@ def moving(msgs: list[Any]) -> bool:
 
 
 @pytest.fixture(scope="module")
-def ros_domain(tmp_path_factory: pytest.TempPathFactory):
+def ros_domain(tmp_path_factory: pytest.TempPathFactory, dds_domain):
     """A random domain below 100, discovery on this host only, ROS logs under a temporary folder."""
-    domain = random.Random(os.getpid() ^ time.time_ns()).randint(1, 99)
+    domain = dds_domain(1, 99)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
         mp.setenv("ROS_LOG_DIR", str(tmp_path_factory.mktemp("ros_log")))

@@ -151,6 +151,22 @@ def test_latency_compensation_skips_steps_already_past():
     np.testing.assert_allclose(rest.target_positions[:, 0], P0[0] + 0.1 * np.arange(3, 9) * 0.1, atol=1e-12)
 
 
+def test_a_control_rate_other_than_the_chunk_step_is_an_error_unless_resampling_is_asked_for():
+    """The one rate rule: 25 Hz ticks against a 10 Hz checkpoint fail at construction naming both; with
+    runtime.resample_chunks the 40 ms tick commands the chunk interpolated between its 100 ms steps."""
+    from vit_policy.config import ConfigError
+
+    policy = ScriptedPolicy(speed=0.1)
+    with pytest.raises(ConfigError, match=r"runtime.control_rate_hz: 25 Hz .*40 ms.*control_dt 0.1 s = 100 ms.*set runtime.control_rate_hz to 10 Hz"):
+        PolicyRunner(policy, RuntimeConfig(synchronous=True, control_rate_hz=25.0), LOOSE)
+    runner = PolicyRunner(policy, RuntimeConfig(synchronous=True, control_rate_hz=25.0, resample_chunks=True, max_age_s=1.0), LOOSE)
+    runner.set_enabled(True)
+    feed(runner, S0)
+    cmd = runner.tick(S0 + 10 * MS)  # commands the target for S0 + 50 ms: half of the first 100 ms step
+    assert cmd.status == "ok"
+    np.testing.assert_allclose(cmd.target_position, P0 + [0.005, 0, 0], atol=1e-9)
+
+
 def test_temporal_ensembling_weights():
     m = 0.5
     offsets = [0.01, 0.02, 0.04]

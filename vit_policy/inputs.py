@@ -58,6 +58,18 @@ def period_ns(rate_hz: float) -> int:
     return int(round(1e9 / rate_hz))
 
 
+def check_control_period(chunk_dt_ns: int, period: int, setting: str, resample: bool = False) -> None:
+    """The one rate rule, wherever a checkpoint meets a configured control period (training labels, replay,
+    the runner in the node and the simulator): the chunk step and the period match, or resampling was asked
+    for (``runtime.resample_chunks``: targets interpolated between chunk steps); else a ConfigError naming both."""
+    if resample or abs(int(chunk_dt_ns) - int(period)) <= 1000:
+        return
+    fix = f"set {setting} to {1e9 / chunk_dt_ns:g} Hz"
+    fix += ", or runtime.resample_chunks: true to interpolate the chunk at the control ticks" if setting.startswith("runtime.") else ""
+    raise ConfigError(f"{setting}: {1e9 / period:g} Hz (a {period / 1e6:g} ms period) differs from the checkpoint's chunk step "
+                      f"(control_dt {chunk_dt_ns / 1e9:g} s = {chunk_dt_ns / 1e6:g} ms); {fix}")
+
+
 TIMING_FIELDS = ("sync_tolerance_s", "max_age_s", "max_extrapolation_s", "max_stamp_lead_s", "position_bound_m")
 
 

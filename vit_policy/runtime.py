@@ -38,7 +38,7 @@ from scipy.spatial.transform import Rotation
 from vit_policy import messages as M
 from vit_policy.config import ConfigError
 from vit_policy.images import resize_uint8
-from vit_policy.inputs import GRIPPER, POSE, Frame, InputRouter, InputSpec, Resolved, Synchronizer, SyncRule, camera_key, check_timing, period_ns
+from vit_policy.inputs import GRIPPER, POSE, Frame, InputRouter, InputSpec, Resolved, Synchronizer, SyncRule, camera_key, check_control_period, check_timing, period_ns
 from vit_policy.observation import ActionChunk, Observation, ObservationError, check_image
 from vit_policy.ood import OODState
 from vit_policy.safety import Command, SafetyConfig, SafetyFilter
@@ -61,7 +61,9 @@ __all__ = ["POSE", "GRIPPER", "PolicyRunner", "camera_key"]
 class RuntimeConfig:
     """How the runner turns streamed inputs into a command each control tick."""
 
-    control_rate_hz: float = field(default=10.0, metadata={"help": "control ticks per second (Hz)"})
+    control_rate_hz: float = field(default=10.0, metadata={"help": "control ticks per second (Hz); must match the checkpoint's control_dt"})
+    resample_chunks: bool = field(default=False, metadata={"help": (
+        "allow a control rate other than the checkpoint's 1 / control_dt: targets interpolated between chunk steps")})
     sync_tolerance_s: float = field(default=0.05, metadata={"help": (
         "other cameras within this of the reference frame; the EE poses around a frame at most 2x this apart (s)")})
     max_age_s: float = field(default=0.5, metadata={"help": "an input older than this at a tick is stale: stop (s)"})
@@ -168,6 +170,7 @@ class PolicyRunner:
         self.cfg = runtime
         self.cameras: list[str] = list(policy.cfg.cameras)
         self.chunk_dt_ns: int = int(policy.cfg.control_dt_ns)
+        check_control_period(self.chunk_dt_ns, runtime.control_period_ns, "runtime.control_rate_hz", runtime.resample_chunks)
         self.history_len: int = int(policy.cfg.pose.history)
         self.image_size: tuple[int, int] | None = getattr(policy, "image_size", None)  # encoder input (H, W); stand-ins may have none
         self.period_ns = runtime.control_period_ns

@@ -40,6 +40,7 @@ from vit_policy.data.bags import Episode
 from vit_policy.data.cache import load_or_extract
 from vit_policy.data.dataset import EpisodeDataset, EpochBatchSampler, dataset_stats, split_episodes
 from vit_policy.geometry import geodesic_deg, rot6d_to_quat
+from vit_policy.inputs import check_control_period
 from vit_policy.model.checkpoint import build_policy, read_stats, save_checkpoint
 from vit_policy.model.configuration import PolicyConfig
 from vit_policy.model.policy import VisuomotorPolicy
@@ -92,11 +93,7 @@ class TrainConfig:
         missing = [c for c in self.policy.cameras if c not in self.data.cameras]
         if missing:
             raise ConfigError(f"data.cameras: no topic for policy camera(s) {missing}; have {sorted(self.data.cameras)}")
-        if abs(self.data.dt_ns - self.policy.control_dt_ns) > 1000:
-            raise ConfigError(
-                f"data.control_rate_hz ({self.data.control_rate_hz} Hz) and policy.control_dt ({self.policy.control_dt} s) "
-                "disagree: the chunk steps are the control period; set control_dt = 1 / control_rate_hz"
-            )
+        check_control_period(self.policy.control_dt_ns, self.data.dt_ns, "data.control_rate_hz")  # labels are chunk steps
         if not self.val_bags and not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError("val_fraction: must be in [0, 1)")
         if self.epochs < 1 or self.batch_size < 1:

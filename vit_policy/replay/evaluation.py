@@ -21,7 +21,7 @@ import numpy as np
 from vit_policy.config import ConfigError
 from vit_policy.data.configuration import DataConfig
 from vit_policy.replay.configuration import ReplayConfig
-from vit_policy.inputs import TIMING_FIELDS
+from vit_policy.inputs import TIMING_FIELDS, check_control_period
 from vit_policy.replay.metrics import Predictions, chunk_metrics, latency_summary, stream_metrics
 from vit_policy.replay.modes import BagResult, RecordedTrack, attention_samples, run_batch, run_faithful
 
@@ -122,9 +122,10 @@ def _check_policy(name: str, policy: "Policy", data: DataConfig) -> None:
     missing = [c for c in policy.cfg.cameras if c not in data.cameras]
     if missing:
         raise ConfigError(f"data.cameras: checkpoint {name!r} needs camera(s) {missing}; the data config maps {sorted(data.cameras)}")
-    if abs(policy.cfg.control_dt_ns - data.dt_ns) > 1000:
-        raise ConfigError(f"data.control_rate_hz ({data.control_rate_hz} Hz) does not match checkpoint {name!r}'s "
-                          f"control_dt ({policy.cfg.control_dt} s): labels and chunk steps must share the period")
+    try:  # labels and chunk steps share the period
+        check_control_period(policy.cfg.control_dt_ns, data.dt_ns, "data.control_rate_hz")
+    except ConfigError as exc:
+        raise ConfigError(f"checkpoint {name!r}: {exc}") from None
 
 
 def replay_settings(bags: list[str | Path], cfg: ReplayConfig) -> dict[str, str]:
