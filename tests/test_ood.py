@@ -195,3 +195,32 @@ def test_replay_reports_the_ood_score(run: dict, tmp_path: Path) -> None:
     page = (tmp_path / "report.html").read_text()
     assert "Out-of-distribution monitor: on: mahalanobis" in page and "frames out of distribution (any camera)" in page
     assert list((tmp_path / "plots").glob("ood_ckpt_*_batch.png"))
+
+
+def test_the_monitor_runs_on_the_onnxruntime_backend_as_on_torch(run: dict, tmp_path: Path) -> None:
+    """The exported graph returns each camera's pooled features: OnnxPolicy scores them with the checkpoint's
+    statistics (the same scores as torch), and safety.ood_stop stops the arm on onnxruntime too."""
+    from vit_policy.deploy import OnnxPolicy, export_policy
+
+    report = export_policy(run["last"], tmp_path / "onnx", [sorted((run["root"] / "held_out").iterdir())[0]], frames=8)
+    assert report["fp32"]["ood_score_abs_max"] < 1e-3, report
+    assert (tmp_path / "onnx" / OOD_FILE).is_file()  # copied beside the graph
+    torch_policy, ort_policy = VisuomotorPolicy.from_pretrained(run["last"]), OnnxPolicy(tmp_path / "onnx")
+    assert ort_policy.ood is not None and ort_policy.ood.thresholds == torch_policy.ood.thresholds
+    ep = run["held_out"][1]
+    black = {"front": np.zeros((IMG, IMG, 3), np.uint8), "overview": ep.images["overview"][0]}
+    for images in (obs_frames(ep, 0), black):
+        obs = ep_obs(ep)
+        obs.images = images
+        got, want = ort_policy.predict(obs).ood, torch_policy.predict(obs).ood
+        assert set(got) == set(CAMS)
+        for cam in CAMS:
+            assert got[cam] == pytest.approx(want[cam], rel=1e-3, abs=1e-3), (cam, got, want)
+    assert got["front"] > ort_policy.ood.thresholds["front"]  # the blacked-out wrist camera
+    runtime = RuntimeConfig(synchronous=True, inference_latency_s=0.0, backend="onnxruntime")
+    runner = PolicyRunner(ort_policy, runtime, SafetyConfig(ood_stop=True, max_step=1.0, max_linear_speed=10.0))
+    runner.set_enabled(True)
+    t0, dt = 10**12, 100_000_000
+    assert drive(runner, ep, 0, t0).status == "ok"
+    cmd = drive(runner, ep, 1, t0 + dt, black)
+    assert cmd.is_stop and cmd.status == "ood" and "camera 'front' out of distribution" in cmd.reason

@@ -37,7 +37,7 @@ from vit_policy.geometry import geodesic_deg, rot6d_to_rotvec
 from vit_policy.model.checkpoint import CONFIG_FILE, METADATA_FILE, STATS_FILE, load_checkpoint, read_policy_config
 from vit_policy.model.policy import Batch, Policy, VisuomotorPolicy, chunks_from_actions, observation_batch
 from vit_policy.observation import ActionChunk, Observation
-from vit_policy.ood import OODMonitor
+from vit_policy.ood import OOD_FILE, OODMonitor, capture
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,11 @@ def input_names(cfg: PolicyConfig) -> list[str]:
     return [f"image_{c}" for c in cfg.cameras] + ["position", "quaternion", "gripper"] + (["history"] if cfg.pose.history else [])
 
 
+def output_names(cfg: PolicyConfig) -> list[str]:
+    """The graph's outputs: normalised and decoded actions, then each camera's pooled encoder features (what the OOD monitor scores)."""
+    return ["action_normalized", "action"] + [f"features_{c}" for c in cfg.cameras]
+
+
 class PolicyStep(nn.Module):
     """The policy step after the resize as one module with positional tensor inputs (what the exporter traces)."""
 
@@ -63,15 +68,17 @@ class PolicyStep(nn.Module):
                               "export a policy without language conditioning, or run it with runtime.backend: torch")
         self.policy = policy
 
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         cfg = self.policy.cfg
         n = len(cfg.cameras)
         batch: Batch = {"images": dict(zip(cfg.cameras, inputs[:n])), "position": inputs[n], "quaternion": inputs[n + 1],
                         "gripper": inputs[n + 2]}
         if cfg.pose.history:
             batch["history"] = inputs[n + 3]
-        out = self.policy.forward(batch)["action"]
-        return out, self.policy.decode_actions_t(out, inputs[n], inputs[n + 1])
+        with capture(self.policy) as cap:
+            out = self.policy.forward(batch)["action"]
+        features = cap.features()
+        return (out, self.policy.decode_actions_t(out, inputs[n], inputs[n + 1]), *(features[c].float() for c in cfg.cameras))
 
 
 def step_feeds(cfg: PolicyConfig, batch: Batch, image_size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
@@ -122,8 +129,9 @@ class OnnxPolicy:
     """An exported policy on ONNX Runtime: a :class:`vit_policy.model.policy.Policy`, as VisuomotorPolicy is.
 
     Loads ``config.yaml`` and the graph from a directory written by :func:`export_policy`; no torch
-    weights are read. Attention maps are not part of the graph: ``return_attention`` gives chunks without
-    them; neither are the encoder features the OOD monitor scores, so ``ood`` is None.
+    weights are read. The graph also returns each camera's pooled encoder features, which the directory's
+    ``ood.safetensors`` (when there is one) scores, as on torch. Attention maps are not part of the graph:
+    ``return_attention`` gives chunks without them.
     """
 
     training = False
@@ -160,6 +168,13 @@ class OnnxPolicy:
                               f"the graph and the config come from different exports; {fix}")
         shape = self.session.get_inputs()[0].shape
         self.image_size: tuple[int, int] = (int(shape[1]), int(shape[2]))
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        if (directory / OOD_FILE).is_file():
+            if self.outputs == output_names(self.cfg):
+                self.ood = OODMonitor.load(directory / OOD_FILE)
+            else:  # an export from before the graph returned the features
+                log.warning("%s: the OOD monitor is off on onnxruntime: this graph does not return the encoder features; "
+                            "export again (vit-policy export) to score frames", path)
 
     def eval(self) -> "OnnxPolicy":
         return self
@@ -167,18 +182,25 @@ class OnnxPolicy:
     def __repr__(self) -> str:
         return f"OnnxPolicy({str(self.directory / self.onnx_file)!r}, providers={self.providers})"
 
-    def run(self, batch: Batch) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        """A model batch -> (normalised actions, decoded actions, the feeds), each (B, K, 10)."""
+    def run(self, batch: Batch) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """A model batch -> (normalised actions, decoded actions, each (B, K, 10); the feeds; {camera: pooled features}
+        when the monitor is on, else {})."""
         feeds = step_feeds(self.cfg, batch, self.image_size)
-        normalized, actions = self.session.run(["action_normalized", "action"], feeds)
-        return normalized, actions, feeds
+        names = self.outputs if self.ood is not None else self.outputs[:2]
+        normalized, actions, *features = self.session.run(names, feeds)
+        return normalized, actions, feeds, dict(zip(self.cfg.cameras, features))
 
     def predict(self, obs: Observation | list[Observation] | Batch, return_attention: bool = False) -> ActionChunk | list[ActionChunk]:
         """One observation -> ActionChunk; a list of observations or a batch -> list of ActionChunks."""
         single = isinstance(obs, Observation)
         batch = observation_batch(self.cfg, [obs] if single else obs) if isinstance(obs, (Observation, list)) else obs
-        _, actions, feeds = self.run(batch)
-        chunks = chunks_from_actions(actions, feeds["position"], feeds["quaternion"], batch.get("stamp_ns"), self.cfg.control_dt_ns)
+        _, actions, feeds, features = self.run(batch)
+        ood = None
+        if self.ood is not None:
+            scores = self.ood.score(features)
+            ood = [{c: float(v[i]) for c, v in scores.items()} for i in range(actions.shape[0])]
+        chunks = chunks_from_actions(actions, feeds["position"], feeds["quaternion"], batch.get("stamp_ns"), self.cfg.control_dt_ns,
+                                     ood=ood)
         return chunks[0] if single else chunks
 
 
@@ -203,7 +225,7 @@ def export_onnx(policy: VisuomotorPolicy, path: str | Path, example: Batch) -> P
     feeds = step_feeds(policy.cfg, example)
     names = input_names(policy.cfg)
     args = tuple(torch.from_numpy(feeds[n]) for n in names)
-    outputs = ["action_normalized", "action"]
+    outputs = output_names(policy.cfg)
     with warnings.catch_warnings():  # the tracer warns about the input checks it bakes in; the export is verified below
         warnings.simplefilter("ignore")
         torch.onnx.export(PolicyStep(policy).eval(), args, str(path), dynamo=False, opset_version=OPSET, input_names=names,
@@ -284,33 +306,46 @@ def export_policy(checkpoint: str | Path, out: str | Path | None, bags: list[str
     groups = held_out_frames(src, bags, data_config, policy.image_size, policy.cfg.chunk_size, frames)
     dst.mkdir(parents=True, exist_ok=True)
     if dst.resolve() != src.resolve():  # config and statistics beside the graph: the directory is a deployable checkpoint
-        for name in (CONFIG_FILE, STATS_FILE, METADATA_FILE):
+        for name in (CONFIG_FILE, STATS_FILE, METADATA_FILE, OOD_FILE):
             if (src / name).is_file():
                 shutil.copy2(src / name, dst / name)
     batches = [episode_batch(policy, ep, idx) for ep, idx in groups]
     export_onnx(policy, dst / ONNX_FILE, batches[0])
+    outs, ref_features = [], []
     with torch.inference_mode():
-        outs = [policy.forward(b)["action"] for b in batches]
+        for b in batches:
+            with capture(policy) as cap:
+                outs.append(policy.forward(b)["action"])
+            ref_features.append(cap.features())
         ref_norm = np.concatenate([o.numpy() for o in outs])
         ref = np.concatenate([policy.decode_actions(o, b) for o, b in zip(outs, batches)])
 
-    def check(onnx_file: str) -> tuple[np.ndarray, np.ndarray]:
+    def check(onnx_file: str) -> tuple[np.ndarray, np.ndarray, float | None]:
+        """Normalised and decoded actions on the checked frames, and the largest OOD score difference to torch (None: no monitor)."""
         runner = OnnxPolicy(dst, onnx_file, ["CPUExecutionProvider"])
         outs = [runner.run(b) for b in batches]
-        return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+        ood = None
+        if runner.ood is not None:
+            ood = max(float(np.abs(runner.ood.score(o[3])[c] - runner.ood.score(f)[c]).max())
+                      for o, f in zip(outs, ref_features) for c in policy.cfg.cameras)
+        return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs]), ood
 
-    norm, actions = check(ONNX_FILE)
+    norm, actions, ood_diff = check(ONNX_FILE)
     report: dict[str, Any] = {"checkpoint": str(src), "bags": [str(b) for b in bags], "frames": int(len(ref)),
                               "inputs": input_names(policy.cfg), "opset": OPSET,
                               "fp32": {"file": ONNX_FILE, "normalized_abs_max": float(np.abs(norm - ref_norm).max()), **compare(ref, actions)}}
+    if ood_diff is not None:
+        report["fp32"]["ood_score_abs_max"] = ood_diff
     if report["fp32"]["normalized_abs_max"] > FP32_TOLERANCE:
         raise RuntimeError(f"the exported graph differs from torch by {report['fp32']['normalized_abs_max']:.2e} in normalised units "
                            f"(tolerance {FP32_TOLERANCE:g}) on {len(ref)} frames: an export bug, please report it with {src}")
     if int8:
         quantize_encoder(dst / ONNX_FILE, dst / ONNX_INT8_FILE, policy.cfg)
-        _, actions8 = check(ONNX_INT8_FILE)
+        _, actions8, ood_diff8 = check(ONNX_INT8_FILE)
         report["int8"] = {"file": ONNX_INT8_FILE, "method": "dynamic: the image encoder's matrix products (weights int8, "
                           "activations quantised per call); fusion and head fp32", **compare(ref, actions8)}
+        if ood_diff8 is not None:
+            report["int8"]["ood_score_abs_max"] = ood_diff8
         q = report["int8"]
         if q["translation_mm_max"] > INT8_TOLERANCE_MM or q["rotation_deg_max"] > INT8_TOLERANCE_DEG:
             (dst / ONNX_INT8_FILE).unlink()
@@ -329,6 +364,7 @@ def format_report(report: dict[str, Any]) -> str:
         if key in report:
             r = report[key]
             extra = f", normalised {r['normalized_abs_max']:.1e}" if "normalized_abs_max" in r else ""
+            extra += f", OOD score {r['ood_score_abs_max']:.1e}" if "ood_score_abs_max" in r else ""
             lines.append(f"{r['file']:<18} vs torch: max {r['translation_mm_max']:.4f} mm, {r['rotation_deg_max']:.4f} deg, "
                          f"gripper {r['gripper_max']:.1e}{extra}")
     return "\n".join(lines)
