@@ -85,6 +85,18 @@ class Peer:
     def add_node(self, node: Node) -> None:
         self.executor.add_node(node)
 
+    def destroy_added(self, node: Node) -> None:
+        """Remove and destroy a node :meth:`add_node` added, with the spin thread stopped: a wait in progress
+        would touch the destroyed node's handles (rclpy raises InvalidHandle in the thread, which then dies)."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        assert not self._thread.is_alive(), "the peer's spin thread did not stop within 5 s"
+        self.executor.remove_node(node)
+        node.destroy_node()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
     def record(self, typename: str, topic: str, qos: Any = 10, key: str | None = None) -> str:
         key = key or topic
         self.records[key] = []
@@ -490,8 +502,7 @@ def test_lifecycle_node_in_process_pose_output_and_shutdown_transition(checkpoin
     finally:
         if streamer is not None:
             streamer.close()
-        peer.executor.remove_node(node)
-        node.destroy_node()
+        peer.destroy_added(node)
 
 
 def test_one_thread_runs_the_callbacks_unless_the_environment_picks_another_executor(monkeypatch: pytest.MonkeyPatch):
