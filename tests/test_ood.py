@@ -203,6 +203,7 @@ def test_the_monitor_runs_on_the_onnxruntime_backend_as_on_torch(run: dict, tmp_
     from vit_policy.deploy import OnnxPolicy, export_policy
 
     report = export_policy(run["last"], tmp_path / "onnx", [sorted((run["root"] / "held_out").iterdir())[0]], frames=8)
+    print(f"\nexport check: OOD score difference to torch {report['fp32']['ood_score_abs_max']:.2e}")
     assert report["fp32"]["ood_score_abs_max"] < 1e-3, report
     assert (tmp_path / "onnx" / OOD_FILE).is_file()  # copied beside the graph
     torch_policy, ort_policy = VisuomotorPolicy.from_pretrained(run["last"]), OnnxPolicy(tmp_path / "onnx")
