@@ -6,11 +6,12 @@ simulator-in-the-loop test (the real node in its own process), all in ``test_rea
 part runs once, on one pytest-xdist worker, started before the other tests.
 
 The encoder is pretrained on frames labelled with the simulator's goal and EE positions (simulator
-labels, as in ``configs/sim/recipes/reach_labels.yaml``), frozen, and its two points are the policy's
-tokens. Measured on this 2-core machine, one thread: pretraining 180 s (2400 frames rendered, 600 steps),
-100 demonstrations 43 s, 600 training steps 86 s; 16/20 closed-loop successes on new goals (the test
-asks 12). The label-free chain (300 demonstrations, 5000 steps from scratch: 17/20) took 1216 s and is
-measured by ``benchmarks/sim_success.py --recipe configs/sim/recipes/reach_no_labels.yaml``.
+labels), frozen, and its two points are the policy's tokens: the policy settings of the ``reach_labels``
+recipe (``configs/sim/recipes/reach_labels.yaml``) on a smaller budget. Measured on this 2-core machine,
+one thread: pretraining 180 s (2400 frames rendered, 600 steps), 100 demonstrations 43 s, 600 training
+steps 86 s; 16/20 closed-loop successes on new goals (the test asks 12). The label-free chain (300
+demonstrations, 5000 steps from scratch: 17/20) took 1216 s; ``benchmarks/sim_success.py --recipe
+reach_no_labels`` measures it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ REACH_DEMO_STEPS = 10
 REACH_TRAIN_STEPS = 600
 REACH_IMAGE = 64  # px: test_vit sees 4 x 4 patches per camera
 DEMO_SEED = 1000  # demonstrations use seeds 1000..1099, pretraining from 1_000_000; the tests evaluate on seeds from 5000
-REACH_POLICY = ["points.count=2", "encoder.freeze=all"]  # with encoder.weights: the pretrained encoder's points as tokens
 
 
 @dataclass
@@ -76,6 +76,7 @@ def trained_reach(pretrained_reach_encoder: PretrainResult, tmp_path_factory: py
 
     import torch
 
+    from sim_tests.demo import load_recipe
     from sim_tests.record import record_demonstrations, train_config_for
     from vit_policy.train import train
 
@@ -84,7 +85,7 @@ def trained_reach(pretrained_reach_encoder: PretrainResult, tmp_path_factory: py
     cfg = reach_sim_config()
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    policy = [f"encoder.weights={pretrained_reach_encoder.path}", *REACH_POLICY]
+    policy = [*load_recipe("reach_labels").policy_overrides, f"encoder.weights={pretrained_reach_encoder.path}"]  # points as tokens, frozen
     result = train(train_config_for(cfg, [str(root / "demos" / "episode_*")], root, steps=REACH_TRAIN_STEPS, policy_overrides=policy))
     assert result.last is not None
     return TrainedReach(result.last, cfg, REACH_DEMOS, result.step, time.perf_counter() - t0)

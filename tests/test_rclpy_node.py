@@ -75,8 +75,16 @@ class Peer:
         self.lock = threading.Lock()
         self.records: dict[str, list[tuple[float, Any]]] = {}
         self._stop = threading.Event()
+        self._start_spin()
+
+    def _start_spin(self) -> None:
+        self._stop.clear()
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
+
+    def _stop_spin(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
     def _spin(self) -> None:
         while not self._stop.is_set() and self.context.ok():
@@ -88,14 +96,11 @@ class Peer:
     def destroy_added(self, node: Node) -> None:
         """Remove and destroy a node :meth:`add_node` added, with the spin thread stopped: a wait in progress
         would touch the destroyed node's handles (rclpy raises InvalidHandle in the thread, which then dies)."""
-        self._stop.set()
-        self._thread.join(timeout=5)
+        self._stop_spin()
         assert not self._thread.is_alive(), "the peer's spin thread did not stop within 5 s"
         self.executor.remove_node(node)
         node.destroy_node()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
+        self._start_spin()
 
     def record(self, typename: str, topic: str, qos: Any = 10, key: str | None = None) -> str:
         key = key or topic
@@ -129,8 +134,7 @@ class Peer:
             self.node.destroy_client(client)
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        self._stop_spin()
         self.executor.shutdown()
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)

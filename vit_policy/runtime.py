@@ -170,10 +170,10 @@ class PolicyRunner:
         self.cfg = runtime
         self.cameras: list[str] = list(policy.cfg.cameras)
         self.chunk_dt_ns: int = int(policy.cfg.control_dt_ns)
-        check_control_period(self.chunk_dt_ns, runtime.control_period_ns, "runtime.control_rate_hz", runtime.resample_chunks)
         self.history_len: int = int(policy.cfg.pose.history)
         self.image_size: tuple[int, int] | None = getattr(policy, "image_size", None)  # encoder input (H, W); stand-ins may have none
         self.period_ns = runtime.control_period_ns
+        check_control_period(self.chunk_dt_ns, self.period_ns, "runtime.control_rate_hz", runtime.resample_chunks)
         self.safety = SafetyFilter(safety, self.period_ns)
         self.clock: Callable[[], int] = clock or time.time_ns
         self.instruction: str | None = None  # passed to language-conditioned policies
