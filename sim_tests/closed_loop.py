@@ -23,7 +23,7 @@ import numpy as np
 
 from sim_tests.configuration import SimConfig
 from sim_tests.experts import expert_command, make_expert
-from sim_tests.fetch_env import ArmCommand, FetchSim, SimFrame
+from sim_tests.fetch_env import FINGER_JOINTS, GRIPPER_RANGE, ArmCommand, FetchSim, SimFrame
 from vit_policy.config import ConfigError
 
 if TYPE_CHECKING:
@@ -133,12 +133,10 @@ class RunnerController:
     def __init__(self, policy: Policy, cfg: SimConfig) -> None:
         from vit_policy.runtime import PolicyRunner
 
-        missing = [c for c in policy.cfg.cameras if c not in cfg.cameras]
-        if missing:
-            raise ConfigError(
-                f"sim.cameras: the policy needs camera(s) {missing} but the simulator renders {sorted(cfg.cameras)}; "
-                f"add them to sim.cameras (name: MuJoCo camera)"
-            )
+        # the simulator feeds the checkpoint as its demonstrations did: cameras, frame, finger range
+        policy.spec.check_inputs(cfg.cameras, cfg.base_frame, FINGER_JOINTS, GRIPPER_RANGE,
+                                 {"cameras": "sim.cameras (name: MuJoCo camera)", "base_frame": "sim.base_frame",
+                                  "gripper_joints": "the Fetch finger joints", "gripper_range": "the Fetch finger range"})
         step_hz = 1.0 / FetchSim.STEP_S
         if abs(cfg.runtime.control_rate_hz - step_hz) > 1e-6:
             raise ConfigError(

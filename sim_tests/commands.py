@@ -29,7 +29,10 @@ def cmd_sim_record(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from sim_tests.closed_loop import load_task_config
-    from sim_tests.record import FINGER_JOINTS, camera_topic, record_demonstrations
+    import yaml
+
+    from sim_tests.record import data_config_for, record_demonstrations
+    from vit_policy.config import to_dict
 
     cfg = load_task_config(args.task, args.config, args.overrides)
     with tqdm(total=args.episodes, desc=f"record {cfg.task}", unit="ep", dynamic_ncols=True) as bar:
@@ -37,8 +40,9 @@ def cmd_sim_record(args: argparse.Namespace) -> int:
                                       action_noise_m=args.action_noise, hold_steps=args.hold_steps)
     steps = sum(i.steps + 1 for i in infos)
     print(f"{len(infos)} demonstrations of {cfg.task} ({steps} steps, cameras {sorted(cfg.cameras)}) in {args.out}")
-    print(f"train on them with data: {{cameras: {{{', '.join(f'{c}: {camera_topic(c)}' for c in cfg.cameras)}}}, "
-          f"gripper: {{joints: {list(FINGER_JOINTS)}, closed: 0.0, open: 0.1}}, control_rate_hz: {cfg.runtime.control_rate_hz:g}}}")
+    data = {k: v for k, v in to_dict(data_config_for(cfg, labels="command")).items()
+            if k in ("cameras", "pose_topic", "tf_base_frame", "gripper", "command_topic", "command_gripper_topic", "labels", "control_rate_hz")}
+    print(f"train on them with data: {yaml.safe_dump(data, default_flow_style=True, width=1_000_000).strip()}")
     return 0
 
 

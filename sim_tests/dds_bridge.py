@@ -31,18 +31,24 @@ import numpy as np
 
 from sim_tests.configuration import SimConfig
 from sim_tests.node_process import spawn_node, stop_node
-from sim_tests.fetch_env import FINGER_JOINTS, FINGER_SUM_OPEN, ArmCommand, FetchSim
+from sim_tests.fetch_env import FINGER_JOINTS, GRIPPER_RANGE, ArmCommand, FetchSim
 from sim_tests.record import camera_topic
 from vit_policy import messages as M
 
 
+# The bridge streams every sensor once per 40 ms step on wall time, so two poses can arrive up to about
+# 100 ms apart when the host is busy; the timing rule accepts poses up to 2 x sync_tolerance apart. The
+# recorded sim (one pose per step on exact sim time) keeps its own 20 ms.
+BRIDGE_SYNC_TOLERANCE_S = 0.05
+
+
 def node_parameters(cfg: SimConfig, checkpoint: str | Path, threads: int = 1) -> dict[str, Any]:
-    """The policy node's ROS parameters for this simulator: pose output, finger joints, the sim's limits."""
+    """The policy node's ROS parameters for this simulator: pose output, the recorded frame and finger joints, the sim's limits."""
     rt, sf = cfg.runtime, cfg.safety
     return {"policy_node": {"ros__parameters": {
         "checkpoint": str(checkpoint), "threads": threads, "output_mode": "pose", "base_frame": cfg.base_frame,
-        "gripper_joints": list(FINGER_JOINTS), "gripper_closed": 0.0, "gripper_open": FINGER_SUM_OPEN,
-        "runtime": {"control_rate_hz": rt.control_rate_hz, "sync_tolerance_s": max(rt.sync_tolerance_s, 0.05),
+        "gripper_joints": list(FINGER_JOINTS), "gripper_closed": GRIPPER_RANGE[0], "gripper_open": GRIPPER_RANGE[1],
+        "runtime": {"control_rate_hz": rt.control_rate_hz, "sync_tolerance_s": BRIDGE_SYNC_TOLERANCE_S,
                     "max_age_s": rt.max_age_s, "strategy": rt.strategy, "execute_steps": rt.execute_steps,
                     "ensemble_m": rt.ensemble_m, "inference_latency_s": -1.0, "synchronous": False},
         "safety": {"workspace_min": list(sf.workspace_min), "workspace_max": list(sf.workspace_max),

@@ -52,6 +52,7 @@ GRIP_SITE = "robot0:grip"
 BASE_BODY = "robot0:base_link"
 FINGER_JOINTS = ("robot0:l_gripper_finger_joint", "robot0:r_gripper_finger_joint")
 FINGER_SUM_OPEN = 0.1  # metres: both fingers at their 0.05 m upper limit
+GRIPPER_RANGE = (0.0, FINGER_SUM_OPEN)  # (closed, open) summed finger positions mapped to the opening 0 and 1
 MAX_STEP_M = 0.05  # the Fetch env scales its position action by 5 cm
 MAX_ROT_STEP_RAD = 0.1  # orientation change per 40 ms step (2.5 rad/s), like the 5 cm position clip
 GRIPPER_BODY = "robot0:gripper_link"  # the body the env's mocap is welded to
@@ -233,7 +234,8 @@ class FetchSim:
 
     def gripper_opening(self) -> float:
         fingers = self.data.qpos[self._finger_qpos]
-        return float(np.clip(fingers.sum() / FINGER_SUM_OPEN, 0.0, 1.0))
+        closed, open_ = GRIPPER_RANGE
+        return float(np.clip((fingers.sum() - closed) / (open_ - closed), 0.0, 1.0))
 
     def render(self) -> dict[str, np.ndarray]:
         """One RGB frame per configured camera, at the current state."""

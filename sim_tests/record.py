@@ -26,7 +26,7 @@ import yaml
 
 from sim_tests.configuration import SimConfig
 from sim_tests.experts import expert_command, make_expert, with_execution_noise
-from sim_tests.fetch_env import FINGER_JOINTS, FINGER_SUM_OPEN, FetchSim, SimFrame
+from sim_tests.fetch_env import FINGER_JOINTS, GRIPPER_RANGE, FetchSim, SimFrame
 from vit_policy import messages as M
 from vit_policy.config import apply_overrides, from_dict, to_dict
 from vit_policy.data.configuration import DataConfig, GripperConfig
@@ -39,7 +39,6 @@ ARM_JOINTS = (
     "robot0:shoulder_pan_joint", "robot0:shoulder_lift_joint", "robot0:upperarm_roll_joint", "robot0:elbow_flex_joint",
     "robot0:forearm_roll_joint", "robot0:wrist_flex_joint", "robot0:wrist_roll_joint",
 )
-GRIPPER_RANGE = (0.0, FINGER_SUM_OPEN)  # (closed, open) summed finger positions, for gripper_from_joint_state
 
 
 def camera_topic(cam: str) -> str:
@@ -221,26 +220,28 @@ def expert_success_rate(cfg: SimConfig, episodes: int, seed: int = 0) -> tuple[i
     return wins, firsts
 
 
-def data_config_for(cfg: SimConfig, labels: Literal["command", "future_pose"] = "future_pose", control_rate_hz: float | None = None) -> DataConfig:
-    """The ``DataConfig`` that reads bags recorded from ``cfg``: topics, gripper joints, the 25 Hz step."""
+def data_config_for(cfg: SimConfig, labels: Literal["command", "future_pose"] = "future_pose") -> DataConfig:
+    """The ``DataConfig`` that reads bags recorded from ``cfg``: topics, frame, gripper joints and range, the sim's step."""
     return DataConfig(
         cameras={name: camera_topic(name) for name in cfg.cameras},
         pose_topic="/ee_pose",
+        tf_base_frame=cfg.base_frame,
         gripper=GripperConfig(topic="/joint_states", kind="joint_state", joints=list(FINGER_JOINTS), closed=GRIPPER_RANGE[0], open=GRIPPER_RANGE[1]),
         command_topic="/expert/target_pose",
         command_gripper_topic="/expert/gripper",
         labels=labels,
-        control_rate_hz=control_rate_hz or cfg.runtime.control_rate_hz,
+        control_rate_hz=cfg.runtime.control_rate_hz,
         sync_tolerance_s=cfg.runtime.sync_tolerance_s,
         max_age_s=cfg.runtime.max_age_s,
     )
 
 
 def policy_config_for(cfg: SimConfig, path: str | Path | None = None, overrides: list[str] | None = None) -> PolicyConfig:
-    """configs/sim/policy.yaml with this task's cameras, frame size and 40 ms control period."""
+    """configs/sim/policy.yaml with this task's cameras and frame size (its control_dt is checked against the
+    recorded rate when training starts)."""
     from vit_policy.config import default_config
 
-    base = [f"cameras={list(cfg.cameras)}", f"encoder.img_size={cfg.image_size}", f"control_dt={1.0 / cfg.runtime.control_rate_hz}"]
+    base = [f"cameras={list(cfg.cameras)}", f"encoder.img_size={cfg.image_size}"]
     return load_policy_config(path or default_config("sim/policy.yaml"), [*base, *(overrides or [])])
 
 

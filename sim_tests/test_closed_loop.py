@@ -74,7 +74,7 @@ def test_runner_commands_stay_in_the_safety_workspace() -> None:
 
 def test_mismatched_cameras_and_rates_are_config_errors() -> None:
     cfg = SimConfig(task="FetchReach-v4", image_size=32)
-    with pytest.raises(ConfigError, match=r"sim.cameras: the policy needs camera\(s\) \['head'\]"):
+    with pytest.raises(ConfigError, match=r"sim.cameras \(name: MuJoCo camera\): the checkpoint needs camera\(s\) \['head'\]"):
         RunnerController(_tiny_policy(["head"]), cfg)
     slow = SimConfig(task="FetchReach-v4", image_size=32)
     slow.runtime.control_rate_hz = 10.0

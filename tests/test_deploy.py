@@ -111,6 +111,7 @@ def test_onnxruntime_predict_matches_torch_for_any_batch_and_every_input(exporte
     ort_policy = OnnxPolicy(exported["out"])
     torch_policy = VisuomotorPolicy.from_pretrained(exported["ckpt"])
     assert ort_policy.image_size == torch_policy.image_size == (IMG, IMG)
+    assert ort_policy.spec == torch_policy.spec and torch_policy.spec.cameras == ("front",)  # from the exported metadata.json
     for policy in (ort_policy, torch_policy):  # both are a vit_policy.model.policy.Policy
         assert policy.cfg.cameras == ["front"] and policy.ood is None and callable(policy.eval) and callable(policy.predict)
     ep = extract_episodes(bag.path, data_config(), K, (IMG, IMG))[0]

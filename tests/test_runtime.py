@@ -12,7 +12,7 @@ from vit_policy.model.configuration import EncoderConfig, PolicyConfig, PoseConf
 from vit_policy.runtime import RuntimeConfig
 from vit_policy.safety import SafetyConfig
 from vit_policy.model.policy import VisuomotorPolicy, identity_stats
-from vit_policy.observation import ActionChunk, Observation
+from vit_policy.observation import ActionChunk, Observation, ObservationSpec
 from vit_policy.runtime import PolicyRunner
 
 MS = 1_000_000
@@ -40,6 +40,7 @@ class ScriptedPolicy:
 
     def __init__(self, speed: float = 0.1, offsets: list[float] | None = None, chunk_size: int = 8, sleep_s: float = 0.0):
         self.cfg = tiny_cfg(chunk_size=chunk_size) if chunk_size != 8 else tiny_cfg()
+        self.spec = ObservationSpec.of(self.cfg)
         self.speed, self.offsets, self.sleep_s = speed, offsets or [], sleep_s
         self.calls: list[Observation] = []
 
@@ -294,7 +295,7 @@ def test_async_worker_never_blocks_the_tick(tiny_policy):
     """A 300 ms model: ticks stay fast, the first chunk arrives, then commands are ok."""
 
     class Slow:
-        cfg = tiny_policy.cfg
+        cfg, spec = tiny_policy.cfg, tiny_policy.spec
 
         def predict(self, obs):
             time.sleep(0.3)
@@ -327,7 +328,7 @@ def test_frames_reach_the_model_resized_like_the_training_cache(tiny_policy):
     seen = []
 
     class Recording:
-        cfg = tiny_policy.cfg
+        cfg, spec = tiny_policy.cfg, tiny_policy.spec
         image_size = tiny_policy.image_size
 
         def predict(self, obs):

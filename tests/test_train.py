@@ -167,3 +167,57 @@ def test_sim_fetch_config_reads_what_the_simulator_records() -> None:
 
     cfg = load_train_config(REPO / "configs/train/sim_fetch.yaml")
     assert cfg.data == data_config_for(load_task_config("FetchReach-v4", None), labels="command")
+
+
+def test_the_checkpoint_owns_its_observation_spec_and_settings_are_checked_against_it(small_bags: Path, tmp_path: Path) -> None:
+    """Training writes what the policy was trained to see (cameras, period, chunk, frame, gripper range) into the
+    checkpoint; the runner (node, simulator), replay and ONNX loader read it, and a node, data config or older
+    checkpoint that disagrees fails at load naming both values and the fix."""
+    from ros_nodes.configuration import NodeConfig
+    from vit_policy.inputs import InputSpec
+    from vit_policy.model.checkpoint import load_checkpoint
+    from vit_policy.replay.evaluation import _check_policy
+    from vit_policy.runtime import PolicyRunner, RuntimeConfig
+    from vit_policy.safety import SafetyConfig
+
+    cfg = train_config(small_bags, tmp_path, max_steps=2, ood_quantile=None)
+    train(cfg)
+    ckpt = tmp_path / "out" / "last"
+    meta = json.loads((ckpt / "metadata.json").read_text())
+    assert meta["observation"] == {"cameras": ["front"], "image_size": 32, "control_dt_ns": 100_000_000, "chunk_size": 4,
+                                   "pose_history": 0, "base_frame": "base_link", "gripper_joints": list(GRIPPER_JOINTS),
+                                   "gripper_range": [0.0, 0.08]}
+    policy = load_checkpoint(ckpt)
+    assert policy.spec == cfg.observation_spec
+
+    def runner(**node: object) -> PolicyRunner:
+        inputs = InputSpec.from_node(NodeConfig(checkpoint=str(ckpt), **node), list(policy.spec.cameras))  # type: ignore[arg-type]
+        return PolicyRunner(policy, RuntimeConfig(synchronous=True), SafetyConfig(), inputs=inputs)
+
+    runner(gripper_joints=list(GRIPPER_JOINTS), gripper_open=0.08)  # as recorded
+    runner()  # no gripper feedback configured: nothing to compare
+    with pytest.raises(ConfigError, match=r"gripper_closed / gripper_open: \(closed, open\) \(0.0, 0.1\).*mapped \(0.0, 0.08\).*set them to 0 and 0.08"):
+        runner(gripper_joints=list(GRIPPER_JOINTS), gripper_open=0.1)
+    with pytest.raises(ConfigError, match=r"gripper_joints: \['left'\], but the checkpoint read the gripper from"):
+        runner(gripper_joints=["left"], gripper_open=0.08)
+    with pytest.raises(ConfigError, match=r"base_frame: 'world', but .* recorded in 'base_link'; set base_frame: base_link"):
+        runner(base_frame="world")
+
+    wide = DataConfig(cameras=dict(cfg.data.cameras), gripper=GripperConfig(joints=list(GRIPPER_JOINTS), closed=0.0, open=0.1))
+    _check_policy("last", policy, cfg.data)
+    with pytest.raises(ConfigError, match=r"checkpoint 'last': data.gripper.closed / open: .*0.1"):
+        _check_policy("last", policy, wide)
+
+    # a checkpoint saved before the spec existed: frame and range from its recorded data config, else unknown
+    del meta["observation"]
+    (ckpt / "metadata.json").write_text(json.dumps(meta))
+    assert load_checkpoint(ckpt).spec == policy.spec
+    del meta["data"]
+    (ckpt / "metadata.json").write_text(json.dumps(meta))
+    old = load_checkpoint(ckpt)
+    assert old.spec.gripper_range is None and old.spec.base_frame is None and old.spec.control_dt_ns == policy.spec.control_dt_ns
+    # a metadata.json from another save than config.yaml
+    meta["observation"] = {**policy.spec.to_dict(), "chunk_size": 8}
+    (ckpt / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match=r"metadata.json.*observation.chunk_size: 8 in metadata.json, 4 in config.yaml"):
+        load_checkpoint(ckpt)

@@ -34,7 +34,7 @@ from vit_policy.config import ConfigError
 from vit_policy.model.configuration import PolicyConfig
 from vit_policy.runtime import RuntimeConfig
 from vit_policy.geometry import geodesic_deg, rot6d_to_rotvec
-from vit_policy.model.checkpoint import CONFIG_FILE, METADATA_FILE, STATS_FILE, load_checkpoint, read_policy_config
+from vit_policy.model.checkpoint import CONFIG_FILE, METADATA_FILE, STATS_FILE, load_checkpoint, read_policy_config, read_spec
 from vit_policy.model.policy import Batch, Policy, VisuomotorPolicy, chunks_from_actions, observation_batch
 from vit_policy.observation import ActionChunk, Observation
 from vit_policy.ood import OOD_FILE, OODMonitor, capture
@@ -151,6 +151,7 @@ class OnnxPolicy:
         if not (directory / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{str(directory)!r}: {CONFIG_FILE} is missing beside {onnx_file}; {fix}")
         self.cfg = read_policy_config(directory, fix)
+        self.spec = read_spec(directory, self.cfg, fix)
         self.directory, self.onnx_file = directory, onnx_file
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads or torch.get_num_threads())

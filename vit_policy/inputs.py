@@ -58,18 +58,6 @@ def period_ns(rate_hz: float) -> int:
     return int(round(1e9 / rate_hz))
 
 
-def check_control_period(chunk_dt_ns: int, period: int, setting: str, resample: bool = False) -> None:
-    """The one rate rule, wherever a checkpoint meets a configured control period (training labels, replay,
-    the runner in the node and the simulator): the chunk step and the period match, or resampling was asked
-    for (``runtime.resample_chunks``: targets interpolated between chunk steps); else a ConfigError naming both."""
-    if resample or abs(int(chunk_dt_ns) - int(period)) <= 1000:
-        return
-    fix = f"set {setting} to {1e9 / chunk_dt_ns:g} Hz"
-    fix += ", or runtime.resample_chunks: true to interpolate the chunk at the control ticks" if setting.startswith("runtime.") else ""
-    raise ConfigError(f"{setting}: {1e9 / period:g} Hz (a {period / 1e6:g} ms period) differs from the checkpoint's chunk step "
-                      f"(control_dt {chunk_dt_ns / 1e9:g} s = {chunk_dt_ns / 1e6:g} ms); {fix}")
-
-
 TIMING_FIELDS = ("sync_tolerance_s", "max_age_s", "max_extrapolation_s", "max_stamp_lead_s", "position_bound_m")
 
 
@@ -116,13 +104,15 @@ class InputSpec:
     gripper_open: float = 0.08
     image_type: str = IMAGE_TYPE  # subscription type for live cameras (bags: whatever was recorded)
     image_qos: str = "sensor_data"
+    settings: tuple[str, ...] = ("cameras", "base_frame", "gripper_joints", "gripper_closed / gripper_open")  # names in errors
 
     @classmethod
     def from_data(cls, data: Any) -> "InputSpec":
         """The inputs of a DataConfig (bags)."""
         g = data.gripper
         return cls(dict(data.cameras), data.pose_topic, data.tf_base_frame, data.tf_ee_frame, g.topic, g.kind,
-                   tuple(g.joints), float(g.closed), float(g.open))
+                   tuple(g.joints), float(g.closed), float(g.open),
+                   settings=("data.cameras", "data.tf_base_frame", "data.gripper.joints", "data.gripper.closed / open"))
 
     @classmethod
     def from_node(cls, cfg: Any, cameras: list[str]) -> "InputSpec":
@@ -133,6 +123,12 @@ class InputSpec:
                    cfg.topics.joint_states if cfg.gripper_joints else None, "joint_state", tuple(cfg.gripper_joints),
                    float(cfg.gripper_closed), float(cfg.gripper_open), COMPRESSED_TYPE if compressed else IMAGE_TYPE,
                    cfg.image_qos)
+
+    def check(self, spec: Any) -> None:
+        """These inputs feed a checkpoint with this ObservationSpec: its cameras mapped, its frame, its gripper range."""
+        spec.check_inputs(self.cameras, self.base_frame,
+                          None if self.gripper_topic is None or self.gripper_kind != "joint_state" else self.gripper_joints,
+                          (self.gripper_closed, self.gripper_open), dict(zip(("cameras", "base_frame", "gripper_joints", "gripper_range"), self.settings)))
 
     @property
     def reference(self) -> str:

@@ -1,6 +1,8 @@
-"""Observation and ActionChunk: the types every source (ROS, rosbag2, MuJoCo) and sink share.
+"""Observation, ActionChunk and ObservationSpec: the types every source (ROS, rosbag2, MuJoCo) and sink share.
 
-How messages become observations (routing and timing) is vit_policy/inputs.py.
+How messages become observations (routing and timing) is vit_policy/inputs.py. What a checkpoint was
+trained to see (cameras, control period, chunk, pose history, frame, gripper range) is its
+:class:`ObservationSpec`, which training writes and every consumer checks its own settings against.
 
 Time is integer nanoseconds. Images are RGB uint8 H x W x 3. Poses are in the robot base frame with
 quaternions in (x, y, z, w) order. Step k of a chunk is the target for time ``stamp_ns + (k+1)*dt_ns``.
@@ -8,10 +10,12 @@ quaternions in (x, y, z, w) order. Step k of a chunk is the target for time ``st
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
+from vit_policy.config import ConfigError
 from vit_policy.geometry import PoseError, apply_delta, check_finite, check_quaternion
 
 
@@ -121,3 +125,89 @@ class ActionChunk:
             and np.all(np.isfinite(self.delta_rotation))
             and np.all(np.isfinite(self.gripper))
         )
+
+
+@dataclass(frozen=True)
+class ObservationSpec:
+    """What a checkpoint was trained to see; written by training into its ``metadata.json`` (``observation``).
+
+    Data, runtime, replay, node and simulator check their settings against it (``check_period``,
+    ``check_inputs``) instead of keeping their own copies. ``base_frame`` and the gripper fields are None
+    when unknown (a policy built from a config alone, or a checkpoint saved before the spec existed).
+    """
+
+    cameras: tuple[str, ...]
+    image_size: int | None  # encoder input side (pixels); None: the encoder's native resolution
+    control_dt_ns: int  # period between chunk steps = the period of the training labels
+    chunk_size: int
+    pose_history: int
+    base_frame: str | None = None  # frame of the recorded EE poses and of the actions
+    gripper_joints: tuple[str, ...] | None = None  # summed JointState positions (empty: a Float64 opening)
+    gripper_range: tuple[float, float] | None = None  # (closed, open) joint sums mapped to 0 and 1
+
+    @classmethod
+    def of(cls, policy: Any, data: Any = None) -> "ObservationSpec":
+        """From a PolicyConfig and, when training, the DataConfig whose bags it learns from."""
+        g = getattr(data, "gripper", None)
+        return cls(
+            tuple(policy.cameras), policy.encoder.img_size, int(policy.control_dt_ns), int(policy.chunk_size), int(policy.pose.history),
+            None if data is None else str(data.tf_base_frame),
+            None if g is None else (tuple(g.joints) if g.kind == "joint_state" else ()),
+            None if g is None else ((float(g.closed), float(g.open)) if g.kind == "joint_state" else (0.0, 1.0)))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str) -> "ObservationSpec":
+        try:
+            out = dict(raw)
+            out["cameras"] = tuple(out["cameras"])
+            if out.get("gripper_joints") is not None:
+                out["gripper_joints"] = tuple(out["gripper_joints"])
+            if out.get("gripper_range") is not None:
+                out["gripper_range"] = tuple(float(v) for v in out["gripper_range"])
+            return cls(**out)
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"{where}: observation spec {raw!r} is malformed ({exc}); save the checkpoint again") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def matches_config(self, policy: Any) -> None:
+        """The spec was written for this PolicyConfig (cameras, period, chunk, history)."""
+        own = ObservationSpec.of(policy)
+        for name in ("cameras", "control_dt_ns", "chunk_size", "pose_history"):
+            if getattr(own, name) != getattr(self, name):
+                raise ConfigError(f"observation.{name}: {getattr(self, name)} in metadata.json, {getattr(own, name)} in config.yaml; "
+                                  "both files must come from the same save")
+
+    def check_period(self, period_ns: int, setting: str, resample: bool = False) -> None:
+        """The one rate rule, wherever a checkpoint meets a configured control period (training labels, replay,
+        the runner in the node and the simulator): the chunk step and the period match, or resampling was asked
+        for (``runtime.resample_chunks``: targets interpolated between chunk steps); else a ConfigError naming both."""
+        dt = self.control_dt_ns
+        if resample or abs(dt - int(period_ns)) <= 1000:
+            return
+        fix = f"set {setting} to {1e9 / dt:g} Hz"
+        fix += ", or runtime.resample_chunks: true to interpolate the chunk at the control ticks" if setting.startswith("runtime.") else ""
+        raise ConfigError(f"{setting}: {1e9 / period_ns:g} Hz (a {period_ns / 1e6:g} ms period) differs from the checkpoint's chunk step "
+                          f"(control_dt {dt / 1e9:g} s = {dt / 1e6:g} ms); {fix}")
+
+    def check_inputs(self, cameras: Any, base_frame: str | None, gripper_joints: tuple[str, ...] | None,
+                     gripper_range: tuple[float, float] | None, names: dict[str, str]) -> None:
+        """Configured inputs feed this checkpoint as its demonstrations did: every camera mapped, poses in the
+        recorded frame, the gripper opening scaled by the recorded range. ``names``: the settings' names for
+        the error (keys ``cameras``, ``base_frame``, ``gripper_joints``, ``gripper_range``). Unknowns pass."""
+        missing = [c for c in self.cameras if c not in cameras]
+        if missing:
+            raise ConfigError(f"{names['cameras']}: the checkpoint needs camera(s) {missing}; the inputs map {sorted(cameras)}")
+        if self.base_frame and base_frame and base_frame != self.base_frame:
+            raise ConfigError(f"{names['base_frame']}: {base_frame!r}, but the checkpoint's demonstrations were recorded in "
+                              f"{self.base_frame!r}; set {names['base_frame']}: {self.base_frame} (poses and commands in that frame)")
+        if gripper_joints is None or self.gripper_joints is None:
+            return  # no gripper feedback configured, or not recorded
+        if self.gripper_joints and gripper_joints and set(gripper_joints) != set(self.gripper_joints):
+            raise ConfigError(f"{names['gripper_joints']}: {list(gripper_joints)}, but the checkpoint read the gripper from "
+                              f"{list(self.gripper_joints)}; set {names['gripper_joints']}: {list(self.gripper_joints)}")
+        if self.gripper_joints and gripper_range is not None and self.gripper_range is not None and \
+                not np.allclose(gripper_range, self.gripper_range, atol=1e-6):
+            raise ConfigError(f"{names['gripper_range']}: (closed, open) {tuple(gripper_range)}, but the checkpoint's demonstrations "
+                              f"mapped {self.gripper_range} to 0 and 1; set them to {self.gripper_range[0]:g} and {self.gripper_range[1]:g}")

@@ -38,7 +38,7 @@ from scipy.spatial.transform import Rotation
 from vit_policy import messages as M
 from vit_policy.config import ConfigError
 from vit_policy.images import resize_uint8
-from vit_policy.inputs import GRIPPER, POSE, Frame, InputRouter, InputSpec, Resolved, Synchronizer, SyncRule, camera_key, check_control_period, check_timing, period_ns
+from vit_policy.inputs import GRIPPER, POSE, Frame, InputRouter, InputSpec, Resolved, Synchronizer, SyncRule, camera_key, check_timing, period_ns
 from vit_policy.observation import ActionChunk, Observation, ObservationError, check_image
 from vit_policy.ood import OODState
 from vit_policy.safety import Command, SafetyConfig, SafetyFilter
@@ -168,20 +168,19 @@ class PolicyRunner:
                  inputs: InputSpec | None = None) -> None:
         self.policy = policy
         self.cfg = runtime
-        self.cameras: list[str] = list(policy.cfg.cameras)
-        self.chunk_dt_ns: int = int(policy.cfg.control_dt_ns)
-        self.history_len: int = int(policy.cfg.pose.history)
+        spec = policy.spec
+        self.cameras: list[str] = list(spec.cameras)
+        self.chunk_dt_ns: int = spec.control_dt_ns
+        self.history_len: int = spec.pose_history
         self.image_size: tuple[int, int] | None = getattr(policy, "image_size", None)  # encoder input (H, W); stand-ins may have none
         self.period_ns = runtime.control_period_ns
-        check_control_period(self.chunk_dt_ns, self.period_ns, "runtime.control_rate_hz", runtime.resample_chunks)
+        spec.check_period(self.period_ns, "runtime.control_rate_hz", runtime.resample_chunks)
         self.safety = SafetyFilter(safety, self.period_ns)
         self.clock: Callable[[], int] = clock or time.time_ns
         self.instruction: str | None = None  # passed to language-conditioned policies
         self.router: InputRouter | None = None
         if inputs is not None:
-            missing = [c for c in self.cameras if c not in inputs.cameras]
-            if missing:
-                raise ValueError(f"cameras: the policy needs {missing}; the inputs map {sorted(inputs.cameras)}")
+            inputs.check(spec)
             inputs = InputSpec(**{**inputs.__dict__, "cameras": {c: inputs.cameras[c] for c in self.cameras}})
             self.router = InputRouter(inputs)
         self.sync = Synchronizer(self.cameras, SyncRule.of(runtime), gripper=inputs is None or inputs.gripper_topic is not None)

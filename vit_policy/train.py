@@ -40,10 +40,10 @@ from vit_policy.data.bags import Episode
 from vit_policy.data.cache import load_or_extract
 from vit_policy.data.dataset import EpisodeDataset, EpochBatchSampler, dataset_stats, split_episodes
 from vit_policy.geometry import geodesic_deg, rot6d_to_quat
-from vit_policy.inputs import check_control_period
 from vit_policy.model.checkpoint import build_policy, read_stats, save_checkpoint
 from vit_policy.model.configuration import PolicyConfig
 from vit_policy.model.policy import VisuomotorPolicy
+from vit_policy.observation import ObservationSpec
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class TrainConfig:
         missing = [c for c in self.policy.cameras if c not in self.data.cameras]
         if missing:
             raise ConfigError(f"data.cameras: no topic for policy camera(s) {missing}; have {sorted(self.data.cameras)}")
-        check_control_period(self.policy.control_dt_ns, self.data.dt_ns, "data.control_rate_hz")  # labels are chunk steps
+        self.observation_spec.check_period(self.data.dt_ns, "data.control_rate_hz")  # labels are chunk steps
         if not self.val_bags and not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError("val_fraction: must be in [0, 1)")
         if self.epochs < 1 or self.batch_size < 1:
@@ -108,6 +108,12 @@ class TrainConfig:
             raise ConfigError("warmup_steps, grad_clip, num_workers must be >= 0 and log_every >= 1")
         if self.ood_quantile is not None and not 0.0 < self.ood_quantile <= 1.0:
             raise ConfigError(f"ood_quantile: {self.ood_quantile} must be in (0, 1] (e.g. 0.99), or null to fit no OOD monitor")
+
+
+    @property
+    def observation_spec(self) -> ObservationSpec:
+        """What the trained policy will see: its config's cameras and period, the data's frame and gripper range."""
+        return ObservationSpec.of(self.policy, self.data)
 
 
 def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
@@ -348,6 +354,7 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.out_dir = Path(cfg.out_dir)
         self.policy = build_policy(cfg.policy)
+        self.policy.spec = cfg.observation_spec
         self.train_eps, self.val_eps = load_episodes(cfg, self.policy.image_size, self.ddp)
         resume = _resume_dir(cfg)
         # resumed: the statistics the run started with, not recomputed ones

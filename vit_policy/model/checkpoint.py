@@ -7,7 +7,7 @@ The model module (:mod:`vit_policy.model.policy`) only builds and computes; this
   (``vit_policy.pretrain``), local text-tower weights (``language.weights``);
 * writes a checkpoint directory (:func:`save_checkpoint`): ``config.yaml``, ``model.safetensors``
   (tensors that share memory stored once), ``stats.safetensors`` (normalisation statistics),
-  ``metadata.json`` and, when fitted with these weights, ``ood.safetensors`` (:mod:`vit_policy.ood`);
+  ``metadata.json`` (with the policy's :class:`ObservationSpec`) and, when fitted with these weights, ``ood.safetensors`` (:mod:`vit_policy.ood`);
 * loads one (:func:`load_checkpoint`): validates the files, builds the model from its config without
   reading the original pretrained files again, restores weights, statistics and the OOD monitor. Nothing
   is unpickled; a missing, truncated or corrupt file is an error naming the path, the cause and the fix.
@@ -30,6 +30,7 @@ from vit_policy.model.encoders import (
     POINT_HEAD, WeightsError, load_encoder_weights, load_instruction_weights, load_matching, read_state_dict, weights_error,
 )
 from vit_policy.model.policy import VisuomotorPolicy
+from vit_policy.observation import ObservationSpec
 from vit_policy.ood import OOD_FILE, OODMonitor
 
 log = logging.getLogger(__name__)
@@ -138,8 +139,8 @@ def save_checkpoint(policy: VisuomotorPolicy, directory: str | Path, metadata: d
         tensors.update(st.to_tensors(key))
     save_file(tensors, str(directory / STATS_FILE))
     save_ood(policy, directory)
-    if metadata is not None:
-        (directory / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
+    metadata = {**(metadata or {}), "observation": policy.spec.to_dict()}
+    (directory / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
     return directory
 
 
@@ -204,6 +205,33 @@ def read_stats(directory: str | Path, fix: str) -> dict[str, NormStats]:
     return {k: NormStats.from_tensors(raw, k, src) for k in ("state", "action")}
 
 
+def read_spec(directory: str | Path, cfg: PolicyConfig, fix: str) -> ObservationSpec:
+    """The observation spec in a checkpoint's metadata.json; for one saved before the spec existed, the config's
+    (frame and gripper range from its recorded data config when it has one, else unknown)."""
+    path = Path(directory) / METADATA_FILE
+    meta: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{str(path)!r} cannot be read ({exc}); {fix}") from None
+    if isinstance(meta.get("observation"), dict):
+        spec = ObservationSpec.from_dict(meta["observation"], str(path))
+        try:
+            spec.matches_config(cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"{str(path)!r}: {exc}; {fix}") from None
+        return spec
+    if isinstance(meta.get("data"), dict):
+        from vit_policy.data.configuration import DataConfig
+
+        try:
+            return ObservationSpec.of(cfg, from_dict(DataConfig, meta["data"], "data"))
+        except ConfigError:
+            pass  # a data config this version cannot read: frame and gripper stay unknown
+    return ObservationSpec.of(cfg)
+
+
 def load_ood(directory: str | Path, policy: VisuomotorPolicy) -> OODMonitor | None:
     """The OOD monitor of a checkpoint directory, checked against ``policy``; None when it has no statistics."""
     path = Path(directory) / OOD_FILE
@@ -242,6 +270,7 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
         raise WeightsError(f"checkpoint statistics {str(directory / STATS_FILE)!r} do not fit the model: "
                            f"{exc.args[0] if exc.args else exc}; {fix}") from None
     model.ood = load_ood(directory, model) if ood else None
+    model.spec = read_spec(directory, model.cfg, fix)
     return model.to(map_location).eval()
 
 

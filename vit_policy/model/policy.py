@@ -37,7 +37,7 @@ from vit_policy.geometry import NormStats, matrix_from_rot6d_t, matrix_to_rot6d_
 from vit_policy.images import to_model_input
 from vit_policy.model.encoders import ImageEncoder, InstructionEncoder, PointHead
 from vit_policy.model.pose_tokens import PoseTokenizer, pose_features
-from vit_policy.observation import ActionChunk, Observation, ObservationError
+from vit_policy.observation import ActionChunk, Observation, ObservationError, ObservationSpec
 from vit_policy.ood import OODMonitor, capture
 
 ACTION_DIM = 10  # dp (3) + rot6d (6) + gripper (1)
@@ -64,6 +64,10 @@ class Policy(Protocol):
     @property
     def ood(self) -> OODMonitor | None:
         """The out-of-distribution monitor whose scores the chunks carry, or None."""
+
+    @property
+    def spec(self) -> ObservationSpec:
+        """What the policy was trained to see (cameras, control period, frame, gripper range): settings are checked against it."""
 
     def eval(self) -> Any:
         """Inference mode (torch modules; a no-op elsewhere). Loaders already return policies in it."""
@@ -193,6 +197,7 @@ class VisuomotorPolicy(nn.Module):
         self.head = nn.Linear(d, ACTION_DIM)
         self.stats: dict[str, NormStats] | None = None
         self.ood: OODMonitor | None = None  # out-of-distribution monitor (vit_policy/ood.py): from the checkpoint, or None
+        self.spec = ObservationSpec.of(cfg)  # what it was trained to see: training and the checkpoint fill in frame and gripper
         for name in ("state_center", "state_scale", "action_center", "action_scale"):
             self.register_buffer(name, torch.empty(0), persistent=False)  # filled by set_stats
 

@@ -21,7 +21,7 @@ import numpy as np
 from vit_policy.config import ConfigError
 from vit_policy.data.configuration import DataConfig
 from vit_policy.replay.configuration import ReplayConfig
-from vit_policy.inputs import TIMING_FIELDS, check_control_period
+from vit_policy.inputs import TIMING_FIELDS, InputSpec
 from vit_policy.replay.metrics import Predictions, chunk_metrics, latency_summary, stream_metrics
 from vit_policy.replay.modes import BagResult, RecordedTrack, attention_samples, run_batch, run_faithful
 
@@ -118,12 +118,11 @@ def _mode_metrics(results: list[BagResult], cfg: ReplayConfig, monitor: Any = No
 
 
 def _check_policy(name: str, policy: "Policy", data: DataConfig) -> None:
-    """The data config feeds this policy: its cameras are mapped and its chunk period is the label period."""
-    missing = [c for c in policy.cfg.cameras if c not in data.cameras]
-    if missing:
-        raise ConfigError(f"data.cameras: checkpoint {name!r} needs camera(s) {missing}; the data config maps {sorted(data.cameras)}")
-    try:  # labels and chunk steps share the period
-        check_control_period(policy.cfg.control_dt_ns, data.dt_ns, "data.control_rate_hz")
+    """The data config feeds this policy as its demonstrations did (cameras, frame, gripper range; its ObservationSpec)
+    and its chunk period is the label period."""
+    try:
+        InputSpec.from_data(data).check(policy.spec)
+        policy.spec.check_period(data.dt_ns, "data.control_rate_hz")  # labels and chunk steps share the period
     except ConfigError as exc:
         raise ConfigError(f"checkpoint {name!r}: {exc}") from None
 

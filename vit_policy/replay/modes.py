@@ -134,7 +134,7 @@ class _RecordingPolicy:
     """
 
     def __init__(self, policy: "Policy", clock: list[int]) -> None:
-        self.policy, self.cfg, self._clock = policy, policy.cfg, clock
+        self.policy, self.cfg, self.spec, self._clock = policy, policy.cfg, policy.spec, clock
         self.ood = getattr(policy, "ood", None)  # the runner scores (and with safety.ood_stop, stops) like the node's
         self.chunks: list[tuple[int, ActionChunk]] = []  # (simulated time of the inference, chunk)
         self.latency_ms: list[float] = []
