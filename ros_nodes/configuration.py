@@ -65,9 +65,10 @@ class NodeConfig:
     gripper_open: float = field(default=0.08, metadata={"help": "summed gripper joint position when fully open (Franka: two fingers of 0.04 m)"})
     diagnostics_rate_hz: float = field(default=1.0, metadata={"help": "rate of /diagnostics (Hz)"})
     instruction: str = field(default="", metadata={"help": "task instruction for language-conditioned policies"})
-    topics: NodeTopicsConfig = field(default_factory=NodeTopicsConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    topics: NodeTopicsConfig = field(default_factory=NodeTopicsConfig, metadata={"help": "topic names (topics.*)"})
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig, metadata={"help": (
+        "control rate, timing rule, chunk strategy and inference backend (runtime.*)")})
+    safety: SafetyConfig = field(default_factory=SafetyConfig, metadata={"help": "limits applied to every command (safety.*)"})
 
     def __post_init__(self) -> None:
         if not self.checkpoint and not self.allow_untrained:

@@ -12,11 +12,10 @@ enabled (``~/enable`` service on rclpy, ``policy/enable`` topic on DDS) only sto
 from __future__ import annotations
 
 import array
-import dataclasses
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_type_hints
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,7 +23,7 @@ from ros_nodes.configuration import NodeConfig
 from ros_nodes.transport import make_transport
 from ros_nodes.transport.base import Transport, check_parameter_names
 from vit_policy import messages as M
-from vit_policy.config import ConfigError, from_dict, read_yaml
+from vit_policy.config import ConfigError, config_fields, from_dict, markdown_table, read_yaml, shown
 from vit_policy.observation import ActionChunk
 from vit_policy.inputs import InputSpec
 from vit_policy.runtime import PolicyRunner
@@ -56,18 +55,10 @@ PARAMETER_FILE_HEADER = """\
 def parameter_fields(cls: type = NodeConfig, prefix: str = "") -> dict[str, tuple[Any, Any, str]]:
     """Flat dotted parameter names -> (type hint, default, description) of a config dataclass.
 
-    The description is the field's ``metadata["help"]`` (empty when it has none); a null default becomes
-    LATENCY_MEASURED (ROS parameters have no null).
+    :func:`vit_policy.config.config_fields`, with a null default as LATENCY_MEASURED (ROS parameters have no null).
     """
-    hints = get_type_hints(cls)
-    out: dict[str, tuple[Any, Any, str]] = {}
-    for f in dataclasses.fields(cls):
-        value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
-        if dataclasses.is_dataclass(hints[f.name]):
-            out.update(parameter_fields(hints[f.name], f"{prefix}{f.name}."))
-        else:
-            out[f"{prefix}{f.name}"] = (hints[f.name], LATENCY_MEASURED if value is None else value, f.metadata.get("help", ""))
-    return out
+    return {name: (hint, LATENCY_MEASURED if value is None else value, text)
+            for name, (hint, value, text) in config_fields(cls, prefix).items()}
 
 
 def parameter_defaults() -> dict[str, Any]:
@@ -82,31 +73,8 @@ def parameter_descriptions() -> dict[str, str]:
 
 def parameter_table() -> str:
     """The README's parameter table (Markdown), made from NodeConfig's defaults and field descriptions."""
-    import typing
-
-    def type_name(hint: Any) -> str:
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if typing.get_origin(hint) is typing.Literal:
-            return "string: " + ", ".join(f"`{a}`" for a in args)
-        if typing.get_origin(hint) is list:
-            return type_name(args[0]) + "[]"
-        if args:  # Optional[X]
-            return type_name(args[0])
-        return {str: "string", bool: "bool", int: "integer", float: "double"}[hint]
-
-    def shown(value: Any) -> str:
-        if isinstance(value, bool):
-            return f"`{str(value).lower()}`"
-        if value == "":
-            return "`''`"
-        if isinstance(value, list) and not value:
-            return '`[""]` (none)'
-        return f"`{value}`"
-
     fields = parameter_fields()
-    rows = ["| parameter | type | default | meaning |", "|---|---|---|---|"]
-    for name, (hint, default, description) in fields.items():
-        rows.append(f"| `{name}` | {type_name(hint)} | {shown(default)} | {description} |")
+    rows = markdown_table(fields, "parameter", lambda v: '`[""]` (none)' if isinstance(v, list) and not v else shown(v)).split("\n")
     rows.insert(2 + list(fields).index("instruction") + 1,
                 "| `autostart` | bool | `true` | rclpy lifecycle node only: configure and activate at start-up |")
     return "\n".join(rows)

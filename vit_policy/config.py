@@ -5,7 +5,9 @@ that uses it (``vit_policy/model/configuration.py``, ``vit_policy/data/configura
 ``train.py``, ``runtime.py``, ``safety.py`` and ``replay.py``, ``ros_nodes/configuration.py``,
 ``sim_tests/configuration.py``). ``from_dict`` builds nested dataclasses recursively and rejects an
 unknown key with the nearest valid key, so a typo in a YAML file is reported with its path and fix
-before anything is built. A field's description is written once, as its ``metadata["help"]``.
+before anything is built. A field's description is written once, as its ``metadata["help"]``:
+``config_fields`` / ``config_table`` turn the fields into the reference tables of docs/configuration.md
+(``reference_markdown``) and, through ros_nodes/policy_node.py, docs/parameters.md.
 """
 
 from __future__ import annotations
@@ -192,3 +194,158 @@ def load_config(cls: type[T], path: str | Path, overrides: list[str] | None = No
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write a config dataclass as YAML (``load_config`` reads it back)."""
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# --------------------------------------------------------------------------------------------------
+# Reference tables: each field's type, default and metadata["help"], flattened to dotted keys
+# --------------------------------------------------------------------------------------------------
+
+
+def _optional_dataclass(hint: Any) -> type | None:
+    """The dataclass of an ``X | None`` hint whose X is a dataclass (an optional sub-config), else None."""
+    if get_origin(hint) not in (Union, types.UnionType) or type(None) not in get_args(hint):
+        return None
+    args = [a for a in get_args(hint) if a is not type(None)]
+    return args[0] if len(args) == 1 and dataclasses.is_dataclass(args[0]) else None
+
+
+def config_fields(cls: type, prefix: str = "", defaults: Any = None) -> dict[str, tuple[Any, Any, str]]:
+    """Flat dotted keys -> (type hint, default, description) of config dataclass ``cls``, nested ones flattened.
+
+    The description is the field's ``metadata["help"]`` (empty when it has none). A nested dataclass gives its
+    fields (``runtime.max_age_s``), at the defaults its parent's factory sets (``SimConfig.runtime`` runs at
+    25 Hz); an optional one (``points: PointTokenConfig | None``) gives a row of its own, then its fields.
+    ``defaults``: an instance whose values are the defaults (used for the recursion).
+    """
+    hints = get_type_hints(cls)
+    out: dict[str, tuple[Any, Any, str]] = {}
+    for f in dataclasses.fields(cls):
+        if defaults is not None:
+            value = getattr(defaults, f.name)
+        else:
+            value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+        hint, name, text = hints[f.name], f"{prefix}{f.name}", f.metadata.get("help", "")
+        if dataclasses.is_dataclass(hint):
+            # a factory other than the class itself (a lambda with arguments) sets the nested defaults
+            custom = defaults is not None or (f.default_factory is not dataclasses.MISSING and f.default_factory is not hint)
+            out.update(config_fields(hint, f"{name}.", value if custom else None))
+            continue
+        out[name] = (hint, value, text)
+        nested = _optional_dataclass(hint)
+        if nested is not None:
+            out.update(config_fields(nested, f"{name}.", value))
+    return out
+
+
+def type_name(hint: Any) -> str:
+    """A type hint as the reference tables show it (string, bool, integer, double, string: `a`, `b`, double[], ...)."""
+    args = [a for a in get_args(hint) if a is not type(None)]
+    origin = get_origin(hint)
+    if origin is Literal:
+        return "string: " + ", ".join(f"`{a}`" for a in args)
+    if origin in (list, tuple):
+        if get_origin(args[0]) is Literal:  # a list of choices
+            return "string[]: " + ", ".join(f"`{a}`" for a in get_args(args[0]))
+        return type_name(args[0]) + "[]"
+    if origin is dict:
+        return f"mapping of {type_name(args[1])}"
+    if len(args) > 1:  # a union of several types
+        return " or ".join(type_name(a) for a in args)
+    if args:  # Optional[X]
+        return type_name(args[0])
+    if dataclasses.is_dataclass(hint):
+        return f"mapping ({hint.__name__})"
+    return {str: "string", bool: "bool", int: "integer", float: "double"}[hint]
+
+
+def shown(value: Any) -> str:
+    """A default value as the reference tables show it (YAML spelling: `true`, `null`, `''`)."""
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if value is None:
+        return "`null`"
+    if value == "":
+        return "`''`"
+    return f"`{value}`"
+
+
+def markdown_table(fields: dict[str, tuple[Any, Any, str]], header: str = "key", show: Any = shown) -> str:
+    """A Markdown table (| key | type | default | meaning |) of ``config_fields``-style rows."""
+    rows = [f"| {header} | type | default | meaning |", "|---|---|---|---|"]
+    for name, (hint, default, description) in fields.items():
+        description = description.replace("|", "\\|").replace("<", "&lt;")  # a bar would end the cell, <name> read as HTML
+        rows.append(f"| `{name}` | {type_name(hint)} | {show(default)} | {description} |")
+    return "\n".join(rows)
+
+
+def config_table(cls: type, prefix: str = "", exclude: tuple[str, ...] = ()) -> str:
+    """The Markdown reference table of config dataclass ``cls``; keys under ``exclude`` (dotted, after prefix) left out."""
+    fields = {name: row for name, row in config_fields(cls, prefix).items()
+              if not any(name == prefix + e or name.startswith(f"{prefix}{e}.") for e in exclude)}
+    return markdown_table(fields)
+
+
+REFERENCE_INTRO = """\
+# Configuration reference
+
+Every key of the YAML files under `configs/`, with its type, default and meaning. Each config is a
+dataclass that validates its values when the file loads: an unknown key fails with the nearest valid one,
+and any key can be overridden on the command line as `key.sub=value` (values read as YAML). Nested
+sections are written as dotted keys here (`encoder.name` is `encoder: {name: ...}` in YAML).
+
+| file | section | dataclass |
+|---|---|---|
+| `configs/train/*.yaml` | the whole file: `policy:`, `data:`, `augment:` and the run's own keys | `TrainConfig` |
+| `configs/policy/*.yaml`, `configs/sim/policy.yaml` | the whole file: a training YAML's `policy:` | `PolicyConfig` |
+| a replay `--data-config` YAML | a training YAML's `data:`, plus `runtime:`, `safety:` and the scoring keys | `ReplayConfig` |
+| `configs/sim/fetch_*.yaml` | the whole file: a simulated task, its cameras, `runtime:` and `safety:` | `SimConfig` |
+| `configs/ros/policy_node.yaml` | the node's parameters: [`parameters.md`](parameters.md) | `NodeConfig` |
+| `configs/sim/recipes/*.yaml` | a task's demo / benchmark budget (not tabled here) | `TaskPlan` (`sim_tests/demo.py`) |
+
+Generated from the fields' descriptions (each written once, as its `metadata["help"]`) by
+`python -m sim_tests.configuration > docs/configuration.md`; `tests/test_docs.py` checks that it is current,
+so change a description in the code, not here.
+"""
+
+
+def reference_markdown(*more: str) -> str:
+    """docs/configuration.md: every YAML section's table, made from the config dataclasses' field descriptions.
+
+    ``more``: Markdown sections appended, for configs of the packages above the core (the simulator's:
+    ``sim_tests.configuration.sim_reference``); ``python -m sim_tests.configuration`` prints the whole document.
+    """
+    from vit_policy.data.configuration import AugmentConfig, DataConfig
+    from vit_policy.model.configuration import PolicyConfig
+    from vit_policy.replay.configuration import ReplayConfig
+    from vit_policy.train import TrainConfig
+
+    parts = [
+        REFERENCE_INTRO,
+        "## Training: `configs/train/*.yaml` (`TrainConfig`, `vit_policy/train.py`)\n\n"
+        "`vit-policy train --config FILE [key.sub=value ...]`. The sections `policy:`, `data:` and `augment:` are "
+        "tabled below; the run's own keys sit at the top level:",
+        config_table(TrainConfig, exclude=("policy", "data", "augment")),
+        "### `policy:` (`PolicyConfig`, `vit_policy/model/configuration.py`)\n\n"
+        "The model, saved with every checkpoint (`config.yaml`). The same keys make up the top level of "
+        "`configs/policy/*.yaml` and `configs/sim/policy.yaml` (`vit-policy policy-demo --config`, the node's "
+        "`policy_config`, the simulator's training). `points: null` disables the point tokens; a mapping sets the `points.*` below:",
+        config_table(PolicyConfig),
+        "### `data:` (`DataConfig`, `vit_policy/data/configuration.py`)\n\n"
+        "How a rosbag2 recording becomes episodes: the topic map, the gripper source and the timing rule (the live "
+        "node's `runtime.*` rule, so training sees what the robot sees). `vit-policy replay`, `inspect`, "
+        "`export-dataset` and `fit-ood` read it with `--data-config` from a training YAML or a file holding only these keys:",
+        config_table(DataConfig),
+        "### `augment:` (`AugmentConfig`, `vit_policy/data/configuration.py`)\n\n"
+        "Applied on the fly to training samples, never to validation; every default is off:",
+        config_table(AugmentConfig),
+        "## Replay (`ReplayConfig`, `vit_policy/replay/configuration.py`)\n\n"
+        "`vit-policy replay --data-config FILE`: a training YAML (its `data:` and any of the keys below; other sections "
+        "are ignored) or a `data:`-only YAML; without it, the `data:` recorded with the checkpoint. `data:` is the "
+        "training section above; unless set, `runtime.control_rate_hz` and the timing rule follow it. `runtime.*` and "
+        "`safety.*` are the node's parameters ([`parameters.md`](parameters.md)), except that a null "
+        "`runtime.inference_latency_s` uses the latency measured during the replay:",
+        config_table(ReplayConfig, exclude=("data",)),
+        *more,
+    ]
+    return "\n\n".join(p.strip("\n") for p in parts) + "\n"
+

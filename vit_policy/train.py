@@ -60,32 +60,40 @@ RESUME_FIX = "resume from another copy of the run's last/ directory, or start a 
 class TrainConfig:
     """One training run: policy, data, split, optimiser and checkpointing."""
 
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    bags: list[str] = field(default_factory=list)  # bag directories / files or glob patterns
-    val_bags: list[str] = field(default_factory=list)  # explicit validation bags; else val_fraction of episodes
-    val_fraction: float = 0.2
-    cache_dir: str = "outputs/cache"
-    out_dir: str = "outputs/train"
-    epochs: int = 10
-    max_steps: int | None = None  # total optimiser steps (the schedule's length); default epochs x steps/epoch
-    batch_size: int = 32
-    lr_encoder: float = 1e-5
-    lr_head: float = 1e-4
-    weight_decay: float = 1e-4
-    warmup_steps: int = 100
-    grad_clip: float = 1.0  # max gradient norm; 0 disables
-    ema: float = 0.0  # EMA decay of the weights (0: off; e.g. 0.999); checkpoints then hold the EMA weights
-    seed: int = 0
-    num_workers: int = 0
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    log_every: int = 10
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    resume: str | None = None  # a 'last' checkpoint directory, or 'auto' for <out_dir>/last if it exists
-    tensorboard: bool = True
-    progress: bool = True  # tqdm bars
-    # at the end: fit the OOD monitor on the training split, threshold = this quantile of the validation scores (null: none)
-    ood_quantile: float | None = 0.99
+    policy: PolicyConfig = field(default_factory=PolicyConfig, metadata={"help": "the policy model (policy.*; as in configs/policy/)"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "the bags' topic map and sampling rules (data.*)"})
+    bags: list[str] = field(default_factory=list, metadata={"help": (
+        "demonstrations to train on (at least one): rosbag2 directories or .db3 / .mcap files, LeRobotDataset v3 "
+        "directories (hf://datasets/<org>/<name>: from the hub), or glob patterns")})
+    val_bags: list[str] = field(default_factory=list, metadata={"help": (
+        "explicit validation bags (as bags); empty: val_fraction of the episodes is held out")})
+    val_fraction: float = field(default=0.2, metadata={"help": "share of the episodes held out for validation without val_bags, in [0, 1)"})
+    cache_dir: str = field(default="outputs/cache", metadata={"help": (
+        "directory of the extracted episode cache (reused while bag, data config, chunk_size and image size are unchanged)")})
+    out_dir: str = field(default="outputs/train", metadata={"help": "run directory: last/ and best/ checkpoints, tb/ TensorBoard scalars"})
+    epochs: int = field(default=10, metadata={"help": "passes over the training episodes (>= 1); sets the schedule's length unless max_steps"})
+    max_steps: int | None = field(default=None, metadata={"help": (
+        "total optimiser steps, the schedule's length (>= 1); null: epochs x steps per epoch")})
+    batch_size: int = field(default=32, metadata={"help": "samples per optimiser step, per process under torchrun (>= 1)"})
+    lr_encoder: float = field(default=1e-5, metadata={"help": "peak AdamW learning rate of the image encoder (>= 0)"})
+    lr_head: float = field(default=1e-4, metadata={"help": "peak AdamW learning rate of everything else: tokens, transformer, head (> 0)"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay of weight matrices (none on biases, norms, embeddings)"})
+    warmup_steps: int = field(default=100, metadata={"help": "linear learning-rate warmup steps before the cosine decay to 0 (>= 0)"})
+    grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm (>= 0; 0 disables clipping)"})
+    ema: float = field(default=0.0, metadata={"help": (
+        "EMA decay of the weights, in [0, 1) (0: off; e.g. 0.999); checkpoints then hold the EMA weights")})
+    seed: int = field(default=0, metadata={"help": "seed of the split, initialisation, shuffling, augmentation and dropout"})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes (>= 0; 0: load in the training process)"})
+    augment: AugmentConfig = field(default_factory=AugmentConfig, metadata={"help": "training-sample augmentations (augment.*)"})
+    log_every: int = field(default=10, metadata={"help": "write TensorBoard scalars every this many optimiser steps (>= 1)"})
+    device: str = field(default="auto", metadata={"help": "torch device: auto (CUDA when available), cpu, cuda or cuda:N"})
+    resume: str | None = field(default=None, metadata={"help": (
+        "a last/ checkpoint directory to resume from, or auto (<out_dir>/last if it exists); null: a new run")})
+    tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard scalars under <out_dir>/tb"})
+    progress: bool = field(default=True, metadata={"help": "show tqdm progress bars"})
+    ood_quantile: float | None = field(default=0.99, metadata={"help": (
+        "at the end, fit the OOD monitor on the training split with its threshold at this quantile of the validation "
+        "scores, in (0, 1]; null: fit none")})
 
     def __post_init__(self) -> None:
         if not self.bags:

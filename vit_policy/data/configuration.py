@@ -18,11 +18,14 @@ from vit_policy.inputs import check_timing, period_ns
 class GripperConfig:
     """Where the gripper opening comes from: JointState joints mapped from (closed, open) to [0, 1], or a Float64."""
 
-    topic: str = "/joint_states"
-    kind: Literal["joint_state", "float64"] = "joint_state"
-    joints: list[str] = field(default_factory=list)  # summed positions of these joints (joint_state)
-    closed: float = 0.0  # joint sum when closed -> 0
-    open: float = 0.08  # joint sum when open -> 1
+    topic: str = field(default="/joint_states", metadata={"help": "topic the gripper opening is read from"})
+    kind: Literal["joint_state", "float64"] = field(default="joint_state", metadata={"help": (
+        "joint_state (sensor_msgs/JointState: the joints below, mapped to [0, 1]) or float64 (std_msgs/Float64 already "
+        "in [0, 1], 0 closed; stamped at arrival)")})
+    joints: list[str] = field(default_factory=list, metadata={"help": (
+        "JointState names whose summed position is the opening (kind: joint_state; at least one)")})
+    closed: float = field(default=0.0, metadata={"help": "summed joint position when closed, read as 0 (joint units, m or rad)"})
+    open: float = field(default=0.08, metadata={"help": "summed joint position when fully open, read as 1 (joint units; differs from closed)"})
 
     def __post_init__(self) -> None:
         if self.kind == "joint_state" and not self.joints:
@@ -36,21 +39,33 @@ class GripperConfig:
 class DataConfig:
     """Topic map and sampling rules that turn a rosbag2 recording into episodes (one per bag, split at gaps)."""
 
-    cameras: dict[str, str] = field(default_factory=lambda: {"front": "/camera/front/image_raw"})  # first: reference camera
-    pose_topic: str | None = "/ee_pose"  # PoseStamped; null: TF chain tf_base_frame -> tf_ee_frame
-    tf_base_frame: str = "base_link"  # the base frame: TF parent, and the frame_id a PoseStamped must carry (or empty)
-    tf_ee_frame: str = "ee_link"
-    gripper: GripperConfig = field(default_factory=lambda: GripperConfig(joints=["gripper_joint"]))
-    command_topic: str | None = None  # recorded target PoseStamped (/expert/target_pose)
-    command_gripper_topic: str | None = None  # recorded gripper command Float64 (/expert/gripper)
-    labels: Literal["command", "future_pose"] = "future_pose"
-    control_rate_hz: float = 10.0
-    sync_tolerance_s: float = 0.05  # other cameras within this of the reference frame; poses around it at most 2x this apart
-    max_age_s: float = 0.5
-    max_extrapolation_s: float = 0.02  # the pose may be extrapolated this far past the newest one (vit_policy/inputs.py)
-    max_stamp_lead_s: float = 0.2  # a stamp further ahead of its arrival (record time) is rejected
-    position_bound_m: float = 10.0  # an EE position further than this from the base on any axis is rejected
-    gap_split_s: float = 1.0
+    cameras: dict[str, str] = field(default_factory=lambda: {"front": "/camera/front/image_raw"}, metadata={"help": (
+        "camera name -> image topic (sensor_msgs/Image or CompressedImage); the first is the reference camera, "
+        "whose every frame is a sample")})
+    pose_topic: str | None = field(default="/ee_pose", metadata={"help": (
+        "geometry_msgs/PoseStamped EE pose topic; null: the TF chain tf_base_frame -> tf_ee_frame on /tf, /tf_static")})
+    tf_base_frame: str = field(default="base_link", metadata={"help": (
+        "the base frame: TF parent, and the frame_id a PoseStamped must carry (or leave empty)")})
+    tf_ee_frame: str = field(default="ee_link", metadata={"help": "end-effector frame: the TF child with pose_topic: null"})
+    gripper: GripperConfig = field(default_factory=lambda: GripperConfig(joints=["gripper_joint"]), metadata={"help": (
+        "where the gripper opening comes from (gripper.*)")})
+    command_topic: str | None = field(default=None, metadata={"help": (
+        "recorded target PoseStamped (e.g. /expert/target_pose), needed by labels: command; null: none")})
+    command_gripper_topic: str | None = field(default=None, metadata={"help": (
+        "recorded gripper command Float64 in [0, 1] (e.g. /expert/gripper), the gripper labels when set; null: the observed opening")})
+    labels: Literal["command", "future_pose"] = field(default="future_pose", metadata={"help": (
+        "what step k of a chunk learns: future_pose (the EE pose interpolated at stamp + (k+1) dt) or command (the latest "
+        "recorded command_topic target at that time)")})
+    control_rate_hz: float = field(default=10.0, metadata={"help": "rate of the label steps (Hz); 1 / policy.control_dt"})
+    sync_tolerance_s: float = field(default=0.05, metadata={"help": (
+        "other cameras within this of the reference frame; the EE poses around a frame at most 2x this apart (s, below max_age_s)")})
+    max_age_s: float = field(default=0.5, metadata={"help": "the gripper's latest value is held at most this long (s)"})
+    max_extrapolation_s: float = field(default=0.02, metadata={"help": (
+        "the EE pose may be extrapolated this far past the newest one; else the frame is dropped (s, vit_policy/inputs.py)")})
+    max_stamp_lead_s: float = field(default=0.2, metadata={"help": "a stamp further ahead of its arrival (record time) is rejected (s)"})
+    position_bound_m: float = field(default=10.0, metadata={"help": "an EE position further than this from the base on any axis is rejected (m)"})
+    gap_split_s: float = field(default=1.0, metadata={"help": (
+        "a bag is split into episodes where no observation forms for longer than this (s, above one control period)")})
 
     def __post_init__(self) -> None:
         if not self.cameras:
@@ -74,13 +89,14 @@ class DataConfig:
 class AugmentConfig:
     """Augmentations applied on the fly to training samples (never to validation)."""
 
-    shift_px: int = 0  # random shift: pad by this many pixels (edge), crop back at a random offset
-    brightness: float = 0.0  # colour jitter: factors drawn from [1 - x, 1 + x]
-    contrast: float = 0.0
-    saturation: float = 0.0
-    # Gaussian noise (std, metres) on the EE position the model reads; labels keep the true pose. Where
-    # most frames hold still at the target, copying the observed pose fits them, and the images are ignored.
-    pose_noise_m: float = 0.0
+    shift_px: int = field(default=0, metadata={"help": (
+        "random shift: pad by this many pixels (edge values), crop back at a random offset (px, >= 0; 0: off)")})
+    brightness: float = field(default=0.0, metadata={"help": "colour jitter: brightness factor drawn from [1 - x, 1 + x] (x in [0, 1); 0: off)"})
+    contrast: float = field(default=0.0, metadata={"help": "colour jitter: contrast factor drawn from [1 - x, 1 + x] (x in [0, 1); 0: off)"})
+    saturation: float = field(default=0.0, metadata={"help": "colour jitter: saturation factor drawn from [1 - x, 1 + x] (x in [0, 1); 0: off)"})
+    pose_noise_m: float = field(default=0.0, metadata={"help": (
+        "std of Gaussian noise on the EE position the model reads (m, in [0, 0.5]; labels keep the true pose): where most "
+        "frames hold still at the target, copying the observed pose would fit them and the images be ignored")})
 
     def __post_init__(self) -> None:
         if self.shift_px < 0:

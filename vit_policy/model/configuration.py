@@ -22,17 +22,27 @@ Normalization = Literal["mean_std", "min_max"]  # how statistics centre and scal
 class EncoderConfig:
     """Image encoder: a timm ViT-family model or an open_clip visual tower."""
 
-    family: Literal["timm", "open_clip"] = "timm"
-    name: str = "vit_small_patch16_224"
-    img_size: int | None = None  # None: the model's native resolution
-    patch_size: int | None = None  # timm only; None: the model's own. Smaller patches: finer tokens, more compute
-    pretrained: bool = False  # download from the hub (online users only)
-    weights: str | None = None  # local .safetensors / .bin / open_clip checkpoint
-    token_mode: TokenMode = "pooled"
-    num_pooled_tokens: int = 8
-    freeze: Literal["none", "all", "last_n"] = "none"
-    trainable_blocks: int = 2  # with freeze: last_n
-    shared: bool = True  # one encoder for all cameras (+ camera embeddings) or one per camera
+    family: Literal["timm", "open_clip"] = field(default="timm", metadata={"help": (
+        "model library: timm (ViT family, e.g. DINOv2) or open_clip (a CLIP visual tower)")})
+    name: str = field(default="vit_small_patch16_224", metadata={"help": (
+        "model name in that library (timm.create_model / open_clip architecture, e.g. vit_tiny_patch16_224, ViT-B-32)")})
+    img_size: int | None = field(default=None, metadata={"help": (
+        "square input resolution the frames are resized to (px, >= 16); null: the model's native resolution")})
+    patch_size: int | None = field(default=None, metadata={"help": (
+        "ViT patch size (px, >= 2, divides img_size; timm only); null: the model's own. Smaller: finer tokens, more compute")})
+    pretrained: bool = field(default=False, metadata={"help": (
+        "download pretrained weights from the hub (online machines only); not together with weights")})
+    weights: str | None = field(default=None, metadata={"help": (
+        "local weights file (.safetensors, .bin, an open_clip checkpoint or a sim-pretrain file); null: none")})
+    token_mode: TokenMode = field(default="pooled", metadata={"help": (
+        "tokens per camera the policy sees: cls (the class token), mean (average of the patches), patches (every "
+        "patch token; needed by point tokens) or pooled (num_pooled_tokens learned queries attending over the patches)")})
+    num_pooled_tokens: int = field(default=8, metadata={"help": "learned query tokens per camera with token_mode: pooled (>= 1)"})
+    freeze: Literal["none", "all", "last_n"] = field(default="none", metadata={"help": (
+        "which encoder weights train: none (all train), all (frozen) or last_n (only the last trainable_blocks blocks and the final norm)")})
+    trainable_blocks: int = field(default=2, metadata={"help": "blocks left trainable with freeze: last_n (>= 0)"})
+    shared: bool = field(default=True, metadata={"help": (
+        "true: one encoder for all cameras (told apart by learned camera embeddings); false: one encoder per camera")})
 
     def __post_init__(self) -> None:
         if self.pretrained and self.weights:
@@ -54,20 +64,23 @@ class EncoderConfig:
 class LanguageConfig:
     """Optional language conditioning: an open_clip text tower turns the instruction into one token."""
 
-    enabled: bool = False
-    model: str = "ViT-B-32"
-    pretrained: str | None = None  # open_clip pretrained tag (online users)
-    weights: str | None = None  # local open_clip checkpoint
-    instruction: str = ""  # default instruction when an observation carries none
+    enabled: bool = field(default=False, metadata={"help": "condition the policy on a text instruction (one extra context token)"})
+    model: str = field(default="ViT-B-32", metadata={"help": "open_clip architecture whose (frozen) text tower encodes the instruction"})
+    pretrained: str | None = field(default=None, metadata={"help": (
+        "open_clip pretrained tag to download (online machines only, e.g. openai); null: none")})
+    weights: str | None = field(default=None, metadata={"help": "local open_clip checkpoint file for the text tower; null: none"})
+    instruction: str = field(default="", metadata={"help": "default instruction, used when an observation carries none"})
 
 
 @dataclass
 class PoseConfig:
     """End-effector pose tokens."""
 
-    rotation: Literal["rot6d", "quat", "rotvec"] = "rot6d"
-    tokens: Literal["per_component", "single"] = "per_component"
-    history: int = 0  # number of past poses, given as deltas to the current pose
+    rotation: Literal["rot6d", "quat", "rotvec"] = field(default="rot6d", metadata={"help": (
+        "how the EE orientation enters the model: rot6d (two rotation-matrix columns, continuous), quat (x, y, z, w) or rotvec")})
+    tokens: Literal["per_component", "single"] = field(default="per_component", metadata={"help": (
+        "per_component: one token each for position, rotation, gripper and each history pose; single: one token for the whole state")})
+    history: int = field(default=0, metadata={"help": "number of past EE poses the model also reads, each as a delta to the current pose (>= 0)"})
     normalization: Normalization = field(default="mean_std", metadata={"help": "how the pose statistics normalise the pose tokens' input (the actions: PolicyConfig.action_normalization)"})
 
     def __post_init__(self) -> None:
@@ -100,24 +113,26 @@ class PointTokenConfig:
 class PolicyConfig:
     """The whole policy: encoders, pose tokens, fusion transformer and action-chunk head."""
 
-    cameras: list[str] = field(default_factory=lambda: ["front"])
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    pose: PoseConfig = field(default_factory=PoseConfig)
-    language: LanguageConfig = field(default_factory=LanguageConfig)
-    d_model: int = 256
-    n_heads: int = 8
-    n_encoder_layers: int = 2
-    n_decoder_layers: int = 2
-    mlp_ratio: float = 4.0
-    dropout: float = 0.1
-    chunk_size: int = 20  # K
-    control_dt: float = 0.1  # seconds between chunk steps
-    # What the head regresses. "delta": each step relative to the pose at observation time (errors in
-    # a hold add up step after step: drift). "absolute": the target pose in the base frame, as in
-    # Diffusion Policy's position control (a hold is one fixed point). Either way the model returns deltas.
-    action_frame: ActionFrame = "delta"
-    gripper_loss_weight: float = 0.5
-    rotation_loss_weight: float = 1.0
+    cameras: list[str] = field(default_factory=lambda: ["front"], metadata={"help": (
+        "camera names the policy reads, unique (each needs a topic in data.cameras / the node's topics.image)")})
+    encoder: EncoderConfig = field(default_factory=EncoderConfig, metadata={"help": "the image encoder (encoder.*)"})
+    pose: PoseConfig = field(default_factory=PoseConfig, metadata={"help": "the EE pose tokens (pose.*)"})
+    language: LanguageConfig = field(default_factory=LanguageConfig, metadata={"help": "optional language conditioning (language.*)"})
+    d_model: int = field(default=256, metadata={"help": "width of the fusion transformer's tokens (divisible by n_heads)"})
+    n_heads: int = field(default=8, metadata={"help": "attention heads of the fusion transformer"})
+    n_encoder_layers: int = field(default=2, metadata={"help": "self-attention layers over the context tokens (>= 0)"})
+    n_decoder_layers: int = field(default=2, metadata={"help": "decoder layers in which the chunk's step queries attend to the context (>= 1)"})
+    mlp_ratio: float = field(default=4.0, metadata={"help": "feed-forward width of each transformer layer, as a multiple of d_model"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout in the fusion transformer, in [0, 1)"})
+    chunk_size: int = field(default=20, metadata={"help": "K: future steps each inference predicts (an action chunk, >= 1)"})
+    control_dt: float = field(default=0.1, metadata={"help": (
+        "time between chunk steps (s, > 0); must match data.control_rate_hz in training and runtime.control_rate_hz on the robot")})
+    action_frame: ActionFrame = field(default="delta", metadata={"help": (
+        "what the head regresses: delta (each step relative to the pose at observation time; errors in a hold add up: drift) "
+        "or absolute (the target pose in the base frame, as Diffusion Policy's position control: a hold is one fixed point); "
+        "either way the model returns deltas")})
+    gripper_loss_weight: float = field(default=0.5, metadata={"help": "weight of the gripper term in the loss (the translation term's is 1)"})
+    rotation_loss_weight: float = field(default=1.0, metadata={"help": "weight of the rotation term in the loss (the translation term's is 1)"})
     action_normalization: Normalization | None = field(default=None, metadata={"help": (
         "how the action statistics normalise the head's targets; null: as pose.normalization (which set both before "
         "this field existed), resolved when the config is built")})

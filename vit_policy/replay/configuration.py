@@ -21,14 +21,20 @@ class ReplayConfig:
     during the replay (this machine's), a value (e.g. the robot's) delays each chunk by that much.
     """
 
-    data: DataConfig = field(default_factory=DataConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    safety: SafetyConfig = field(default_factory=SafetyConfig)
-    modes: list[ReplayMode] = field(default_factory=lambda: ["faithful", "batch"])
-    tolerance_mm: float = 10.0  # a step is within tolerance when both errors are below these
-    tolerance_deg: float = 5.0
-    batch_size: int = 32  # batch mode
-    attention_frames: int = 4  # sampled frames with attention overlays in the report
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": (
+        "the bags' topic map and sampling rules (data.*, as in training; its control rate and timing rule also set runtime's unless given)")})
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig, metadata={"help": (
+        "the replayed node's runtime (runtime.*, as the node's parameters)")})
+    safety: SafetyConfig = field(default_factory=SafetyConfig, metadata={"help": (
+        "the replayed node's safety filter (safety.*, as the node's parameters)")})
+    modes: list[ReplayMode] = field(default_factory=lambda: ["faithful", "batch"], metadata={"help": (
+        "faithful (the bag's messages through the node's runner in bag time) and/or batch (the extracted frames "
+        "through the model in batches), each at most once")})
+    tolerance_mm: float = field(default=10.0, metadata={"help": (
+        "a step is within tolerance when its translation error is at most this (mm, > 0) and its rotation error at most tolerance_deg")})
+    tolerance_deg: float = field(default=5.0, metadata={"help": "rotation error bound of a step within tolerance (degrees, > 0)"})
+    batch_size: int = field(default=32, metadata={"help": "frames per forward pass in batch mode (>= 1)"})
+    attention_frames: int = field(default=4, metadata={"help": "sampled frames shown with attention overlays in report.html (>= 0)"})
 
     def __post_init__(self) -> None:
         if not self.modes or len(set(self.modes)) != len(self.modes):
