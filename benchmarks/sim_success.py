@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 import sim_tests  # noqa: E402,F401  (sets MUJOCO_GL before mujoco loads)
 from sim_tests.closed_loop import TASK_CONFIGS, evaluate_expert, evaluate_policy, evaluate_random, load_task_config  # noqa: E402
+from sim_tests.pretrain import pretrain_for_recipe  # noqa: E402
 from sim_tests.record import record_demonstrations, train_config_for  # noqa: E402
 
 CONFIGS = ROOT / "configs"
@@ -103,12 +104,10 @@ def run_recipe(r: "TaskPlan", out: Path, train_minutes: float) -> tuple:  # noqa
     record_s = time.perf_counter() - t0
     bags = [str(root / "demos" / "episode_*")]
     policy_overrides, pretrain_min = list(r.policy_overrides), 0.0
-    if r.pretrain_resets:
-        from sim_tests.pretrain import pretrain_for_task
-
-        t0 = time.perf_counter()
-        pre = pretrain_for_task(cfg, root / "pretrain" / "encoder.safetensors", r.pretrain_resets, r.pretrain_steps, r.policy_overrides,
-                                expert_fraction=r.pretrain_expert)
+    t0 = time.perf_counter()
+    pre = pretrain_for_recipe(r, cfg, sorted(str(p) for p in (root / "demos").glob("episode_*")), root / "pretrain" / "encoder.safetensors",
+                              r.policy_overrides)
+    if pre is not None:
         pretrain_min = (time.perf_counter() - t0) / 60
         print(pre.table())
         policy_overrides.append(f"encoder.weights={pre.path}")
@@ -126,7 +125,7 @@ def run_recipe(r: "TaskPlan", out: Path, train_minutes: float) -> tuple:  # noqa
     lo, hi = pol.wilson95
     demos = (f"{r.demos}" + (f" (DART {r.action_noise_m * 100:g} cm)" if r.action_noise_m else "")
              + (f" (hold {r.hold_steps})" if r.hold_steps is not None else " (whole)"))
-    return (cfg.task, "+".join(cfg.cameras), f"{cfg.image_size}px", demos, "yes" if r.pretrain_resets else "no", f"{pretrain_min:.1f}",
+    return (cfg.task, "+".join(cfg.cameras), f"{cfg.image_size}px", demos, "yes" if r.simulator_labels else "no", f"{pretrain_min:.1f}",
             result.step, f"{train_min:.1f}", f"{pol.success_rate:.0%} [{lo:.0%}, {hi:.0%}]", f"{exp.success_rate:.0%}",
             f"{rnd.success_rate:.0%}", f"{record_s:.0f}")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sim_tests.configuration import load_sim_config
-from vit_policy.config import from_dict, to_dict
+from vit_policy.config import ConfigError, from_dict, to_dict
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 STAGE_DIRS = ("bags", "train", "replay", "sim")  # what run_task writes under the output directory
@@ -48,6 +48,25 @@ class TaskPlan:
     pretrain_resets: int = 0  # > 0: first pretrain the encoder on that many x 8 labelled frames (sim_tests.pretrain)
     pretrain_steps: int = 0
     pretrain_expert: float = 0.0  # share of the pretraining resets the scripted expert drives (sim_tests.pretrain)
+    # non-empty: pretrain on the training demonstrations' own frames instead, labelled in hindsight with these
+    # points (ee, end, grasp: vit_policy.pretrain.hindsight_points); no simulator label. Exclusive with pretrain_resets
+    pretrain_hindsight: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.pretrain_hindsight and self.pretrain_resets:
+            raise ConfigError("pretrain_hindsight and pretrain_resets: pretrain either on the demonstrations (label-free) "
+                              "or on labelled simulator frames, not both")
+        from vit_policy.pretrain import HINDSIGHT_POINTS
+
+        if not set(self.pretrain_hindsight) <= set(HINDSIGHT_POINTS):
+            raise ConfigError(f"pretrain_hindsight: {self.pretrain_hindsight}; choose points from {list(HINDSIGHT_POINTS)}")
+        if (self.pretrain_hindsight or self.pretrain_resets) and self.pretrain_steps < 1:
+            raise ConfigError("pretrain_steps: set the encoder pretraining steps (>= 1)")
+
+    @property
+    def simulator_labels(self) -> bool:
+        """Whether the recipe reads simulator state as a training label (the README's results say so)."""
+        return self.pretrain_resets > 0
     policy_overrides: list[str] = field(default_factory=list)  # this task's; the plan's (the command line's) come after
     train_overrides: list[str] = field(default_factory=list)  # TrainConfig KEY=VALUE, e.g. augment.pose_noise_m=0.005
 
@@ -108,15 +127,14 @@ def run_task(tp: TaskPlan, plan: DemoPlan, out: Path) -> dict[str, Any]:
 
     policy_overrides = [*tp.policy_overrides, *plan.policy_overrides]
     row["pretrain"] = None
-    if tp.pretrain_resets > 0:
-        from sim_tests.pretrain import pretrain_for_task
+    from sim_tests.pretrain import pretrain_for_recipe
 
-        print(f"== {tp.task}: pretraining the encoder on {tp.pretrain_resets * 8} labelled frames ({tp.pretrain_steps} steps)")
-        t0 = time.perf_counter()
-        pre = pretrain_for_task(sim, out / "train" / tp.task / "pretrained_encoder.safetensors", tp.pretrain_resets, tp.pretrain_steps,
-                                policy_overrides=policy_overrides, expert_fraction=tp.pretrain_expert)
+    t0 = time.perf_counter()
+    pre = pretrain_for_recipe(tp, sim, list(train_bags), out / "train" / tp.task / "pretrained_encoder.safetensors", policy_overrides, plan.seed)
+    if pre is not None:
         print(pre.table())
-        row["pretrain"] = {"frames": tp.pretrain_resets * 8, "steps": pre.steps, "s": time.perf_counter() - t0, "val_error_m": pre.val_error_m}
+        row["pretrain"] = {"frames": pre.frames, "labels": "simulator" if tp.simulator_labels else "hindsight", "steps": pre.steps,
+                           "s": time.perf_counter() - t0, "val_error_m": pre.val_error_m}
         policy_overrides.append(f"encoder.weights={pre.path}")
     cfg = train_config_for(sim, [str(p) for p in train_bags], out / "train" / tp.task, tp.max_steps, plan.batch_size,
                            policy_overrides=policy_overrides, overrides=tp.train_overrides)
@@ -196,8 +214,9 @@ def write_report(out: Path, rows: list[dict[str, Any]], wall_s: float) -> Path:
         cl, rnd = r["closed_loop"], r["random"]
         faithful = next((m for k, m in _modes(r["replay"]) if k == "faithful"), {})
         pre = r.get("pretrain")
-        pre_cell = ("-" if not pre else f"{pre['frames']} frames, {pre['steps']} steps, {pre['s'] / 60:.1f} min; new goals placed to "
-                    f"{100 * pre['val_error_m']['goal']:.1f} cm")
+        goal = next(iter(pre["val_error_m"])) if pre else ""
+        pre_cell = ("-" if not pre else f"{pre['frames']} frames labelled by the {pre.get('labels', 'simulator')}, {pre['steps']} steps, "
+                    f"{pre['s'] / 60:.1f} min; new goals ({goal}) placed to {100 * pre['val_error_m'][goal]:.1f} cm")
         mae = faithful.get("translation_mae_mm", {})
         trs.append(
             "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
@@ -219,8 +238,11 @@ def write_report(out: Path, rows: list[dict[str, Any]], wall_s: float) -> Path:
         data = base64.b64encode(loss_png.read_bytes()).decode()
         loss_img = f"<h2>Training</h2><a href='{loss_png.name}'><img src='data:image/png;base64,{data}'></a>"
     encoders = ", ".join(sorted({r["encoder"] for r in rows}))
-    how = ("pretrained on labelled simulator frames (goal, object and EE positions; no actions), then trained on the demonstrations"
-           if any(r.get("pretrain") for r in rows) else "trained from scratch")
+    labels = {(r.get("pretrain") or {}).get("labels", "simulator") for r in rows if r.get("pretrain")}
+    how = ("pretrained on labelled simulator frames (goal, object and EE positions; simulator labels), then trained on the demonstrations"
+           if "simulator" in labels else
+           "pretrained on the demonstrations' own frames labelled in hindsight (no simulator label), then trained on them"
+           if labels else "trained from scratch")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>vit_policy demo</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}} figure{{display:inline-block;margin:4px}}</style></head><body>

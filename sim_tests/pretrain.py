@@ -1,4 +1,5 @@
-"""Simulator frames labelled with the goal, object and EE positions, for ``vit_policy.pretrain``.
+"""Simulator frames labelled with the goal, object and EE positions, for ``vit_policy.pretrain``; or,
+without any simulator label, the recorded demonstrations labelled in hindsight (:func:`pretrain_from_demonstrations`).
 
 No demonstration is recorded or trained on: each reset draws a new goal (and object). In most resets
 the arm reaches for random waypoints (around the goal, the object, or anywhere near its start) so that
@@ -14,13 +15,17 @@ simulator's privileged state in the base frame: what a motion-capture system wou
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from sim_tests.configuration import SimConfig
 from sim_tests.fetch_env import ArmCommand, FetchSim, SimFrame
+from vit_policy.model.configuration import EncoderConfig
 from vit_policy.pretrain import PretrainResult, pretrain_encoder
+
+if TYPE_CHECKING:
+    from sim_tests.demo import TaskPlan
 
 PRETRAIN_SEED = 1_000_000  # resets draw goals from seeds no demonstration (from 0) or evaluation (from 100000) uses
 
@@ -103,6 +108,14 @@ def pretrain_for_task(cfg: SimConfig, out: Path, resets: int, steps: int, policy
     images, points, names = localization_frames(cfg, resets, frames_per_reset, seed=seed, progress=lambda n: bar.update(1),
                                                 expert_fraction=expert_fraction)
     bar.close()
+    return _pretrain_with_bar(enc, images, points, names, out, steps, batch_size, seed=0)  # ``seed`` draws the resets, not the weights
+
+
+def _pretrain_with_bar(enc: EncoderConfig, images: dict[str, np.ndarray], points: np.ndarray, names: list[str], out: Path,
+                       steps: int, batch_size: int, seed: int) -> PretrainResult:
+    """``pretrain_encoder`` behind a tqdm bar of its steps (with the loss)."""
+    from tqdm.auto import tqdm
+
     bar = tqdm(total=steps, desc="pretrain encoder", unit="step", dynamic_ncols=True)
 
     def tick(step: int, loss: float) -> None:
@@ -110,6 +123,39 @@ def pretrain_for_task(cfg: SimConfig, out: Path, resets: int, steps: int, policy
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss:.4f}")
 
-    result = pretrain_encoder(enc, images, points, names, out, steps, batch_size=batch_size, progress=tick)
-    bar.close()
-    return result
+    try:
+        return pretrain_encoder(enc, images, points, names, out, steps, batch_size=batch_size, seed=seed, progress=tick)
+    finally:
+        bar.close()
+
+
+def pretrain_from_demonstrations(cfg: SimConfig, bags: list[str | Path], out: Path, steps: int, points: list[str],
+                                 policy_overrides: list[str] | None = None, batch_size: int = 64, seed: int = 0) -> PretrainResult:
+    """Pretrain the task's sim-policy encoder on the recorded demonstrations' own frames, labelled in hindsight
+    (``vit_policy.pretrain.hindsight_points``: the EE, where the demonstration ended, where the gripper closed).
+
+    Only what a robot records is read: the bags' frames, EE poses and gripper joints; no simulator state.
+    """
+    from sim_tests.record import data_config_for, policy_config_for
+    from vit_policy.data.bags import extract_episodes
+    from vit_policy.pretrain import hindsight_points
+
+    pcfg = policy_config_for(cfg, overrides=policy_overrides)
+    size = (cfg.image_size, cfg.image_size)
+    episodes = [ep for bag in bags for ep in extract_episodes(bag, data_config_for(cfg), pcfg.chunk_size, size)]
+    images, targets = hindsight_points(episodes, points)
+    return _pretrain_with_bar(pcfg.encoder, images, targets, points, out, steps, batch_size, seed)
+
+
+def pretrain_for_recipe(tp: TaskPlan, cfg: SimConfig, bags: list[str | Path], out: Path, policy_overrides: list[str],
+                        seed: int = 0) -> PretrainResult | None:
+    """A recipe's encoder pretraining (sim_tests.demo.TaskPlan): on labelled simulator frames (``pretrain_resets``),
+    on its demonstrations labelled in hindsight (``pretrain_hindsight``, label-free), or none."""
+    if tp.pretrain_resets:
+        print(f"== {tp.task}: pretraining the encoder on {tp.pretrain_resets * 8} frames labelled by the simulator ({tp.pretrain_steps} steps)")
+        return pretrain_for_task(cfg, out, tp.pretrain_resets, tp.pretrain_steps, policy_overrides, expert_fraction=tp.pretrain_expert)
+    if tp.pretrain_hindsight:
+        print(f"== {tp.task}: pretraining the encoder on the demonstrations' frames, labelled in hindsight: "
+              f"{', '.join(tp.pretrain_hindsight)} ({tp.pretrain_steps} steps)")
+        return pretrain_from_demonstrations(cfg, bags, out, tp.pretrain_steps, tp.pretrain_hindsight, policy_overrides, seed=seed)
+    return None

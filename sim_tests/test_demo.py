@@ -36,7 +36,7 @@ def test_demo_pipeline_writes_a_linked_report(tmp_path):
     assert task["pretrain"]["frames"] == 24 and task["pretrain"]["steps"] == 2
     assert trained["points"]["count"] == 2 and trained["encoder"]["freeze"] == "all"  # the task's overrides, beside the command line's
     assert trained["encoder"]["weights"] == str(out / "train" / "FetchReach-v4" / "pretrained_encoder.safetensors")  # training started from it
-    assert f"{task['encoder']} pretrained on labelled simulator frames" in page and "24 frames, 2 steps" in page
+    assert f"{task['encoder']} pretrained on labelled simulator frames" in page and "24 frames labelled by the simulator, 2 steps" in page
     assert task["closed_loop"]["episodes"] == 1 and task["closed_loop"]["non_finite_commands"] == 0
     # every relative link and image in the page exists (replay report, GIFs, loss plot)
     targets = re.findall(r"(?:href|src)='([^':]+)'", page)
@@ -74,12 +74,18 @@ def test_every_shipped_recipe_builds_its_configs_and_a_bad_key_is_named(tmp_path
     from vit_policy.config import ConfigError
 
     recipes = sorted(RECIPES.glob("*.yaml"))
-    assert {"demo_reach", "demo_push", "reach_labels", "push_labels", "pick_labels"} <= {p.stem for p in recipes}
+    assert {"demo_reach", "demo_push", "reach_labels", "reach_hindsight", "push_labels", "pick_labels"} <= {p.stem for p in recipes}
     check_plan(DemoPlan(tasks=[load_recipe(p) for p in recipes]))
     bad = tmp_path / "bad.yaml"
     bad.write_text((RECIPES / "demo_reach.yaml").read_text().replace("pretrain_steps:", "pretrain_step:"))
     with pytest.raises(ConfigError, match="pretrain_step.*pretrain_steps"):
         load_recipe(bad)
+    hindsight = load_recipe("reach_hindsight")
+    assert hindsight.pretrain_hindsight == ["ee", "end"] and not hindsight.simulator_labels and load_recipe("reach_labels").simulator_labels
+    both = tmp_path / "both.yaml"
+    both.write_text((RECIPES / "reach_hindsight.yaml").read_text() + "pretrain_resets: 100\n")
+    with pytest.raises(ConfigError, match="pretrain_hindsight and pretrain_resets: pretrain either on the demonstrations"):
+        load_recipe(both)
 
 
 def test_demo_never_deletes_a_directory_it_did_not_write(tmp_path):

@@ -198,3 +198,36 @@ def test_point_head_errors_name_the_file_and_the_fix(tmp_path):
         PolicyConfig(encoder=EncoderConfig(token_mode="pooled"), points=PointTokenConfig(count=2))
     with pytest.raises(ConfigError, match=r"points.count: 0 must be >= 1"):
         PointTokenConfig()
+
+
+def test_hindsight_points_label_each_frame_from_its_own_demonstration():
+    """ee: the observed EE; end: where that demonstration ended; grasp: where its gripper first closed. An episode
+    that never closes is left out only when grasp is asked for; unknown names fail naming the choices."""
+    from vit_policy.data.bags import Episode
+    from vit_policy.pretrain import hindsight_points
+
+    def episode(n: int, start: float, close_at: int | None) -> Episode:
+        pos = np.stack([np.linspace(start, start + 1.0, n), np.zeros(n), np.full(n, start)], axis=1)
+        grip = np.ones(n)
+        if close_at is not None:
+            grip[close_at:] = 0.0
+        img = np.full((n, 8, 8, 3), int(start * 10), np.uint8)
+        return Episode("bag", np.arange(n, dtype=np.int64), {"front": img}, pos, np.tile([0, 0, 0, 1.0], (n, 1)), grip,
+                       np.zeros((n, 1, 10)), np.ones((n, 1), bool))
+
+    a, b = episode(4, 1.0, close_at=2), episode(3, 5.0, close_at=None)
+    images, targets = hindsight_points([a, b], ["ee", "end"])
+    assert images["front"].shape == (7, 8, 8, 3) and targets.shape == (7, 2, 3)
+    np.testing.assert_allclose(targets[:, 0], np.concatenate([a.position, b.position]))
+    np.testing.assert_allclose(targets[:4, 1], np.tile(a.position[-1], (4, 1)))
+    np.testing.assert_allclose(targets[4:, 1], np.tile(b.position[-1], (3, 1)))
+    images, targets = hindsight_points([a, b], ["grasp", "end"])  # b never closes: left out
+    assert targets.shape == (4, 2, 3) and np.all(images["front"] == 10)
+    np.testing.assert_allclose(targets[:, 0], np.tile(a.position[2], (4, 1)))
+    c = episode(5, 1.0, close_at=None)
+    c.position[:, 2] = [0.5, 0.3, 0.105, 0.1, 0.2]  # lowest 0.1; first within 1 cm of it: step 2
+    np.testing.assert_allclose(hindsight_points([c], ["low"])[1][:, 0], np.tile(c.position[2], (5, 1)))
+    with pytest.raises(ValueError, match=r"\['goal'\] are not hindsight points; choose from \['ee', 'end', 'grasp', 'low'\]"):
+        hindsight_points([a], ["ee", "goal"])
+    with pytest.raises(ValueError, match="grasp needs the gripper to close"):
+        hindsight_points([b], ["grasp"])

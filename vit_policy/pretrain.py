@@ -7,6 +7,10 @@ training goal and 3 cm from a new one). Frames labelled with point positions cos
 to place a point from what every camera sees. The policy then starts from that backbone
 (``encoder.weights: <file>.safetensors``) and learns only how to act on it.
 
+The labels need not come from outside the robot: :func:`hindsight_points` takes them from the
+demonstrations themselves (where the EE is, where the demonstration ended, where the gripper first
+closed), so a user's recorded bags are enough to teach the encoder where the goal and the object are.
+
 The file holds the backbone's own state dict (the format ``encoder.weights`` reads) and the point head
 (every camera's patch tokens, flattened, through a small MLP; keys ``point_head.*``). A policy with
 ``points`` set keeps the head and reads its points as tokens; otherwise the head is ignored.
@@ -25,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from vit_policy.data.bags import Episode
 from vit_policy.model.configuration import EncoderConfig
 from vit_policy.images import to_model_input
 from vit_policy.model.encoders import POINT_HEAD, PointHead, build_image_encoder
@@ -40,11 +45,49 @@ class PretrainResult:
     target_names: list[str]
     val_error_m: dict[str, float]  # median Euclidean error per point, validation frames
     train_error_m: dict[str, float]  # the same on (up to 1000) training frames: a gap is memorising
+    frames: int = 0  # labelled frames, validation included
 
     def table(self) -> str:
         rows = [f"  {'point':<10} {'train cm':>9} {'val cm':>8}"]
         rows += [f"  {n:<10} {100 * self.train_error_m[n]:>9.2f} {100 * self.val_error_m[n]:>8.2f}" for n in self.target_names]
         return f"encoder pretraining: {self.steps} steps in {self.seconds / 60:.1f} min -> {self.path}\n" + "\n".join(rows)
+
+
+HINDSIGHT_POINTS = ("ee", "end", "grasp", "low")
+LOW_TOLERANCE_M = 0.01  # "low": the first step within this of the demonstration's lowest EE height
+
+
+def hindsight_points(episodes: list[Episode], names: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Frames of recorded demonstrations labelled from the recording alone: ``ee`` the observed EE position,
+    ``end`` where the demonstration's EE ended (a reach or place goal), ``grasp`` where it was when the
+    gripper first closed (the object; episodes that never close are left out), ``low`` where it first came
+    down to its lowest height (where a push or a grasp from above starts). Returns images and (N, T, 3).
+
+    Labels in hindsight need no simulator state, motion capture or annotation: only the EE poses and
+    gripper openings every bag already holds.
+    """
+    unknown = [n for n in names if n not in HINDSIGHT_POINTS]
+    if unknown or not names:
+        raise ValueError(f"points: {unknown or names} are not hindsight points; choose from {list(HINDSIGHT_POINTS)}")
+    images: dict[str, list[np.ndarray]] = {}
+    targets = []
+    for ep in episodes:
+        if len(ep) == 0:
+            continue
+        closed = np.flatnonzero(np.asarray(ep.gripper) < 0.5)
+        if "grasp" in names and not len(closed):
+            continue
+        z = np.asarray(ep.position)[:, 2]
+        low = int(np.flatnonzero(z <= z.min() + LOW_TOLERANCE_M)[0])
+        at = {"ee": np.asarray(ep.position, np.float64), "end": np.broadcast_to(ep.position[-1], (len(ep), 3)),
+              "grasp": np.broadcast_to(ep.position[closed[0]] if len(closed) else ep.position[-1], (len(ep), 3)),
+              "low": np.broadcast_to(ep.position[low], (len(ep), 3))}
+        targets.append(np.stack([at[n] for n in names], axis=1))
+        for cam, frames in ep.images.items():
+            images.setdefault(cam, []).append(np.asarray(frames))
+    if not targets:
+        raise ValueError(f"points {names}: no episode has them (grasp needs the gripper to close in a demonstration)")
+    return {c: np.concatenate(v) for c, v in images.items()}, np.concatenate(targets)
 
 
 def _check(images: dict[str, np.ndarray], targets: np.ndarray, names: list[str]) -> int:
@@ -129,7 +172,7 @@ def pretrain_encoder(
         err = np.linalg.norm((pred - target_t[idx].numpy()) * std, axis=-1)  # metres
         return {name: float(np.median(err[:, j])) for j, name in enumerate(target_names)}
 
-    result = PretrainResult(Path(out_path), steps, seconds, list(target_names), median_error(val_idx), median_error(train_idx[:1000]))
+    result = PretrainResult(Path(out_path), steps, seconds, list(target_names), median_error(val_idx), median_error(train_idx[:1000]), n)
     from safetensors.torch import save_file
 
     result.path.parent.mkdir(parents=True, exist_ok=True)
