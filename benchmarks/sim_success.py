@@ -31,11 +31,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import sim_tests  # noqa: E402,F401  (sets MUJOCO_GL before mujoco loads)
-from sim_tests.closed_loop import TASK_CONFIGS, evaluate_expert, evaluate_policy, evaluate_random, load_task_config  # noqa: E402
+from sim_tests.closed_loop import TASK_CONFIGS, evaluate_expert, evaluate_policy, evaluate_random  # noqa: E402
 from sim_tests.pretrain import pretrain_for_recipe  # noqa: E402
-from sim_tests.record import record_demonstrations, train_config_for  # noqa: E402
+from sim_tests.record import train_config_for  # noqa: E402
 
-CONFIGS = ROOT / "configs"
 
 EVAL_SEED = 100_000  # demonstrations use seeds from 0 (or --demo-seed): evaluation never sees their goals
 
@@ -95,18 +94,13 @@ def run_recipe(r: "TaskPlan", out: Path, train_minutes: float) -> tuple:  # noqa
     from vit_policy.model.policy import VisuomotorPolicy
     from vit_policy.train import train
 
-    cfg = load_task_config(None, str(CONFIGS / "sim" / r.sim_config), r.sim_overrides)
-    record_cfg = load_task_config(None, str(CONFIGS / "sim" / r.sim_config), [*r.sim_overrides, *([f"episode_steps={r.demo_steps}"] if r.demo_steps else [])])
-    root = out / cfg.task
-    t0 = time.perf_counter()
-    if not (root / "demos" / "demos.yaml").is_file():
-        record_demonstrations(record_cfg, root / "demos", r.demos, seed=0, action_noise_m=r.action_noise_m, hold_steps=r.hold_steps)
-    record_s = time.perf_counter() - t0
-    bags = [str(root / "demos" / "episode_*")]
+    from sim_tests.demo import record_recipe
+
+    root = out / r.task
+    cfg, bags, record_s = record_recipe(r, root)
     policy_overrides, pretrain_min = list(r.policy_overrides), 0.0
     t0 = time.perf_counter()
-    pre = pretrain_for_recipe(r, cfg, sorted(str(p) for p in (root / "demos").glob("episode_*")), root / "pretrain" / "encoder.safetensors",
-                              r.policy_overrides)
+    pre = pretrain_for_recipe(r, cfg, bags, root / "pretrain" / "encoder.safetensors", r.policy_overrides)
     if pre is not None:
         pretrain_min = (time.perf_counter() - t0) / 60
         print(pre.table())

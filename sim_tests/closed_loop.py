@@ -130,6 +130,8 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
 class RunnerController:
     """A policy behind ``PolicyRunner``, fed like the ROS node feeds it: frames, pose, then a tick."""
 
+    needs_images = True  # run_episode renders the cameras for it
+
     def __init__(self, policy: Policy, cfg: SimConfig) -> None:
         from vit_policy.runtime import PolicyRunner
 
@@ -214,7 +216,7 @@ def gif_frame(frame: SimFrame, success: bool, scale: int = 2) -> np.ndarray:
 
 def run_episode(sim: FetchSim, controller: Controller, seed: int, gif_path: Path | None = None) -> EpisodeResult:
     """One episode under ``controller``; writes a GIF of the rollout when ``gif_path`` is given."""
-    render = gif_path is not None or isinstance(controller, RunnerController)
+    render = gif_path is not None or getattr(controller, "needs_images", False)
     frame = sim.reset(seed=seed, render=render)
     controller.reset()
     first: int | None = None

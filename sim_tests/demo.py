@@ -84,6 +84,19 @@ def load_recipe(path: str | Path) -> TaskPlan:
     return from_dict(TaskPlan, read_yaml(path), str(path))
 
 
+def record_recipe(tp: TaskPlan, root: Path, seed: int = 0) -> tuple[Any, list[str], float]:
+    """The recipe's sim config, its expert demonstrations under ``root/demos`` (recorded unless already there: a
+    peer trains on exactly these bags) and the seconds recording took (0 when reused)."""
+    from sim_tests.record import record_demonstrations
+
+    sim = load_sim_config(CONFIGS / "sim" / tp.sim_config, tp.sim_overrides)
+    t0 = time.perf_counter()
+    if not (root / "demos" / "demos.yaml").is_file():
+        record = load_sim_config(CONFIGS / "sim" / tp.sim_config, [*tp.sim_overrides, *([f"episode_steps={tp.demo_steps}"] if tp.demo_steps else [])])
+        record_demonstrations(record, root / "demos", tp.demos, seed=seed, action_noise_m=tp.action_noise_m, hold_steps=tp.hold_steps)
+    return sim, sorted(str(p) for p in (root / "demos").glob("episode_*")), time.perf_counter() - t0
+
+
 @dataclass
 class DemoPlan:
     tasks: list[TaskPlan] = field(default_factory=lambda: [load_recipe("demo_reach"), load_recipe("demo_push")])

@@ -1,4 +1,5 @@
-"""lerobot 0.4.4 beside this project's torch, for the LeRobotDataset load check (tests/test_lerobot.py).
+"""lerobot 0.4.4 beside this project's torch, for the LeRobotDataset load check (tests/test_lerobot.py) and
+the ACT peer (benchmarks/peer_act.py, benchmarks/inference.py --backends).
 
 lerobot 0.4.4 pins torch < 2.11 and torchvision < 0.26; this project runs torch 2.14. Its dataset
 code needs neither pin, so it is installed with ``--no-deps`` into a directory of its own, with the
@@ -32,9 +33,10 @@ PACKAGES = [
     "httpx==0.28.1", "httpcore==1.0.9", "h11==0.16.0", "anyio==4.16.0", "sniffio==1.3.1", "accelerate==1.15.0", "mergedeep==1.3.4",
     "pyyaml-include==1.4.1", "typing-inspect==0.9.0", "mypy-extensions==1.2.0", "toml==0.10.2", "orderly-set==5.5.0",
     "python-dateutil==4.0.0", "pytz==2026.6", "tzdata==2026.6", "six==1.17.0", "torchcodec==0.17.0",
+    "diffusers==0.35.1", "pyserial==3.5", "cachebox==6.2.10",  # what importing lerobot.policies (ACT) adds
 ]
 DEFAULT_DIR = Path(os.environ.get("VIT_POLICY_LEROBOT_DIR", Path.home() / ".cache" / "vit_policy" / "lerobot-0.4.4"))
-IMPORT_CHECK = "from lerobot.datasets.lerobot_dataset import LeRobotDataset"
+IMPORT_CHECK = "from lerobot.datasets.lerobot_dataset import LeRobotDataset; from lerobot.policies.act.modeling_act import ACTPolicy"
 
 
 class Unavailable(RuntimeError):

@@ -221,3 +221,33 @@ def test_the_checkpoint_owns_its_observation_spec_and_settings_are_checked_again
     (ckpt / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match=r"metadata.json.*observation.chunk_size: 8 in metadata.json, 4 in config.yaml"):
         load_checkpoint(ckpt)
+
+
+def test_pretrain_command_learns_from_the_bags_alone_and_training_starts_from_it(small_bags: Path, tmp_path: Path,
+                                                                                   capsys: pytest.CaptureFixture) -> None:
+    """vit-policy pretrain: the training config's own bags, labelled in hindsight (EE, where each demonstration ended),
+    give a backbone + point head that a policy with points.count=2 loads and trains from."""
+    from safetensors import safe_open
+
+    from vit_policy.cli import main
+    from vit_policy.model.checkpoint import build_policy
+
+    cfg = train_config(small_bags, tmp_path, max_steps=2, ood_quantile=None)
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(to_dict(cfg)))
+    enc = tmp_path / "enc.safetensors"
+    assert main(["pretrain", "--config", str(path), "--points", "ee", "end", "--steps", "3", "--batch-size", "8", "--out", str(enc)]) == 0
+    out = capsys.readouterr().out
+    assert "encoder pretraining: 3 steps" in out and f"policy.encoder.weights={enc}" in out and "policy.points.count=2" in out
+    with safe_open(str(enc), "pt") as f:
+        meta = f.metadata()
+    assert json.loads(meta["points"]) == ["ee", "end"] and json.loads(meta["cameras"]) == ["front"]
+    raw = to_dict(cfg.policy)
+    raw["encoder"].update(token_mode="patches", weights=str(enc), freeze="all")
+    policy = build_policy({**raw, "points": {"count": 2, "frame": "ee"}})  # ee frame: needs the file's point statistics
+    assert policy.point_head is not None and policy.point_mean.shape == (2, 3)
+    assert main(["pretrain", "--config", str(path), "--points", "grasp", "--steps", "1", "--out", str(tmp_path / "g.safetensors")]) == 0
+    with pytest.raises(SystemExit) as exit_:
+        main(["pretrain", "--config", str(path), "--points", "goal", "--out", str(tmp_path / "x.safetensors")])
+    assert exit_.value.code == 2 and "invalid choice: 'goal'" in capsys.readouterr().err
+

@@ -124,6 +124,45 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# pretrain: the encoder on the training bags' own frames, labelled in hindsight (vit_policy/pretrain.py)
+# --------------------------------------------------------------------------------------------------
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Pretrain the config's encoder on its bags' frames labelled in hindsight; print the errors and how to train on it."""
+    from tqdm.auto import tqdm
+
+    from vit_policy.pretrain import pretrain_on_demonstrations
+    from vit_policy.train import load_train_config
+
+    cfg = load_train_config(args.config, args.overrides)
+    set_threads(args.threads)
+    with tqdm(total=args.steps, desc="pretrain encoder", unit="step", dynamic_ncols=True) as bar:
+        res = pretrain_on_demonstrations(cfg, args.points, args.out, args.steps, args.batch_size, cfg.seed, lambda *_: bar.update(1))
+    print(res.table())
+    print(f"train on it: vit-policy train --config {args.config} policy.encoder.weights={res.path} "
+          f"policy.points.count={len(args.points)} policy.encoder.freeze=all policy.encoder.token_mode=patches")
+    return 0
+
+
+def add_pretrain(sub: argparse._SubParsersAction) -> None:
+    from vit_policy.pretrain import HINDSIGHT_POINTS
+
+    p = sub.add_parser("pretrain", help="pretrain the encoder on the training bags' frames, labelled in hindsight from the recorded "
+                                        "EE poses and gripper (no annotation): where the EE is, where each demonstration ended, ...")
+    p.add_argument("--config", required=True, help="training YAML: its bags, data: and policy.encoder")
+    p.add_argument("--points", nargs="+", default=["ee", "end"], choices=HINDSIGHT_POINTS,
+                   help="ee: the observed EE; end: where the demonstration ended (a reach / place goal); grasp: where the gripper "
+                        "first closed (the object); low: where the EE first came down to its lowest (a push's start)")
+    p.add_argument("--steps", type=int, default=2000, help="optimiser steps (default 2000)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out", required=True, help="the .safetensors file to write (backbone + point head)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("overrides", nargs="*", help="training config key=value overrides, e.g. policy.encoder.img_size=96")
+    p.set_defaults(func=cmd_pretrain)
+
+
+# --------------------------------------------------------------------------------------------------
 # replay: offline evaluation of checkpoints on recorded bags (vit_policy/replay/)
 # --------------------------------------------------------------------------------------------------
 
@@ -297,7 +336,7 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 # Registration: the core's subcommands here, the other packages' through entry points
 # --------------------------------------------------------------------------------------------------
 
-REGISTER = [add_policy_demo, add_train, add_replay, add_inspect, add_export_dataset, add_fit_ood, add_export]
+REGISTER = [add_policy_demo, add_train, add_pretrain, add_replay, add_inspect, add_export_dataset, add_fit_ood, add_export]
 COMMANDS_GROUP = "vit_policy.commands"
 
 

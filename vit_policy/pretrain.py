@@ -23,7 +23,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from vit_policy.data.bags import Episode
 from vit_policy.model.configuration import EncoderConfig
 from vit_policy.images import to_model_input
 from vit_policy.model.encoders import POINT_HEAD, PointHead, build_image_encoder
+
+if TYPE_CHECKING:
+    from vit_policy.train import TrainConfig
 
 
 @dataclass
@@ -183,3 +186,18 @@ def pretrain_encoder(
             "point_mean_m": json.dumps(mean.tolist()), "point_std_m": json.dumps(std.tolist()), "val_error_m": json.dumps(result.val_error_m)}
     save_file(state, str(result.path), metadata=meta)
     return result
+
+
+def pretrain_on_demonstrations(cfg: TrainConfig, points: list[str], out_path: str | Path, steps: int, batch_size: int = 64,
+                               seed: int = 0, progress: Callable[[int, float], None] | None = None) -> PretrainResult:
+    """``vit-policy pretrain``: the encoder of a training config, pretrained on the frames of its own training
+    episodes labelled in hindsight (:func:`hindsight_points`); then train with ``policy.encoder.weights`` set to
+    the file, ``policy.points.count`` to the number of points and ``policy.encoder.freeze: all``."""
+    from vit_policy.model.encoders import build_image_encoder
+    from vit_policy.train import Dist, load_episodes
+
+    size = build_image_encoder(cfg.policy.encoder).img_size
+    episodes, _ = load_episodes(cfg, size, Dist())  # the validation episodes stay unseen, as in training
+    images, targets = hindsight_points(episodes, points)
+    images = {c: images[c] for c in cfg.policy.cameras}  # the point head reads the cameras in the policy's order
+    return pretrain_encoder(cfg.policy.encoder, images, targets, points, out_path, steps, batch_size, seed=seed, progress=progress)
