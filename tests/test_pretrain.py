@@ -209,8 +209,9 @@ def test_hindsight_points_label_each_frame_from_its_own_demonstration():
     def episode(n: int, start: float, close_at: int | None) -> Episode:
         pos = np.stack([np.linspace(start, start + 1.0, n), np.zeros(n), np.full(n, start)], axis=1)
         grip = np.ones(n)
+        grip[0] = 0.0  # grippers often start closed: only a closing after an opening is a grasp
         if close_at is not None:
-            grip[close_at:] = 0.0
+            grip[close_at:] = 0.4  # an object between the fingers keeps them from closing fully
         img = np.full((n, 8, 8, 3), int(start * 10), np.uint8)
         return Episode("bag", np.arange(n, dtype=np.int64), {"front": img}, pos, np.tile([0, 0, 0, 1.0], (n, 1)), grip,
                        np.zeros((n, 1, 10)), np.ones((n, 1), bool))
@@ -224,9 +225,11 @@ def test_hindsight_points_label_each_frame_from_its_own_demonstration():
     images, targets = hindsight_points([a, b], ["grasp", "end"])  # b never closes: left out
     assert targets.shape == (4, 2, 3) and np.all(images["front"] == 10)
     np.testing.assert_allclose(targets[:, 0], np.tile(a.position[2], (4, 1)))
-    c = episode(5, 1.0, close_at=None)
-    c.position[:, 2] = [0.5, 0.3, 0.105, 0.1, 0.2]  # lowest 0.1; first within 1 cm of it: step 2
-    np.testing.assert_allclose(hindsight_points([c], ["low"])[1][:, 0], np.tile(c.position[2], (5, 1)))
+    c = episode(6, 1.0, close_at=None)
+    c.position[:, 2] = [0.42, 0.5, 0.425, 0.42, 0.419, 0.45]  # starts low, rises, comes down: within 1 cm of 0.419 first at 2
+    np.testing.assert_allclose(hindsight_points([c], ["low"])[1][:, 0], np.tile(c.position[2], (6, 1)))
+    c.position[:, 2] = [0.5, 0.49, 0.3, 0.305, 0.35, 0.4]  # never rises: the first step within 1 cm of the lowest
+    np.testing.assert_allclose(hindsight_points([c], ["low"])[1][:, 0], np.tile(c.position[2], (6, 1)))
     with pytest.raises(ValueError, match=r"\['goal'\] are not hindsight points; choose from \['ee', 'end', 'grasp', 'low'\]"):
         hindsight_points([a], ["ee", "goal"])
     with pytest.raises(ValueError, match="grasp needs the gripper to close"):

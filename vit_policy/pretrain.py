@@ -57,14 +57,16 @@ class PretrainResult:
 
 
 HINDSIGHT_POINTS = ("ee", "end", "grasp", "low")
-LOW_TOLERANCE_M = 0.01  # "low": the first step within this of the demonstration's lowest EE height
+LOW_TOLERANCE_M = 0.01  # "low": the first step within this of the lowest EE height ...
+RISE_M = 0.03  # ... after the EE first rose this far above its start (if it ever does: grippers often start low)
 
 
 def hindsight_points(episodes: list[Episode], names: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Frames of recorded demonstrations labelled from the recording alone: ``ee`` the observed EE position,
     ``end`` where the demonstration's EE ended (a reach or place goal), ``grasp`` where it was when the
-    gripper first closed (the object; episodes that never close are left out), ``low`` where it first came
-    down to its lowest height (where a push or a grasp from above starts). Returns images and (N, T, 3).
+    gripper first closed after being open (the object; episodes without such a closing are left out),
+    ``low`` where it first came down to its lowest height after rising (where a push or a grasp from above
+    starts). Returns images and (N, T, 3).
 
     Labels in hindsight need no simulator state, motion capture or annotation: only the EE poses and
     gripper openings every bag already holds.
@@ -77,11 +79,15 @@ def hindsight_points(episodes: list[Episode], names: list[str]) -> tuple[dict[st
     for ep in episodes:
         if len(ep) == 0:
             continue
-        closed = np.flatnonzero(np.asarray(ep.gripper) < 0.5)
+        grip = np.asarray(ep.gripper)
+        opened = np.flatnonzero(grip >= 0.5)
+        closed = np.flatnonzero(grip[opened[0]:] < 0.5) + opened[0] if len(opened) else opened
         if "grasp" in names and not len(closed):
             continue
         z = np.asarray(ep.position)[:, 2]
-        low = int(np.flatnonzero(z <= z.min() + LOW_TOLERANCE_M)[0])
+        rose = np.flatnonzero(z > z[0] + RISE_M)
+        after = z[rose[0]:] if len(rose) else z
+        low = int(np.flatnonzero(after <= after.min() + LOW_TOLERANCE_M)[0]) + (int(rose[0]) if len(rose) else 0)
         at = {"ee": np.asarray(ep.position, np.float64), "end": np.broadcast_to(ep.position[-1], (len(ep), 3)),
               "grasp": np.broadcast_to(ep.position[closed[0]] if len(closed) else ep.position[-1], (len(ep), 3)),
               "low": np.broadcast_to(ep.position[low], (len(ep), 3))}
