@@ -63,6 +63,12 @@ class TaskPlan:
         if (self.pretrain_hindsight or self.pretrain_resets) and self.pretrain_steps < 1:
             raise ConfigError("pretrain_steps: set the encoder pretraining steps (>= 1)")
 
+    def sim_configs(self) -> tuple[Any, Any]:
+        """The task's sim config for evaluation and the one its demonstrations are recorded with (``demo_steps``)."""
+        steps = [f"episode_steps={self.demo_steps}"] if self.demo_steps else []
+        return (load_sim_config(CONFIGS / "sim" / self.sim_config, self.sim_overrides),
+                load_sim_config(CONFIGS / "sim" / self.sim_config, [*self.sim_overrides, *steps]))
+
     @property
     def simulator_labels(self) -> bool:
         """Whether the recipe reads simulator state as a training label (the README's results say so)."""
@@ -89,10 +95,9 @@ def record_recipe(tp: TaskPlan, root: Path, seed: int = 0) -> tuple[Any, list[st
     peer trains on exactly these bags) and the seconds recording took (0 when reused)."""
     from sim_tests.record import record_demonstrations
 
-    sim = load_sim_config(CONFIGS / "sim" / tp.sim_config, tp.sim_overrides)
+    sim, record = tp.sim_configs()
     t0 = time.perf_counter()
     if not (root / "demos" / "demos.yaml").is_file():
-        record = load_sim_config(CONFIGS / "sim" / tp.sim_config, [*tp.sim_overrides, *([f"episode_steps={tp.demo_steps}"] if tp.demo_steps else [])])
         record_demonstrations(record, root / "demos", tp.demos, seed=seed, action_noise_m=tp.action_noise_m, hold_steps=tp.hold_steps)
     return sim, sorted(str(p) for p in (root / "demos").glob("episode_*")), time.perf_counter() - t0
 
@@ -122,13 +127,12 @@ def run_task(tp: TaskPlan, plan: DemoPlan, out: Path) -> dict[str, Any]:
     from vit_policy.replay import replay_checkpoints
     from vit_policy.train import train
 
-    sim = load_sim_config(CONFIGS / "sim" / tp.sim_config, tp.sim_overrides)
+    sim, record_sim = tp.sim_configs()
     row: dict[str, Any] = {"task": tp.task, "cameras": list(sim.cameras), "image_size": sim.image_size}
 
     print(f"\n== {tp.task}: recording {tp.demos} expert demonstrations")
     t0 = time.perf_counter()
     bag_dir = out / "bags" / tp.task
-    record_sim = load_sim_config(CONFIGS / "sim" / tp.sim_config, tp.sim_overrides + ([f"episode_steps={tp.demo_steps}"] if tp.demo_steps else []))
     from tqdm.auto import tqdm
 
     with tqdm(total=tp.demos, desc=f"record {tp.task}", unit="demo", dynamic_ncols=True) as bar:
@@ -310,6 +314,6 @@ def check_plan(plan: DemoPlan) -> None:
     from sim_tests.record import train_config_for
 
     for tp in plan.tasks:
-        sim = load_sim_config(CONFIGS / "sim" / tp.sim_config, tp.sim_overrides)
+        sim, _ = tp.sim_configs()
         train_config_for(sim, ["not-read"], "unused", tp.max_steps, plan.batch_size, policy_overrides=[*tp.policy_overrides, *plan.policy_overrides],
                          overrides=tp.train_overrides)

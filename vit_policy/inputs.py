@@ -59,6 +59,11 @@ def period_ns(rate_hz: float) -> int:
 
 
 TIMING_FIELDS = ("sync_tolerance_s", "max_age_s", "max_extrapolation_s", "max_stamp_lead_s", "position_bound_m")
+TIMING_HELP = {  # the timing rule's fields that mean the same in data: and runtime: (max_age_s, max_extrapolation_s differ)
+    "sync_tolerance_s": "other cameras within this of the reference frame; the EE poses around a frame at most 2x this apart (s)",
+    "max_stamp_lead_s": "a stamp further ahead of its arrival (record time in a bag) is rejected: clocks out of sync (s)",
+    "position_bound_m": "an EE position further than this from the base on any axis is rejected (m)",
+}
 
 
 def check_timing(section: str, cfg: Any) -> None:

@@ -38,7 +38,7 @@ from scipy.spatial.transform import Rotation
 from vit_policy import messages as M
 from vit_policy.config import ConfigError
 from vit_policy.images import resize_uint8
-from vit_policy.inputs import GRIPPER, POSE, Frame, InputRouter, InputSpec, Resolved, Synchronizer, SyncRule, camera_key, check_timing, period_ns
+from vit_policy.inputs import GRIPPER, POSE, Frame, InputRouter, InputSpec, Resolved, Synchronizer, SyncRule, TIMING_HELP, camera_key, check_timing, period_ns
 from vit_policy.observation import ActionChunk, Observation, ObservationError, check_image
 from vit_policy.ood import OODState
 from vit_policy.safety import Command, SafetyConfig, SafetyFilter
@@ -64,13 +64,12 @@ class RuntimeConfig:
     control_rate_hz: float = field(default=10.0, metadata={"help": "control ticks per second (Hz); must match the checkpoint's control_dt"})
     resample_chunks: bool = field(default=False, metadata={"help": (
         "allow a control rate other than the checkpoint's 1 / control_dt: targets interpolated between chunk steps")})
-    sync_tolerance_s: float = field(default=0.05, metadata={"help": (
-        "other cameras within this of the reference frame; the EE poses around a frame at most 2x this apart (s)")})
+    sync_tolerance_s: float = field(default=0.05, metadata={"help": TIMING_HELP["sync_tolerance_s"]})
     max_age_s: float = field(default=0.5, metadata={"help": "an input older than this at a tick is stale: stop (s)"})
     max_extrapolation_s: float = field(default=0.02, metadata={"help": (
         "the EE pose may be extrapolated this far past the newest one; else the frame waits (s)")})
-    max_stamp_lead_s: float = field(default=0.2, metadata={"help": "a stamp further ahead of its arrival is rejected: clocks out of sync (s)"})
-    position_bound_m: float = field(default=10.0, metadata={"help": "an EE position further than this from the base on any axis is rejected (m)"})
+    max_stamp_lead_s: float = field(default=0.2, metadata={"help": TIMING_HELP["max_stamp_lead_s"]})
+    position_bound_m: float = field(default=10.0, metadata={"help": TIMING_HELP["position_bound_m"]})
     strategy: Literal["receding", "ensemble"] = field(default="ensemble", metadata={"help": (
         "receding (execute n steps, replan) or ensemble (ACT temporal ensembling)")})
     execute_steps: int = field(default=4, metadata={"help": "receding horizon: steps executed before the next chunk takes over"})

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from vit_policy.config import ConfigError, load_config
-from vit_policy.inputs import check_timing, period_ns
+from vit_policy.inputs import TIMING_HELP, check_timing, period_ns
 
 
 @dataclass
@@ -57,13 +57,12 @@ class DataConfig:
         "what step k of a chunk learns: future_pose (the EE pose interpolated at stamp + (k+1) dt) or command (the latest "
         "recorded command_topic target at that time)")})
     control_rate_hz: float = field(default=10.0, metadata={"help": "rate of the label steps (Hz); 1 / policy.control_dt"})
-    sync_tolerance_s: float = field(default=0.05, metadata={"help": (
-        "other cameras within this of the reference frame; the EE poses around a frame at most 2x this apart (s, below max_age_s)")})
+    sync_tolerance_s: float = field(default=0.05, metadata={"help": TIMING_HELP["sync_tolerance_s"]})
     max_age_s: float = field(default=0.5, metadata={"help": "the gripper's latest value is held at most this long (s)"})
     max_extrapolation_s: float = field(default=0.02, metadata={"help": (
         "the EE pose may be extrapolated this far past the newest one; else the frame is dropped (s, vit_policy/inputs.py)")})
-    max_stamp_lead_s: float = field(default=0.2, metadata={"help": "a stamp further ahead of its arrival (record time) is rejected (s)"})
-    position_bound_m: float = field(default=10.0, metadata={"help": "an EE position further than this from the base on any axis is rejected (m)"})
+    max_stamp_lead_s: float = field(default=0.2, metadata={"help": TIMING_HELP["max_stamp_lead_s"]})
+    position_bound_m: float = field(default=10.0, metadata={"help": TIMING_HELP["position_bound_m"]})
     gap_split_s: float = field(default=1.0, metadata={"help": (
         "a bag is split into episodes where no observation forms for longer than this (s, above one control period)")})
 
