@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-SYSDEPS := libegl1 libgl1 libegl-mesa0
+SYSDEPS := libegl1 libgl1 libegl-mesa0 g++
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
@@ -22,7 +22,7 @@ $(STAMP): setup.py constraints.txt
 	$(PY) -m pip install -q --no-cache-dir -c constraints.txt -e '.[dev,dds,sim,ros,lerobot,deploy]'
 	touch $@
 
-# EGL + Mesa so MuJoCo renders on the CPU (Debian packages; installed only when missing)
+# EGL + Mesa so MuJoCo renders on the CPU, g++ for torch.compile (runtime.compile); Debian packages, installed only when missing
 sysdeps:
 	@dpkg -s $(SYSDEPS) >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSDEPS); \

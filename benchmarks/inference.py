@@ -3,7 +3,7 @@ inference backends (torch eager, ONNX Runtime fp32 and int8) and, when ``lerobot
 
 Everything is measured in one run so the ratios hold even on a noisy machine:
   python benchmarks/inference.py [--threads 2] [--repeats 30] [--configs vit_tiny vit_small clip_b32] [--json]
-  python benchmarks/inference.py --backends [--configs vit_small] [--cameras 1 2] [--size 224]
+  python benchmarks/inference.py --backends [--act] [--compile] [--configs vit_small] [--cameras 1 2] [--size 224]
 
 With --backends, each backend's step is timed against that backend's own encoder-only forward (the same
 encoder exported alone for ONNX Runtime), interleaved, and against ACT's ``select_action`` (ResNet18,
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from vit_policy.model.configuration import load_policy_config
 from vit_policy.images import to_model_input
 from vit_policy.model.policy import VisuomotorPolicy, count_parameters, identity_stats
-from vit_policy.observation import Observation
+from vit_policy.observation import Observation, example_observation
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "policy"
 
@@ -67,10 +68,7 @@ def untrained(name: str, cameras: int, size: int | None = None) -> tuple[Any, Vi
     cfg = load_policy_config(CONFIGS / f"{name}.yaml", overrides)
     policy = VisuomotorPolicy.from_config(cfg).eval()
     policy.set_stats(identity_stats(cfg))
-    h, w = policy.image_size
-    rng = np.random.default_rng(0)
-    obs = Observation(0, {c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in cfg.cameras},
-                      np.array([0.4, 0.0, 0.3]), np.array([0.0, 0.0, 0.0, 1.0]), 1.0)
+    obs = example_observation(cfg.cameras, policy.image_size, cfg.pose.history)
     enc = policy.encoder_for(cfg.cameras[0])
     x = torch.cat([to_model_input(obs.images[c], enc.img_size, enc.mean, enc.std) for c in cfg.cameras])
     return cfg, policy, obs, x
@@ -137,8 +135,9 @@ def act_step(cameras: int, size: int) -> Any:
     return step
 
 
-def bench_backends(name: str, cameras: int, repeats: int, size: int | None) -> list[dict]:
-    """Step and encoder-only p50 per backend (torch eager, ONNX Runtime fp32 / int8) and ACT, interleaved in one run."""
+def bench_backends(name: str, cameras: int, repeats: int, size: int | None, compile_torch: bool = False) -> list[dict]:
+    """Step and encoder-only p50 per backend (torch eager, ONNX Runtime fp32 / int8; torch compiled with
+    ``compile_torch``) and ACT, interleaved in one run."""
     import tempfile
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -177,6 +176,22 @@ def bench_backends(name: str, cameras: int, repeats: int, size: int | None) -> l
     fns = {"torch eager": (lambda: policy.predict(obs), torch_encoder),
            "onnxruntime fp32": (lambda: ort_fp32.predict(obs), lambda: enc_fp32.run(None, xs)),
            "onnxruntime int8": (lambda: ort_int8.predict(obs), lambda: enc_int8.run(None, xs))}
+    if compile_torch:  # a second policy of the same config: compiling changes the module it is applied to
+        from vit_policy.deploy import compiled
+
+        t0 = time.perf_counter()
+        _, cpolicy, _, _ = untrained(name, cameras, size)
+        compiled(cpolicy)
+        cenc = cpolicy.encoder_for(cfg.cameras[0])
+        compile_s = time.perf_counter() - t0
+
+        def compiled_encoder() -> None:
+            with torch.inference_mode():
+                cenc.forward_features(x)
+
+        fns["torch compiled"] = (lambda: cpolicy.predict(obs), compiled_encoder)
+    # the ratio the arithmetic alone sets: what is left above it is overhead (dispatch, conversion, small kernels)
+    floor = flops(lambda: policy.forward(policy.observation_batch([obs]))) / flops(lambda: enc.forward_features(x))
     act = act_step(cameras, h)
     times: dict[str, list[float]] = {}
     for _ in range(3):  # interleaved rounds: drift on a shared machine hits every row alike
@@ -191,40 +206,54 @@ def bench_backends(name: str, cameras: int, repeats: int, size: int | None) -> l
         step_p50, enc_p50 = float(np.percentile(times[label], 50)), float(np.percentile(times[label + " enc"], 50))
         rows.append({"config": name, "cameras": cameras, "img": f"{h}x{w}", "backend": label, "step_p50_ms": step_p50,
                      "step_p90_ms": float(np.percentile(times[label], 90)), "enc_p50_ms": enc_p50, "step_over_enc": step_p50 / enc_p50,
-                     "vs_act": step_p50 / act_p50 if act_p50 else None})
+                     "flop_floor": floor, "vs_act": step_p50 / act_p50 if act_p50 else None,
+                     "compile_s": compile_s if label == "torch compiled" else None})
     if act_p50 is not None:
         rows.append({"config": "ACT (lerobot)", "cameras": cameras, "img": f"{h}x{w}", "backend": "torch eager select_action",
                      "step_p50_ms": act_p50, "step_p90_ms": float(np.percentile(times["act"], 90)), "enc_p50_ms": None,
-                     "step_over_enc": None, "vs_act": 1.0})
+                     "step_over_enc": None, "flop_floor": None, "vs_act": 1.0, "compile_s": None})
     return rows
 
 
 def print_backend_rows(rows: list[dict], threads: int) -> None:
-    print(f"batch 1, {threads} threads; step / enc: each backend's step against its own encoder-only forward")
-    head = f"{'config':<14} {'cams':>4} {'img':>7} {'backend':<27} {'step p50':>9} {'step p90':>9} {'enc p50':>8} {'step/enc':>8} {'x ACT':>6}"
+    print(f"batch 1, {threads} threads; step / enc: each backend's step against its own encoder-only forward; "
+          "FLOP floor: step FLOPs / encoder FLOPs (the ratio with no overhead at all)")
+    head = (f"{'config':<14} {'cams':>4} {'img':>7} {'backend':<27} {'step p50':>9} {'step p90':>9} {'enc p50':>8} {'step/enc':>8} "
+            f"{'floor':>6} {'x ACT':>6}")
     print(head)
     print("-" * len(head))
     for r in rows:
         enc = f"{r['enc_p50_ms']:>7.1f}ms" if r["enc_p50_ms"] is not None else f"{'-':>9}"
         ratio = f"{r['step_over_enc']:>8.3f}" if r["step_over_enc"] is not None else f"{'-':>8}"
         act = f"{r['vs_act']:>6.2f}" if r["vs_act"] is not None else f"{'-':>6}"
+        floor = f"{r['flop_floor']:>6.3f}" if r["flop_floor"] is not None else f"{'-':>6}"
         print(f"{r['config']:<14} {r['cameras']:>4} {r['img']:>7} {r['backend']:<27} {r['step_p50_ms']:>8.1f}ms "
-              f"{r['step_p90_ms']:>8.1f}ms {enc} {ratio} {act}")
+              f"{r['step_p90_ms']:>8.1f}ms {enc} {ratio} {floor} {act}")
+    for r in rows:
+        if r["compile_s"] is not None:
+            print(f"{r['config']} {r['cameras']} camera(s): torch.compile took {r['compile_s']:.0f} s at load (runtime.compile)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--backends", action="store_true", help="rows per inference backend (and ACT when lerobot is importable)")
+    ap.add_argument("--act", action="store_true", help="--backends: make lerobot importable first (builds its env once) for the ACT row")
+    ap.add_argument("--compile", action="store_true", help="--backends: a torch.compile row too (runtime.compile; compiling takes minutes)")
     ap.add_argument("--size", type=int, default=None, help="--backends: encoder input size (default: each config's)")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--configs", nargs="+", default=["vit_tiny", "vit_small", "clip_b32"])
     ap.add_argument("--cameras", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args()
+    if args.act:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        import lerobot_env
+
+        lerobot_env.reexec_with_act()  # builds the lerobot env once (tests/lerobot_env.py), then runs this again with it
     torch.set_num_threads(args.threads)
     if args.backends:
-        rows = [r for name in args.configs for cams in args.cameras for r in bench_backends(name, cams, args.repeats, args.size)]
+        rows = [r for name in args.configs for cams in args.cameras for r in bench_backends(name, cams, args.repeats, args.size, args.compile)]
         if args.json:
             print(json.dumps({"threads": args.threads, "rows": rows}, indent=2))
         else:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -37,24 +36,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import numpy as np  # noqa: E402
+import lerobot_env  # noqa: E402  (tests/: the lerobot venv beside this one)
 
 EVAL_SEED = 100_000  # benchmarks/sim_success.py's: evaluation never sees a demonstration's goal
 ENSEMBLE_COEFF = 0.01  # ACT's temporal ensembling, as in its paper
-
-
-def _reexec_with_lerobot() -> None:
-    """Run this script again with lerobot importable (built once by tests/lerobot_env.py)."""
-    try:
-        import lerobot.policies.act.modeling_act  # noqa: F401
-        return
-    except ImportError:
-        if os.environ.get("VIT_POLICY_PEER_ACT_REEXEC"):
-            raise
-    import lerobot_env
-
-    env = lerobot_env.build()
-    env["VIT_POLICY_PEER_ACT_REEXEC"] = "1"
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
 @dataclass
@@ -230,7 +215,7 @@ def main() -> None:
     ap.add_argument("--out", default="outputs/peer_act", help="the recipe's demonstrations go to <out>/<task>/demos (reused if there)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    _reexec_with_lerobot()
+    lerobot_env.reexec_with_act()
 
     import torch
 

@@ -93,6 +93,20 @@ def build(target: Path = DEFAULT_DIR) -> dict[str, str]:
     return env
 
 
+def reexec_with_act() -> None:
+    """Run the calling script again (same argv) with lerobot's ACT importable, unless it already imports: what the
+    ACT benchmarks (benchmarks/peer_act.py, benchmarks/inference.py --act) do first. Raises Unavailable."""
+    try:
+        import lerobot.policies.act.modeling_act  # noqa: F401
+        return
+    except ImportError:
+        if os.environ.get("VIT_POLICY_ACT_REEXEC"):
+            raise
+    env = build()
+    env["VIT_POLICY_ACT_REEXEC"] = "1"
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
 def check(dataset: str, out: str, chunk: int = 0) -> None:
     """Load ``dataset`` with lerobot's own LeRobotDataset and save every item's tensors (run inside the lerobot env);
     with ``chunk`` K also each item's action chunk as a lerobot policy gets it (``delta_timestamps``: K frames)."""

@@ -221,3 +221,34 @@ def test_node_runs_the_exported_graph(exported: dict, dds_domain) -> None:
     finally:
         node.shutdown()
         node_t.close()
+
+
+@pytest.mark.slow  # a real inductor build: about 40 s on one core with an empty compile cache
+def test_runtime_compile_runs_the_same_step_compiled_from_the_node_parameters(exported: dict, bag: SyntheticBag) -> None:
+    """runtime.compile: the node's loader compiles the torch step at load (inductor, a real C++ build) and the compiled
+    step gives the eager step's actions, also from another thread (the runner's inference thread)."""
+    import logging
+    import threading
+
+    from torch._dynamo.utils import counters
+
+    from ros_nodes.policy_node import config_from_parameters, load_policy as node_load_policy, parameter_defaults
+
+    with pytest.raises(ConfigError, match="runtime.compile: true compiles the torch backend"):
+        RuntimeConfig(backend="onnxruntime", compile=True)
+    cfg = config_from_parameters({**parameter_defaults(), "checkpoint": str(exported["ckpt"]), "threads": 1, "runtime.compile": True})
+    graphs = counters["stats"]["unique_graphs"]
+    policy, untrained = node_load_policy(cfg, logging.getLogger("test"))
+    assert not untrained and counters["stats"]["unique_graphs"] > graphs  # compiled at load, not on the first tick
+    eager = load_policy(exported["ckpt"], RuntimeConfig())
+    ep = extract_episodes(bag.path, data_config(), K, (IMG, IMG))[0]
+    obs = Observation(int(ep.stamps_ns[4]), {"front": ep.images["front"][4]}, ep.position[4], ep.quaternion[4], float(ep.gripper[4]))
+    out: list = []
+    worker = threading.Thread(target=lambda: out.append(policy.predict(obs)))
+    worker.start()
+    worker.join(timeout=300)
+    ref = eager.predict(obs)
+    for got in (policy.predict(obs), out[0]):
+        np.testing.assert_allclose(got.delta_position, ref.delta_position, atol=1e-5)
+        np.testing.assert_allclose(got.delta_rotation, ref.delta_rotation, atol=1e-4)
+        np.testing.assert_allclose(got.gripper, ref.gripper, atol=1e-5)

@@ -201,8 +201,9 @@ def test_point_head_errors_name_the_file_and_the_fix(tmp_path):
 
 
 def test_hindsight_points_label_each_frame_from_its_own_demonstration():
-    """ee: the observed EE; end: where that demonstration ended; grasp: where its gripper first closed. An episode
-    that never closes is left out only when grasp is asked for; unknown names fail naming the choices."""
+    """ee: the observed EE; end: where that demonstration ended; grasp: where its gripper first closed; object: the grasp
+    point until then, the EE after. An episode that never closes is left out only when grasp is asked for; unknown names
+    fail naming the choices."""
     from vit_policy.data.bags import Episode
     from vit_policy.pretrain import hindsight_points
 
@@ -230,7 +231,12 @@ def test_hindsight_points_label_each_frame_from_its_own_demonstration():
     np.testing.assert_allclose(hindsight_points([c], ["low"])[1][:, 0], np.tile(c.position[2], (6, 1)))
     c.position[:, 2] = [0.5, 0.49, 0.3, 0.305, 0.35, 0.4]  # never rises: the first step within 1 cm of the lowest
     np.testing.assert_allclose(hindsight_points([c], ["low"])[1][:, 0], np.tile(c.position[2], (6, 1)))
-    with pytest.raises(ValueError, match=r"\['goal'\] are not hindsight points; choose from \['ee', 'end', 'grasp', 'low'\]"):
+    d = episode(8, 1.0, close_at=None)  # a hold that jitters (DART noise, a hand): end is the hold's mean, not its last sample
+    d.position[:4] = [[0.2, 0, 0], [0.4, 0, 0], [0.6, 0, 0], [0.8, 0, 0]]
+    d.position[4:] = [[1.01, 0, 0], [0.99, 0.02, 0], [1.0, -0.02, 0], [1.0, 0, 0.02]]
+    np.testing.assert_allclose(hindsight_points([d], ["end"])[1][0, 0], [1.0, 0.0, 0.005], atol=1e-9)
+    np.testing.assert_allclose(hindsight_points([a], ["object"])[1][:, 0], [a.position[2], a.position[2], a.position[2], a.position[3]])
+    with pytest.raises(ValueError, match=r"\['goal'\] are not hindsight points; choose from \['ee', 'end', 'grasp', 'object', 'low'\]"):
         hindsight_points([a], ["ee", "goal"])
     with pytest.raises(ValueError, match="grasp needs the gripper to close"):
         hindsight_points([b], ["grasp"])

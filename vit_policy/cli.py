@@ -40,23 +40,15 @@ def cmd_policy_demo(args: argparse.Namespace) -> int:
     from vit_policy.config import default_config
     from vit_policy.model.configuration import load_policy_config
     from vit_policy.model.policy import VisuomotorPolicy, count_parameters, identity_stats
-    from vit_policy.observation import Observation
+    from vit_policy.observation import example_observation
 
     torch.set_num_threads(args.threads)
     path = Path(args.config) if args.config else default_config("policy/vit_small.yaml")
     cfg = load_policy_config(path, args.overrides)
     policy = VisuomotorPolicy.from_config(cfg).eval()
     policy.set_stats(identity_stats(cfg))  # untrained: statistics that change nothing
-    rng = np.random.default_rng(0)
     h, w = policy.image_size
-    obs = Observation(
-        stamp_ns=time.time_ns(),
-        images={c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in cfg.cameras},
-        position=np.array([0.4, 0.0, 0.3]),
-        quaternion=np.array([1.0, 0.0, 0.0, 0.0]),
-        gripper=1.0,
-        history=np.tile([0.4, 0.0, 0.3, 1.0, 0.0, 0.0, 0.0], (cfg.pose.history, 1)) if cfg.pose.history else None,
-    )
+    obs = example_observation(cfg.cameras, (h, w), cfg.pose.history, stamp_ns=time.time_ns())
     print(f"policy: {path.name}  encoder {cfg.encoder.family}:{cfg.encoder.name} @ {h}x{w}, cameras {cfg.cameras}, "
           f"K={cfg.chunk_size}, dt={cfg.control_dt}s, {count_parameters(policy) / 1e6:.1f} M parameters (untrained weights)")
     policy.predict(obs)  # warm-up
@@ -153,7 +145,8 @@ def add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, help="training YAML: its bags, data: and policy.encoder")
     p.add_argument("--points", nargs="+", default=["ee", "end"], choices=HINDSIGHT_POINTS,
                    help="ee: the observed EE; end: where the demonstration ended (a reach / place goal); grasp: where the gripper "
-                        "first closed (the object); low: where the EE first came down to its lowest (a push's start)")
+                        "first closed (the object); object: the grasp point until the gripper closes, then the EE that carries it; "
+                        "low: where the EE first came down to its lowest (a push's start)")
     p.add_argument("--steps", type=int, default=2000, help="optimiser steps (default 2000)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", required=True, help="the .safetensors file to write (backbone + point head)")

@@ -36,7 +36,7 @@ from vit_policy.runtime import RuntimeConfig
 from vit_policy.geometry import geodesic_deg, rot6d_to_rotvec
 from vit_policy.model.checkpoint import CONFIG_FILE, METADATA_FILE, STATS_FILE, load_checkpoint, read_policy_config, read_spec
 from vit_policy.model.policy import Batch, Policy, VisuomotorPolicy, chunks_from_actions, observation_batch
-from vit_policy.observation import ActionChunk, Observation
+from vit_policy.observation import ActionChunk, Observation, example_observation
 from vit_policy.ood import OOD_FILE, OODMonitor, capture
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,20 @@ def load_policy(checkpoint: str | Path, runtime: RuntimeConfig, device: str = "c
         if device.startswith("cuda") and providers == ["auto"]:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         return OnnxPolicy(checkpoint, runtime.onnx_file, providers)
-    return load_checkpoint(checkpoint, map_location=device)
+    policy = load_checkpoint(checkpoint, map_location=device)
+    return compiled(policy) if runtime.compile else policy
+
+
+def compiled(policy: VisuomotorPolicy) -> VisuomotorPolicy:
+    """``runtime.compile``: the policy with its transformer parts compiled, warmed up by one step on an example
+    observation so the compilation happens at load, not on the first control tick."""
+    import time
+
+    t0 = time.perf_counter()
+    policy.compile_step()
+    policy.predict(example_observation(policy.cfg.cameras, policy.image_size, policy.cfg.pose.history))
+    log.info("runtime.compile: the torch step compiled in %.1f s", time.perf_counter() - t0)
+    return policy
 
 
 # --------------------------------------------------------------------------------------------------

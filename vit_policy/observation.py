@@ -90,6 +90,16 @@ class Observation:
         return Observation(pose.stamp_ns, images, pose.position, pose.quaternion, pose.gripper, history, self.instruction)
 
 
+def example_observation(cameras: list[str] | tuple[str, ...], image_size: tuple[int, int], history: int = 0, seed: int = 0,
+                        stamp_ns: int = 0) -> Observation:
+    """Random frames at a neutral pose: for warm-up steps, benchmarks and plumbing checks, never for control."""
+    rng = np.random.default_rng(seed)
+    h, w = image_size
+    position, quaternion = np.array([0.4, 0.0, 0.3]), np.array([1.0, 0.0, 0.0, 0.0])
+    return Observation(stamp_ns, {c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in cameras}, position, quaternion, 1.0,
+                       np.tile(np.r_[position, quaternion], (history, 1)) if history else None)
+
+
 @dataclass
 class ActionChunk:
     """K future EE targets relative to the observed pose (ARCHITECTURE.md action semantics)."""

@@ -56,17 +56,29 @@ class PretrainResult:
         return f"encoder pretraining: {self.steps} steps in {self.seconds / 60:.1f} min -> {self.path}\n" + "\n".join(rows)
 
 
-HINDSIGHT_POINTS = ("ee", "end", "grasp", "low")
+HINDSIGHT_POINTS = ("ee", "end", "grasp", "object", "low")
 LOW_TOLERANCE_M = 0.01  # "low": the first step within this of the lowest EE height ...
 RISE_M = 0.03  # ... after the EE first rose this far above its start (if it ever does: grippers often start low)
+END_STEPS = 10  # "end": the mean of up to this many final steps ...
+HOLD_RADIUS_M = 0.05  # ... that stay this close to the last one (a hold jitters under DART noise or a hand on a teleop device)
+
+
+def end_point(position: np.ndarray) -> np.ndarray:
+    """Where a demonstration ended: the mean of its final hold (up to END_STEPS trailing positions within
+    HOLD_RADIUS_M of the last), so execution noise while holding averages out of the label."""
+    near = np.linalg.norm(position[-END_STEPS:] - position[-1], axis=1) <= HOLD_RADIUS_M
+    first = len(near) - (np.flatnonzero(~near)[-1] + 1 if (~near).any() else 0)  # the contiguous run that ends at the last step
+    return position[-first:].mean(0)
 
 
 def hindsight_points(episodes: list[Episode], names: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Frames of recorded demonstrations labelled from the recording alone: ``ee`` the observed EE position,
-    ``end`` where the demonstration's EE ended (a reach or place goal), ``grasp`` where it was when the
-    gripper first closed after being open (the object; episodes without such a closing are left out),
-    ``low`` where it first came down to its lowest height after rising (where a push or a grasp from above
-    starts). Returns images and (N, T, 3).
+    ``end`` where the demonstration's EE ended (a reach or place goal: the mean of its final hold,
+    :func:`end_point`), ``grasp`` where it was when the gripper first closed after being open (the object;
+    episodes without such a closing are left out),
+    ``object`` the grasp point until the gripper closes there, then the EE that carries it (where the object
+    is at every frame of a pick), ``low`` where it first came down to its lowest height after rising (where a
+    push or a grasp from above starts). Returns images and (N, T, 3).
 
     Labels in hindsight need no simulator state, motion capture or annotation: only the EE poses and
     gripper openings every bag already holds.
@@ -82,15 +94,17 @@ def hindsight_points(episodes: list[Episode], names: list[str]) -> tuple[dict[st
         grip = np.asarray(ep.gripper)
         opened = np.flatnonzero(grip >= 0.5)
         closed = np.flatnonzero(grip[opened[0]:] < 0.5) + opened[0] if len(opened) else opened
-        if "grasp" in names and not len(closed):
+        if {"grasp", "object"} & set(names) and not len(closed):
             continue
-        z = np.asarray(ep.position)[:, 2]
+        position = np.asarray(ep.position, np.float64)
+        z = position[:, 2]
         rose = np.flatnonzero(z > z[0] + RISE_M)
         after = z[rose[0]:] if len(rose) else z
         low = int(np.flatnonzero(after <= after.min() + LOW_TOLERANCE_M)[0]) + (int(rose[0]) if len(rose) else 0)
-        at = {"ee": np.asarray(ep.position, np.float64), "end": np.broadcast_to(ep.position[-1], (len(ep), 3)),
-              "grasp": np.broadcast_to(ep.position[closed[0]] if len(closed) else ep.position[-1], (len(ep), 3)),
-              "low": np.broadcast_to(ep.position[low], (len(ep), 3))}
+        grasp = position[closed[0]] if len(closed) else position[-1]
+        at = {"ee": position, "end": np.broadcast_to(end_point(position), (len(ep), 3)),
+              "grasp": np.broadcast_to(grasp, (len(ep), 3)), "low": np.broadcast_to(position[low], (len(ep), 3)),
+              "object": np.where((np.arange(len(ep)) < (closed[0] if len(closed) else len(ep)))[:, None], grasp, position)}
         targets.append(np.stack([at[n] for n in names], axis=1))
         for cam, frames in ep.images.items():
             images.setdefault(cam, []).append(np.asarray(frames))

@@ -80,6 +80,10 @@ class RuntimeConfig:
         "run inference inside the control tick (deterministic: replay, simulation; blocks the tick)")})
     backend: Literal["torch", "onnxruntime"] = field(default="torch", metadata={"help": (
         "inference backend: torch, or onnxruntime (the graph vit-policy export wrote into the checkpoint)")})
+    compile: bool = field(default=False, metadata={"help": (
+        "torch backend: torch.compile the encoder and the policy's transformer blocks (inductor, needs a C++ compiler); "
+        "compiled at load with one warm-up step (tens of seconds to minutes on a CPU), then a faster step "
+        "(benchmarks/inference.py --compile)")})
     onnx_file: str = field(default="policy.onnx", metadata={"help": (
         "onnxruntime: graph file in the checkpoint directory (policy.onnx, or policy.int8.onnx from export --int8)")})
     providers: list[str] = field(default_factory=lambda: ["auto"], metadata={"help": (
@@ -89,6 +93,9 @@ class RuntimeConfig:
         if not self.onnx_file.endswith(".onnx") or "/" in self.onnx_file:
             raise ConfigError(f"runtime.onnx_file: {self.onnx_file!r} must name a .onnx file in the checkpoint directory "
                               "(policy.onnx or policy.int8.onnx)")
+        if self.compile and self.backend != "torch":
+            raise ConfigError(f"runtime.compile: true compiles the torch backend; runtime.backend is {self.backend}: "
+                              "set runtime.compile: false (ONNX Runtime optimises its graph itself)")
         if not self.providers:
             raise ConfigError("runtime.providers: list ONNX Runtime execution providers, or [auto]")
         if not self.control_rate_hz > 0:

@@ -262,6 +262,14 @@ class ImageEncoder(nn.Module):
                 if isinstance(mod, nn.Module):
                     mod.requires_grad_(True)
 
+    def compile_backbone(self) -> None:
+        """torch.compile (inductor) the backbone's token computation, where nearly all of the step's FLOPs are; the
+        read-out and the OOD tap stay eager, so hooks on ``tap`` keep working."""
+        if self.cfg.family == "timm":
+            self.backbone.forward_features = torch.compile(self.backbone.forward_features)
+        else:
+            self.backbone.transformer.compile()
+
     # ---- forward -----------------------------------------------------------------------------------
 
     @property
