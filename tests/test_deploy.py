@@ -224,9 +224,11 @@ def test_node_runs_the_exported_graph(exported: dict, dds_domain) -> None:
 
 
 @pytest.mark.slow  # a real inductor build: about 40 s on one core with an empty compile cache
-def test_runtime_compile_runs_the_same_step_compiled_from_the_node_parameters(exported: dict, bag: SyntheticBag) -> None:
+def test_runtime_compile_runs_the_same_step_compiled_from_the_node_parameters(exported: dict, bag: SyntheticBag,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """runtime.compile: the node's loader compiles the torch step at load (inductor, a real C++ build) and the compiled
-    step gives the eager step's actions, also from another thread (the runner's inference thread)."""
+    step gives the eager step's actions, also from another thread (the runner's inference thread); without a C++
+    compiler loading fails naming the setting and the fix."""
     import logging
     import threading
 
@@ -252,3 +254,10 @@ def test_runtime_compile_runs_the_same_step_compiled_from_the_node_parameters(ex
         np.testing.assert_allclose(got.delta_position, ref.delta_position, atol=1e-5)
         np.testing.assert_allclose(got.delta_rotation, ref.delta_rotation, atol=1e-4)
         np.testing.assert_allclose(got.gripper, ref.gripper, atol=1e-5)
+    import torch._inductor.config as inductor
+
+    monkeypatch.setattr(inductor.cpp, "cxx", ("/nonexistent/g++",))
+    monkeypatch.setattr(inductor, "force_disable_caches", True)  # else the cached build of the same graph is reused ...
+    torch._dynamo.reset()  # ... or the graphs dynamo already holds for these modules' code
+    with pytest.raises(ConfigError, match=r"runtime.compile: torch.compile failed .*C\+\+ compiler.*set runtime.compile: false"):
+        load_policy(exported["ckpt"], RuntimeConfig(compile=True))

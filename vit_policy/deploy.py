@@ -223,7 +223,12 @@ def compiled(policy: VisuomotorPolicy) -> VisuomotorPolicy:
 
     t0 = time.perf_counter()
     policy.compile_step()
-    policy.predict(example_observation(policy.cfg.cameras, policy.image_size, policy.cfg.pose.history))
+    try:
+        policy.predict(example_observation(policy.cfg.cameras, policy.image_size, policy.cfg.pose.history))
+    except Exception as exc:  # inductor's errors are long; the first line, the cause and the way out
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"runtime.compile: torch.compile failed ({type(exc).__name__}: {first}); it needs a C++ compiler "
+                          "(apt-get install g++); or set runtime.compile: false") from exc
     log.info("runtime.compile: the torch step compiled in %.1f s", time.perf_counter() - t0)
     return policy
 

@@ -75,10 +75,10 @@ def hindsight_points(episodes: list[Episode], names: list[str]) -> tuple[dict[st
     """Frames of recorded demonstrations labelled from the recording alone: ``ee`` the observed EE position,
     ``end`` where the demonstration's EE ended (a reach or place goal: the mean of its final hold,
     :func:`end_point`), ``grasp`` where it was when the gripper first closed after being open (the object;
-    episodes without such a closing are left out),
-    ``object`` the grasp point until the gripper closes there, then the EE that carries it (where the object
-    is at every frame of a pick), ``low`` where it first came down to its lowest height after rising (where a
-    push or a grasp from above starts). Returns images and (N, T, 3).
+    episodes without such a closing are left out), ``object`` the grasp point until the gripper closes there,
+    then the EE that carries it (where the object is at every frame of a pick), ``low`` where it first came
+    down to its lowest height after rising (where a push or a grasp from above starts). Returns images and
+    (N, T, 3).
 
     Labels in hindsight need no simulator state, motion capture or annotation: only the EE poses and
     gripper openings every bag already holds.
