@@ -51,6 +51,7 @@ class TaskPlan:
     # non-empty: pretrain on the training demonstrations' own frames instead, labelled in hindsight with these
     # points (ee, end, grasp: vit_policy.pretrain.hindsight_points); no simulator label. Exclusive with pretrain_resets
     pretrain_hindsight: list[str] = field(default_factory=list)
+    pretrain_shift_px: int = 0  # hindsight pretraining: random image shift of up to this many pixels (vit_policy.pretrain.random_shift)
 
     def __post_init__(self) -> None:
         if self.pretrain_hindsight and self.pretrain_resets:

@@ -112,7 +112,7 @@ def pretrain_for_task(cfg: SimConfig, out: Path, resets: int, steps: int, policy
 
 
 def _pretrain_with_bar(enc: EncoderConfig, images: dict[str, np.ndarray], points: np.ndarray, names: list[str], out: Path,
-                       steps: int, batch_size: int, seed: int) -> PretrainResult:
+                       steps: int, batch_size: int, seed: int, shift_px: int = 0) -> PretrainResult:
     """``pretrain_encoder`` behind a tqdm bar of its steps (with the loss)."""
     from tqdm.auto import tqdm
 
@@ -124,13 +124,14 @@ def _pretrain_with_bar(enc: EncoderConfig, images: dict[str, np.ndarray], points
             bar.set_postfix(loss=f"{loss:.4f}")
 
     try:
-        return pretrain_encoder(enc, images, points, names, out, steps, batch_size=batch_size, seed=seed, progress=tick)
+        return pretrain_encoder(enc, images, points, names, out, steps, batch_size=batch_size, seed=seed, progress=tick, shift_px=shift_px)
     finally:
         bar.close()
 
 
 def pretrain_from_demonstrations(cfg: SimConfig, bags: list[str | Path], out: Path, steps: int, points: list[str],
-                                 policy_overrides: list[str] | None = None, batch_size: int = 64, seed: int = 0) -> PretrainResult:
+                                 policy_overrides: list[str] | None = None, batch_size: int = 64, seed: int = 0,
+                                 shift_px: int = 0) -> PretrainResult:
     """Pretrain the task's sim-policy encoder on the recorded demonstrations' own frames, labelled in hindsight
     (``vit_policy.pretrain.hindsight_points``: the EE, where the demonstration ended, where the gripper closed).
 
@@ -144,7 +145,7 @@ def pretrain_from_demonstrations(cfg: SimConfig, bags: list[str | Path], out: Pa
     size = (cfg.image_size, cfg.image_size)
     episodes = [ep for bag in bags for ep in extract_episodes(bag, data_config_for(cfg), pcfg.chunk_size, size)]
     images, targets = hindsight_points(episodes, points)
-    return _pretrain_with_bar(pcfg.encoder, images, targets, points, out, steps, batch_size, seed)
+    return _pretrain_with_bar(pcfg.encoder, images, targets, points, out, steps, batch_size, seed, shift_px)
 
 
 def pretrain_for_recipe(tp: TaskPlan, cfg: SimConfig, bags: list[str | Path], out: Path, policy_overrides: list[str],
@@ -157,5 +158,6 @@ def pretrain_for_recipe(tp: TaskPlan, cfg: SimConfig, bags: list[str | Path], ou
     if tp.pretrain_hindsight:
         print(f"== {tp.task}: pretraining the encoder on the demonstrations' frames, labelled in hindsight: "
               f"{', '.join(tp.pretrain_hindsight)} ({tp.pretrain_steps} steps)")
-        return pretrain_from_demonstrations(cfg, bags, out, tp.pretrain_steps, tp.pretrain_hindsight, policy_overrides, seed=seed)
+        return pretrain_from_demonstrations(cfg, bags, out, tp.pretrain_steps, tp.pretrain_hindsight, policy_overrides, seed=seed,
+                                            shift_px=tp.pretrain_shift_px)
     return None

@@ -9,7 +9,7 @@ from safetensors import safe_open
 
 from vit_policy.model.configuration import EncoderConfig
 from vit_policy.model.encoders import ImageEncoder, build_image_encoder
-from vit_policy.pretrain import pretrain_encoder
+from vit_policy.pretrain import pretrain_encoder, random_shift
 
 SIZE = 32
 ENC = EncoderConfig(family="timm", name="test_vit", img_size=SIZE, patch_size=8, token_mode="patches")
@@ -52,8 +52,22 @@ def test_saved_backbone_loads_as_encoder_weights(tmp_path):
     assert not all(torch.equal(fresh.backbone.state_dict()[k], state[k]) for k in state)  # not the random init
 
 
+def test_random_shift_moves_each_image_by_at_most_the_pad_and_keeps_its_content():
+    """One bright pixel per image: it lands within pad pixels of where it was, the picture is otherwise kept,
+    and images of one batch are shifted independently (a shared shift would still let a scene be memorised)."""
+    torch.manual_seed(0)
+    x = torch.zeros(64, 3, 16, 16)
+    x[:, :, 8, 7] = 1.0
+    y = random_shift(x, 2)
+    assert y.shape == x.shape and torch.allclose(y.sum((1, 2, 3)), x.sum((1, 2, 3)))
+    where = [divmod(int(torch.argmax(img[0])), 16) for img in y]
+    assert all(abs(r - 8) <= 2 and abs(c - 7) <= 2 for r, c in where)
+    assert len(set(where)) > 5
+    assert torch.equal(random_shift(x, 0), x)
+
+
 @pytest.mark.parametrize("bad,match", [
-    ("nan", "NaN"), ("shape", r"expected shape \(N, 1, 3\)"), ("dtype", r"images\['top'\]: expected uint8"), ("few", "at least 20"),
+    ("shift", "shift_px: -1 must be >= 0"), ("nan", "NaN"), ("shape", r"expected shape \(N, 1, 3\)"), ("dtype", r"images\['top'\]: expected uint8"), ("few", "at least 20"),
 ])
 def test_bad_inputs_are_named(tmp_path, bad, match):
     views, points = two_views(40)
@@ -63,10 +77,10 @@ def test_bad_inputs_are_named(tmp_path, bad, match):
         points = points[:, 0]
     elif bad == "dtype":
         views["top"] = views["top"].astype(np.float32)
-    else:
+    elif bad == "few":
         views, points = two_views(10)
     with pytest.raises(ValueError, match=match):
-        pretrain_encoder(ENC, views, points, ["dot"], tmp_path / "enc.safetensors", steps=1)
+        pretrain_encoder(ENC, views, points, ["dot"], tmp_path / "enc.safetensors", steps=1, shift_px=-1 if bad == "shift" else 0)
 
 
 def _points_policy(path, cameras=("top", "side"), points=1, freeze="all", image_tokens=True, points_frame="base"):
@@ -202,7 +216,7 @@ def test_point_head_errors_name_the_file_and_the_fix(tmp_path):
 
 def test_hindsight_points_label_each_frame_from_its_own_demonstration():
     """ee: the observed EE; end: where that demonstration ended; grasp: where its gripper first closed; object: the grasp
-    point until then, the EE after. An episode that never closes is left out only when grasp is asked for; unknown names
+    point until then, the EE after; contact: the push start until the EE gets there, then the EE while it stays down. An episode that never closes is left out only when grasp is asked for; unknown names
     fail naming the choices."""
     from vit_policy.data.bags import Episode
     from vit_policy.pretrain import hindsight_points
@@ -236,7 +250,11 @@ def test_hindsight_points_label_each_frame_from_its_own_demonstration():
     d.position[4:] = [[1.01, 0, 0], [0.99, 0.02, 0], [1.0, -0.02, 0], [1.0, 0, 0.02]]
     np.testing.assert_allclose(hindsight_points([d], ["end"])[1][0, 0], [1.0, 0.0, 0.005], atol=1e-9)
     np.testing.assert_allclose(hindsight_points([a], ["object"])[1][:, 0], [a.position[2], a.position[2], a.position[2], a.position[3]])
-    with pytest.raises(ValueError, match=r"\['goal'\] are not hindsight points; choose from \['ee', 'end', 'grasp', 'object', 'low'\]"):
+    e = episode(8, 1.0, close_at=None)  # a push: rise, come down behind the object (step 2), push, lift off to re-approach, come down
+    e.position[:, 2] = [0.42, 0.52, 0.42, 0.425, 0.43, 0.52, 0.53, 0.43]
+    contact = hindsight_points([e], ["contact"])[1][:, 0]
+    np.testing.assert_allclose(contact, e.position[[2, 2, 2, 3, 4, 4, 4, 7]])  # held where it last pushed while lifted
+    with pytest.raises(ValueError, match=r"\['goal'\] are not hindsight points; choose from \['ee', 'end', 'grasp', 'object', 'low', 'contact'\]"):
         hindsight_points([a], ["ee", "goal"])
     with pytest.raises(ValueError, match="grasp needs the gripper to close"):
         hindsight_points([b], ["grasp"])

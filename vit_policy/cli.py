@@ -130,7 +130,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = load_train_config(args.config, args.overrides)
     set_threads(args.threads)
     with tqdm(total=args.steps, desc="pretrain encoder", unit="step", dynamic_ncols=True) as bar:
-        res = pretrain_on_demonstrations(cfg, args.points, args.out, args.steps, args.batch_size, cfg.seed, lambda *_: bar.update(1))
+        res = pretrain_on_demonstrations(cfg, args.points, args.out, args.steps, args.batch_size, cfg.seed, lambda *_: bar.update(1),
+                                         shift_px=args.shift_px)
     print(res.table())
     print(f"train on it: vit-policy train --config {args.config} policy.encoder.weights={res.path} "
           f"policy.points.count={len(args.points)} policy.encoder.freeze=all policy.encoder.token_mode=patches")
@@ -146,8 +147,11 @@ def add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--points", nargs="+", default=["ee", "end"], choices=HINDSIGHT_POINTS,
                    help="ee: the observed EE; end: where the demonstration ended (a reach / place goal); grasp: where the gripper "
                         "first closed (the object); object: the grasp point until the gripper closes, then the EE that carries it; "
-                        "low: where the EE first came down to its lowest (a push's start)")
+                        "low: where the EE first came down to its lowest (a push's start); contact: the low point until the EE "
+                        "gets there, then the EE while it pushes")
     p.add_argument("--steps", type=int, default=2000, help="optimiser steps (default 2000)")
+    p.add_argument("--shift-px", type=int, default=0, metavar="PX",
+                   help="shift each training image by up to PX pixels (random crop), against learning scenes by heart (default 0)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", required=True, help="the .safetensors file to write (backbone + point head)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")

@@ -56,7 +56,7 @@ class PretrainResult:
         return f"encoder pretraining: {self.steps} steps in {self.seconds / 60:.1f} min -> {self.path}\n" + "\n".join(rows)
 
 
-HINDSIGHT_POINTS = ("ee", "end", "grasp", "object", "low")
+HINDSIGHT_POINTS = ("ee", "end", "grasp", "object", "low", "contact")
 LOW_TOLERANCE_M = 0.01  # "low": the first step within this of the lowest EE height ...
 RISE_M = 0.03  # ... after the EE first rose this far above its start (if it ever does: grippers often start low)
 END_STEPS = 10  # "end": the mean of up to this many final steps ...
@@ -77,8 +77,9 @@ def hindsight_points(episodes: list[Episode], names: list[str]) -> tuple[dict[st
     :func:`end_point`), ``grasp`` where it was when the gripper first closed after being open (the object;
     episodes without such a closing are left out), ``object`` the grasp point until the gripper closes there,
     then the EE that carries it (where the object is at every frame of a pick), ``low`` where it first came
-    down to its lowest height after rising (where a push or a grasp from above starts). Returns images and
-    (N, T, 3).
+    down to its lowest height after rising (where a push or a grasp from above starts), ``contact`` the ``low``
+    point until the EE gets there, then the EE while it stays down, held where it last was down while it
+    rises (what a pushed object is in front of at every frame of a push). Returns images and (N, T, 3).
 
     Labels in hindsight need no simulator state, motion capture or annotation: only the EE poses and
     gripper openings every bag already holds.
@@ -102,8 +103,12 @@ def hindsight_points(episodes: list[Episode], names: list[str]) -> tuple[dict[st
         after = z[rose[0]:] if len(rose) else z
         low = int(np.flatnonzero(after <= after.min() + LOW_TOLERANCE_M)[0]) + (int(rose[0]) if len(rose) else 0)
         grasp = position[closed[0]] if len(closed) else position[-1]
+        steps = np.arange(len(ep))
+        down = (steps >= low) & (z <= z[low] + RISE_M)  # pushing: from the first low on, while within RISE_M of it
+        last_down = np.maximum.accumulate(np.where(down, steps, low))
         at = {"ee": position, "end": np.broadcast_to(end_point(position), (len(ep), 3)),
               "grasp": np.broadcast_to(grasp, (len(ep), 3)), "low": np.broadcast_to(position[low], (len(ep), 3)),
+              "contact": position[last_down],
               "object": np.where((np.arange(len(ep)) < (closed[0] if len(closed) else len(ep)))[:, None], grasp, position)}
         targets.append(np.stack([at[n] for n in names], axis=1))
         for cam, frames in ep.images.items():
@@ -127,6 +132,14 @@ def _check(images: dict[str, np.ndarray], targets: np.ndarray, names: list[str])
     return n
 
 
+def random_shift(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Each image of (B, C, H, W) moved by up to ``pad`` pixels each way (edge-padded random crop, as DrQ)."""
+    b, _, h, w = x.shape
+    padded = nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, b)).tolist()
+    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+
+
 def pretrain_encoder(
     encoder_cfg: EncoderConfig,
     images: dict[str, np.ndarray],
@@ -139,8 +152,12 @@ def pretrain_encoder(
     val_fraction: float = 0.1,
     seed: int = 0,
     progress: Callable[[int, float], None] | None = None,
+    shift_px: int = 0,
 ) -> PretrainResult:
     """Train ``encoder_cfg``'s backbone to regress ``targets`` (N, T, 3) from ``images`` {camera: (N, H, W, 3)}.
+
+    ``shift_px`` > 0 shifts every training image by up to that many pixels (edge-padded random crop, each
+    camera and frame on its own), so no exact pixel layout of a training scene can be looked up.
 
     One backbone sees every camera (the policy's ``encoder.shared``); the last ``val_fraction`` of the
     frames is held out. Writes the backbone and the point head to ``out_path`` (.safetensors; the
@@ -150,6 +167,8 @@ def pretrain_encoder(
     n = _check(images, targets, target_names)
     if steps < 1:
         raise ValueError(f"steps: {steps} must be at least 1")
+    if shift_px < 0:
+        raise ValueError(f"shift_px: {shift_px} must be >= 0 (0: no shift)")
     torch.manual_seed(seed)
     encoder = build_image_encoder(dataclasses.replace(encoder_cfg, freeze="none"))  # the policy may freeze it later; this trains it
     cams = list(images)  # this order is the point head's input order: the policy's cameras
@@ -165,8 +184,10 @@ def pretrain_encoder(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps)))
 
-    def predict(idx: np.ndarray) -> torch.Tensor:
+    def predict(idx: np.ndarray, shift: int = 0) -> torch.Tensor:
         x = torch.cat([to_model_input(torch.from_numpy(images[c][idx]), encoder.img_size, encoder.mean, encoder.std) for c in cams])
+        if shift:
+            x = random_shift(x, shift)
         tokens = encoder.forward_features(x)[:, encoder.num_prefix_tokens:]
         return head(torch.cat(tokens.chunk(len(cams)), dim=1))  # (B, cams * patches, D)
 
@@ -176,7 +197,7 @@ def pretrain_encoder(
     head.train()
     for step in range(steps):
         idx = np.sort(rng.choice(train_idx, size=min(batch_size, len(train_idx)), replace=False))
-        loss = nn.functional.smooth_l1_loss(predict(idx), target_t[idx], beta=0.1)
+        loss = nn.functional.smooth_l1_loss(predict(idx, shift_px), target_t[idx], beta=0.1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(params, 1.0)
@@ -209,7 +230,7 @@ def pretrain_encoder(
 
 
 def pretrain_on_demonstrations(cfg: TrainConfig, points: list[str], out_path: str | Path, steps: int, batch_size: int = 64,
-                               seed: int = 0, progress: Callable[[int, float], None] | None = None) -> PretrainResult:
+                               seed: int = 0, progress: Callable[[int, float], None] | None = None, shift_px: int = 0) -> PretrainResult:
     """``vit-policy pretrain``: the encoder of a training config, pretrained on the frames of its own training
     episodes labelled in hindsight (:func:`hindsight_points`); then train with ``policy.encoder.weights`` set to
     the file, ``policy.points.count`` to the number of points and ``policy.encoder.freeze: all``."""
@@ -220,4 +241,5 @@ def pretrain_on_demonstrations(cfg: TrainConfig, points: list[str], out_path: st
     episodes, _ = load_episodes(cfg, size, Dist())  # the validation episodes stay unseen, as in training
     images, targets = hindsight_points(episodes, points)
     images = {c: images[c] for c in cfg.policy.cameras}  # the point head reads the cameras in the policy's order
-    return pretrain_encoder(cfg.policy.encoder, images, targets, points, out_path, steps, batch_size, seed=seed, progress=progress)
+    return pretrain_encoder(cfg.policy.encoder, images, targets, points, out_path, steps, batch_size, seed=seed, progress=progress,
+                            shift_px=shift_px)
