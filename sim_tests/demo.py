@@ -61,6 +61,8 @@ class TaskPlan:
 
         if not set(self.pretrain_hindsight) <= set(HINDSIGHT_POINTS):
             raise ConfigError(f"pretrain_hindsight: {self.pretrain_hindsight}; choose points from {list(HINDSIGHT_POINTS)}")
+        if self.pretrain_shift_px < 0:
+            raise ConfigError(f"pretrain_shift_px: {self.pretrain_shift_px} must be >= 0 (0: no image shift)")
         if (self.pretrain_hindsight or self.pretrain_resets) and self.pretrain_steps < 1:
             raise ConfigError("pretrain_steps: set the encoder pretraining steps (>= 1)")
 

@@ -86,6 +86,11 @@ def test_every_shipped_recipe_builds_its_configs_and_a_bad_key_is_named(tmp_path
     both.write_text((RECIPES / "reach_hindsight.yaml").read_text() + "pretrain_resets: 100\n")
     with pytest.raises(ConfigError, match="pretrain_hindsight and pretrain_resets: pretrain either on the demonstrations"):
         load_recipe(both)
+    assert load_recipe("push_hindsight").pretrain_shift_px == 4
+    shifted = tmp_path / "shifted.yaml"
+    shifted.write_text((RECIPES / "reach_hindsight.yaml").read_text() + "pretrain_shift_px: -2\n")
+    with pytest.raises(ConfigError, match="pretrain_shift_px: -2 must be >= 0"):
+        load_recipe(shifted)
 
 
 def test_demo_never_deletes_a_directory_it_did_not_write(tmp_path):
