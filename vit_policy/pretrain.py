@@ -109,7 +109,7 @@ def hindsight_points(episodes: list[Episode], names: list[str]) -> tuple[dict[st
         at = {"ee": position, "end": np.broadcast_to(end_point(position), (len(ep), 3)),
               "grasp": np.broadcast_to(grasp, (len(ep), 3)), "low": np.broadcast_to(position[low], (len(ep), 3)),
               "contact": position[last_down],
-              "object": np.where((np.arange(len(ep)) < (closed[0] if len(closed) else len(ep)))[:, None], grasp, position)}
+              "object": np.where((steps < (closed[0] if len(closed) else len(ep)))[:, None], grasp, position)}
         targets.append(np.stack([at[n] for n in names], axis=1))
         for cam, frames in ep.images.items():
             images.setdefault(cam, []).append(np.asarray(frames))
@@ -136,8 +136,9 @@ def random_shift(x: torch.Tensor, pad: int) -> torch.Tensor:
     """Each image of (B, C, H, W) moved by up to ``pad`` pixels each way (edge-padded random crop, as DrQ)."""
     b, _, h, w = x.shape
     padded = nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
-    dy, dx = torch.randint(0, 2 * pad + 1, (2, b)).tolist()
-    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, b))
+    rows, cols = dy[:, None] + torch.arange(h), dx[:, None] + torch.arange(w)  # (B, H), (B, W): each image's window
+    return padded[torch.arange(b)[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
 def pretrain_encoder(
