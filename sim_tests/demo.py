@@ -116,8 +116,8 @@ class DemoPlan:
 def quick_plan() -> DemoPlan:
     """A minutes-long version for the test suite: every stage runs, nothing is expected to learn."""
     return DemoPlan(tasks=[TaskPlan("FetchReach-v4", "fetch_reach.yaml", demos=3, held_out=1, max_steps=4, eval_episodes=1,
-                                    demo_steps=10, sim_overrides=["image_size=64", "episode_steps=15"], gifs=1,
-                                    pretrain_resets=3, pretrain_steps=2, policy_overrides=["points.count=2", "encoder.freeze=all"])],
+                                    demo_steps=10, sim_overrides=["image_size=64", "episode_steps=15"], gifs=1, action_noise_m=0.02,
+                                    pretrain_hindsight=["ee", "end"], pretrain_steps=2, policy_overrides=["points.count=2", "encoder.freeze=all"])],
                     batch_size=8)
 
 
@@ -226,6 +226,16 @@ def _fmt(x: Any, spec: str = ".1f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _how(row: dict[str, Any]) -> str:
+    """How a task's encoder learnt, saying whether simulator state was a training label."""
+    pre = row.get("pretrain")
+    if not pre:
+        return "trained from scratch"
+    if pre.get("labels", "simulator") == "simulator":
+        return "pretrained on frames labelled with the simulator's goal, object and EE positions (simulator labels), then trained on the demonstrations"
+    return "pretrained on its demonstrations' own frames labelled in hindsight (no simulator label), then trained on them"
+
+
 def write_report(out: Path, rows: list[dict[str, Any]], wall_s: float) -> Path:
     """outputs/demo/report.html: one table per stage, the loss plot, links to replay reports, rollout GIFs."""
     loss_png = _loss_plot(rows, out / "training_loss.png")
@@ -234,8 +244,8 @@ def write_report(out: Path, rows: list[dict[str, Any]], wall_s: float) -> Path:
         cl, rnd = r["closed_loop"], r["random"]
         faithful = next((m for k, m in _modes(r["replay"]) if k == "faithful"), {})
         pre = r.get("pretrain")
-        goal = next(iter(pre["val_error_m"])) if pre else ""
-        pre_cell = ("-" if not pre else f"{pre['frames']} frames labelled by the {pre.get('labels', 'simulator')}, {pre['steps']} steps, "
+        goal = next((k for k in pre["val_error_m"] if k != "ee"), next(iter(pre["val_error_m"]))) if pre else ""  # the goal, not the arm
+        pre_cell = ("-" if not pre else f"{pre['frames']} frames labelled {'in hindsight' if pre.get('labels') == 'hindsight' else 'by the simulator'}, {pre['steps']} steps, "
                     f"{pre['s'] / 60:.1f} min; new goals ({goal}) placed to {100 * pre['val_error_m'][goal]:.1f} cm")
         mae = faithful.get("translation_mae_mm", {})
         trs.append(
@@ -258,16 +268,12 @@ def write_report(out: Path, rows: list[dict[str, Any]], wall_s: float) -> Path:
         data = base64.b64encode(loss_png.read_bytes()).decode()
         loss_img = f"<h2>Training</h2><a href='{loss_png.name}'><img src='data:image/png;base64,{data}'></a>"
     encoders = ", ".join(sorted({r["encoder"] for r in rows}))
-    labels = {(r.get("pretrain") or {}).get("labels", "simulator") for r in rows if r.get("pretrain")}
-    how = ("pretrained on labelled simulator frames (goal, object and EE positions; simulator labels), then trained on the demonstrations"
-           if "simulator" in labels else
-           "pretrained on the demonstrations' own frames labelled in hindsight (no simulator label), then trained on them"
-           if labels else "trained from scratch")
+    how = "; ".join(f"{r['task']} {_how(r)}" for r in rows)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>vit_policy demo</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}} figure{{display:inline-block;margin:4px}}</style></head><body>
 <h1>vit_policy end-to-end demo</h1>
-<p>Scripted-expert demonstrations recorded as rosbag2 &rarr; {html.escape(encoders)} {how} on the CPU &rarr; offline replay on held-out bags
+<p>Scripted-expert demonstrations recorded as rosbag2 &rarr; {html.escape(encoders)} on the CPU ({html.escape(how)}) &rarr; offline replay on held-out bags
 (the node's PolicyRunner on bag time) &rarr; closed loop in MuJoCo through the same runner and safety filter. Total {wall_s / 60:.1f} min.</p>
 <table><tr><th>task</th><th>cameras, encoder</th><th>demonstrations</th><th>encoder pretraining (labelled frames, no actions)</th><th>training</th><th>val loss vs mean predictor</th>
 <th>replay MAE x/y/z mm (faithful)</th><th>closed-loop success [Wilson 95%]</th><th>random actions</th><th>time to success s</th><th></th></tr>

@@ -33,10 +33,11 @@ def test_demo_pipeline_writes_a_linked_report(tmp_path):
     assert task["train_steps"] == 4
     trained = yaml.safe_load((Path(task["checkpoint"]) / "config.yaml").read_text())
     assert trained["chunk_size"] == 4  # the policy override reached training
-    assert task["pretrain"]["frames"] == 24 and task["pretrain"]["steps"] == 2
+    assert task["pretrain"]["frames"] == 20 and task["pretrain"]["steps"] == 2 and task["pretrain"]["labels"] == "hindsight"
     assert trained["points"]["count"] == 2 and trained["encoder"]["freeze"] == "all"  # the task's overrides, beside the command line's
     assert trained["encoder"]["weights"] == str(out / "train" / "FetchReach-v4" / "pretrained_encoder.safetensors")  # training started from it
-    assert f"{task['encoder']} pretrained on labelled simulator frames" in page and "24 frames labelled by the simulator, 2 steps" in page
+    assert "FetchReach-v4 pretrained on its demonstrations&#x27; own frames labelled in hindsight (no simulator label)" in page
+    assert "20 frames labelled in hindsight, 2 steps" in page and "new goals (end) placed to" in page and "simulator labels" not in page
     assert task["closed_loop"]["episodes"] == 1 and task["closed_loop"]["non_finite_commands"] == 0
     # every relative link and image in the page exists (replay report, GIFs, loss plot)
     targets = re.findall(r"(?:href|src)='([^':]+)'", page)
