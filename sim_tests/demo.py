@@ -226,14 +226,17 @@ def _fmt(x: Any, spec: str = ".1f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+# a pretraining's labels (run_task's row["pretrain"]["labels"]): (report table cell, how the encoder learnt)
+LABELS = {"simulator": ("labelled by the simulator", "pretrained on frames labelled with the simulator's goal, object and EE positions "
+                        "(simulator labels), then trained on the demonstrations"),
+          "hindsight": ("labelled in hindsight", "pretrained on its demonstrations' own frames labelled in hindsight (no simulator label), "
+                        "then trained on them")}
+
+
 def _how(row: dict[str, Any]) -> str:
     """How a task's encoder learnt, saying whether simulator state was a training label."""
     pre = row.get("pretrain")
-    if not pre:
-        return "trained from scratch"
-    if pre.get("labels", "simulator") == "simulator":
-        return "pretrained on frames labelled with the simulator's goal, object and EE positions (simulator labels), then trained on the demonstrations"
-    return "pretrained on its demonstrations' own frames labelled in hindsight (no simulator label), then trained on them"
+    return LABELS[pre.get("labels", "simulator")][1] if pre else "trained from scratch"
 
 
 def write_report(out: Path, rows: list[dict[str, Any]], wall_s: float) -> Path:
@@ -245,7 +248,7 @@ def write_report(out: Path, rows: list[dict[str, Any]], wall_s: float) -> Path:
         faithful = next((m for k, m in _modes(r["replay"]) if k == "faithful"), {})
         pre = r.get("pretrain")
         goal = next((k for k in pre["val_error_m"] if k != "ee"), next(iter(pre["val_error_m"]))) if pre else ""  # the goal, not the arm
-        pre_cell = ("-" if not pre else f"{pre['frames']} frames labelled {'in hindsight' if pre.get('labels') == 'hindsight' else 'by the simulator'}, {pre['steps']} steps, "
+        pre_cell = ("-" if not pre else f"{pre['frames']} frames {LABELS[pre.get('labels', 'simulator')][0]}, {pre['steps']} steps, "
                     f"{pre['s'] / 60:.1f} min; new goals ({goal}) placed to {100 * pre['val_error_m'][goal]:.1f} cm")
         mae = faithful.get("translation_mae_mm", {})
         trs.append(
