@@ -52,6 +52,7 @@ class TaskPlan:
     # points (ee, end, grasp: vit_policy.pretrain.hindsight_points); no simulator label. Exclusive with pretrain_resets
     pretrain_hindsight: list[str] = field(default_factory=list)
     pretrain_shift_px: int = 0  # hindsight pretraining: random image shift of up to this many pixels (vit_policy.pretrain.random_shift)
+    expert: dict[str, Any] = field(default_factory=dict)  # the recording expert's settings (sim_tests.experts.make_expert)
 
     def __post_init__(self) -> None:
         if self.pretrain_hindsight and self.pretrain_resets:
@@ -65,12 +66,25 @@ class TaskPlan:
             raise ConfigError(f"pretrain_shift_px: {self.pretrain_shift_px} must be >= 0 (0: no image shift)")
         if (self.pretrain_hindsight or self.pretrain_resets) and self.pretrain_steps < 1:
             raise ConfigError("pretrain_steps: set the encoder pretraining steps (>= 1)")
+        from sim_tests.experts import make_expert
+
+        try:
+            make_expert(self.task, self.expert)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     def sim_configs(self) -> tuple[Any, Any]:
         """The task's sim config for evaluation and the one its demonstrations are recorded with (``demo_steps``)."""
         steps = [f"episode_steps={self.demo_steps}"] if self.demo_steps else []
         return (load_sim_config(CONFIGS / "sim" / self.sim_config, self.sim_overrides),
                 load_sim_config(CONFIGS / "sim" / self.sim_config, [*self.sim_overrides, *steps]))
+
+    def record(self, cfg: Any, out: Path, seed: int = 0, progress: Any = None) -> list[Any]:
+        """Record the recipe's expert demonstrations with ``cfg`` (its recording sim config) into ``out``."""
+        from sim_tests.record import record_demonstrations
+
+        return record_demonstrations(cfg, out, self.demos, seed=seed, progress=progress, action_noise_m=self.action_noise_m,
+                                     hold_steps=self.hold_steps, expert_options=self.expert)
 
     @property
     def simulator_labels(self) -> bool:
@@ -96,12 +110,10 @@ def load_recipe(path: str | Path) -> TaskPlan:
 def record_recipe(tp: TaskPlan, root: Path, seed: int = 0) -> tuple[Any, list[str], float]:
     """The recipe's sim config, its expert demonstrations under ``root/demos`` (recorded unless already there: a
     peer trains on exactly these bags) and the seconds recording took (0 when reused)."""
-    from sim_tests.record import record_demonstrations
-
     sim, record = tp.sim_configs()
     t0 = time.perf_counter()
     if not (root / "demos" / "demos.yaml").is_file():
-        record_demonstrations(record, root / "demos", tp.demos, seed=seed, action_noise_m=tp.action_noise_m, hold_steps=tp.hold_steps)
+        tp.record(record, root / "demos", seed=seed)
     return sim, sorted(str(p) for p in (root / "demos").glob("episode_*")), time.perf_counter() - t0
 
 
@@ -124,7 +136,7 @@ def quick_plan() -> DemoPlan:
 def run_task(tp: TaskPlan, plan: DemoPlan, out: Path) -> dict[str, Any]:
     """All four stages for one task; returns what the report shows."""
     from sim_tests.closed_loop import evaluate_policy, evaluate_random
-    from sim_tests.record import data_config_for, record_demonstrations, train_config_for
+    from sim_tests.record import data_config_for, train_config_for
     from vit_policy.replay import ReplayConfig
     from vit_policy.model.policy import VisuomotorPolicy
     from vit_policy.replay import replay_checkpoints
@@ -139,8 +151,7 @@ def run_task(tp: TaskPlan, plan: DemoPlan, out: Path) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     with tqdm(total=tp.demos, desc=f"record {tp.task}", unit="demo", dynamic_ncols=True) as bar:
-        infos = record_demonstrations(record_sim, bag_dir, tp.demos, seed=plan.seed, progress=lambda _: bar.update(1),
-                                      action_noise_m=tp.action_noise_m, hold_steps=tp.hold_steps)
+        infos = tp.record(record_sim, bag_dir, seed=plan.seed, progress=lambda _: bar.update(1))
     bags = [bag_dir / i.bag for i in infos]
     train_bags, test_bags = bags[: len(bags) - tp.held_out], bags[len(bags) - tp.held_out :]
     row.update(demos=len(bags), train_bags=len(train_bags), held_out=len(test_bags), record_s=time.perf_counter() - t0)

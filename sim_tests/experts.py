@@ -9,6 +9,7 @@ publishes on ``/expert/target_pose`` and ``/expert/gripper``. The target is a sh
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +50,11 @@ class PushExpert(Expert):
 
     The push aims slightly past the object's centre on the line to the goal, and steers back onto that
     line when the object drifts sideways; if the gripper loses the object it backs off and re-approaches.
+
+    ``finish``: what the gripper does once the object is at the goal: ``hold`` where the push ended (behind
+    the object, wherever the push came from), or ``lift`` straight up and over the object, so the
+    demonstration ends with the EE above the goal and its final pose says where the goal was (a label
+    in hindsight, ``vit_policy.pretrain.end_point``; a teleoperator does the same by lifting off).
     """
 
     behind = 0.06  # metres behind the object's centre where a push starts
@@ -56,12 +62,19 @@ class PushExpert(Expert):
     push_gain = 0.4  # push speed per step = this x the object's distance to the goal ...
     min_push = 0.004  # ... but at least this (metres per step), so the push always ends
     max_push = 0.024  # ... and at most this
+    finish = "hold"  # "hold" | "lift": see the class docstring
 
     def act(self, frame: SimFrame) -> tuple[np.ndarray, float]:
         p, obj, goal = frame.position, frame.object_position, frame.goal
         assert obj is not None, "PushExpert needs a task with an object"
         to_goal = goal[:2] - obj[:2]
         dist = float(np.linalg.norm(to_goal))
+        if self.phase == "lift" or (dist < 0.01 and self.finish == "lift"):
+            self.phase = "lift"  # stays: the object is left where the push put it
+            top = obj[2] + self.hover
+            if p[2] < top - 0.02:  # straight up first, so the gripper never drags the object off the goal
+                return _toward(p, np.array([p[0], p[1], top]), self.step), 0.0
+            return _toward(p, np.array([obj[0], obj[1], top]), self.step), 0.0
         if dist < 0.01:
             self.phase = "done"
             return p.copy(), 0.0
@@ -160,10 +173,21 @@ def with_execution_noise(cmd: ArmCommand, rng: np.random.Generator, noise_m: flo
     return replace(cmd, target_position=cmd.target_position + rng.normal(0.0, noise_m, 3))
 
 
-def make_expert(task: str) -> Expert:
-    """The scripted expert for a Fetch task."""
+def make_expert(task: str, options: dict[str, Any] | None = None) -> Expert:
+    """The scripted expert for a Fetch task; ``options`` set its class settings (e.g. ``{"finish": "lift"}``)."""
     if task not in EXPERTS:
         raise ValueError(f"task: no scripted expert for {task!r}; choose one of {sorted(EXPERTS)}")
     expert = EXPERTS[task]()
+    settings = sorted(k for k in dir(expert) if not k.startswith("_") and not callable(getattr(expert, k)))
+    for key, value in (options or {}).items():
+        if key not in settings:
+            raise ValueError(f"expert.{key}: {EXPERTS[task].__name__} has no such setting; choose from {settings}")
+        default = getattr(expert, key)
+        value = float(value) if isinstance(default, float) and isinstance(value, int) else value
+        if type(value) is not type(default):
+            raise ValueError(f"expert.{key}: {value!r} is not a {type(default).__name__} (default {default!r})")
+        setattr(expert, key, value)
+    if getattr(expert, "finish", "hold") not in ("hold", "lift"):
+        raise ValueError(f"expert.finish: {expert.finish!r}; choose 'hold' or 'lift'")  # type: ignore[attr-defined]
     expert.reset()
     return expert

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import yaml
@@ -104,7 +104,7 @@ def write_observation(bag: BagWriter, sim: FetchSim, frame: SimFrame, t_ns: int,
 
 def record_episode(
     sim: FetchSim, path: Path, seed: int, start_ns: int, storage: Literal["mcap", "sqlite3"] = "mcap", action_noise_m: float = 0.0,
-    hold_steps: int | None = None,
+    hold_steps: int | None = None, expert_options: dict[str, Any] | None = None,
 ) -> EpisodeInfo:
     """Run the task's expert for one episode and write it to the bag at ``path``.
 
@@ -115,8 +115,10 @@ def record_episode(
     With ``action_noise_m`` > 0 the arm executes the expert's target plus Gaussian noise (that standard
     deviation per axis, metres) while the bag records the expert's clean command (DART, Laskey et al.
     2017): the demonstrations then show the expert correcting from states a cloned policy drifts into.
+
+    ``expert_options``: the scripted expert's settings (``sim_tests.experts.make_expert``).
     """
-    expert = make_expert(sim.cfg.task)
+    expert = make_expert(sim.cfg.task, expert_options)
     rng = np.random.default_rng(seed)
     frame = sim.reset(seed=seed)
     t0 = frame.stamp_ns
@@ -150,11 +152,13 @@ def record_demonstrations(
     progress: Callable[[EpisodeInfo], None] | None = None,
     action_noise_m: float = 0.0,
     hold_steps: int | None = None,
+    expert_options: dict[str, Any] | None = None,
 ) -> list[EpisodeInfo]:
     """Record ``episodes`` successful expert demonstrations (seeds ``seed``, ``seed+1``, ...) as bags.
 
     A failed expert episode is deleted and replaced by the next seed unless ``keep_failures``.
-    ``action_noise_m``: execution noise; ``hold_steps``: end each bag that many steps after success; see :func:`record_episode`.
+    ``action_noise_m``: execution noise; ``hold_steps``: end each bag that many steps after success; ``expert_options``: the
+    expert's settings; see :func:`record_episode`.
     """
     if action_noise_m < 0:
         raise ValueError(f"action_noise_m: {action_noise_m} must be >= 0 (metres of execution noise; 0 for none)")
@@ -174,7 +178,8 @@ def record_demonstrations(
             if attempt >= 2 * episodes + 10:
                 raise RuntimeError(f"expert for {cfg.task} failed too often ({attempt - len(infos)} of {attempt} episodes)")
             path = out / f"episode_{len(infos):03d}"
-            info = record_episode(sim, path, seed + attempt, episode_start_ns(seed + attempt), storage, action_noise_m, hold_steps)
+            info = record_episode(sim, path, seed + attempt, episode_start_ns(seed + attempt), storage, action_noise_m, hold_steps,
+                                  expert_options)
             attempt += 1
             if not info.success and not keep_failures:
                 shutil.rmtree(path)
@@ -192,6 +197,7 @@ def record_demonstrations(
         "step_s": sim.dt,
         "action_noise_m": action_noise_m,
         "hold_steps": hold_steps,
+        "expert": dict(expert_options or {}),
         "gripper_joints": list(FINGER_JOINTS),
         "gripper_range": {"closed": GRIPPER_RANGE[0], "open": GRIPPER_RANGE[1]},
         "episodes": [asdict(i) for i in infos],

@@ -92,6 +92,10 @@ def test_every_shipped_recipe_builds_its_configs_and_a_bad_key_is_named(tmp_path
     shifted.write_text((RECIPES / "reach_hindsight.yaml").read_text() + "pretrain_shift_px: -2\n")
     with pytest.raises(ConfigError, match="pretrain_shift_px: -2 must be >= 0"):
         load_recipe(shifted)
+    expert = tmp_path / "expert.yaml"
+    expert.write_text((RECIPES / "push_hindsight.yaml").read_text() + "expert: {finish: drop}\n")
+    with pytest.raises(ConfigError, match="expert.finish: 'drop'; choose 'hold' or 'lift'"):
+        load_recipe(expert)
 
 
 def test_demo_never_deletes_a_directory_it_did_not_write(tmp_path):

@@ -61,3 +61,38 @@ def test_sim_pretrain_command_writes_the_weights_and_rejects_bad_counts(tmp_path
     assert out.is_file() and "goal" in res.stdout and f"encoder.weights={out}" in res.stdout
     res = subprocess.run([*cmd, "--resets", "0"], cwd=root, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "resets 0" in res.stderr
+
+
+def test_hindsight_push_labels_follow_the_simulated_object() -> None:
+    """Push demonstrations that end lifted over the object (expert ``finish: lift``), DART noise as the recipe: the
+    hindsight ``end`` lands on the goal and ``pushed`` on the object the simulator moved, frame by frame, although
+    both are computed from the EE track alone (the simulator's object and goal are read here only to score them)."""
+    from sim_tests.experts import expert_command, make_expert, with_execution_noise
+    from vit_policy.data.bags import Episode
+    from vit_policy.pretrain import hindsight_points
+
+    sim = FetchSim(SimConfig(task="FetchPush-v4", episode_steps=80))
+    end_err, pushed_err, contact_err = [], [], []
+    for seed in range(200, 212):
+        expert, rng = make_expert("FetchPush-v4", {"finish": "lift"}), np.random.default_rng(seed)
+        frame = sim.reset(seed=seed, render=False)
+        ee, obj = [frame.position], [frame.object_position]
+        while not sim.done:
+            frame = sim.step(with_execution_noise(expert_command(expert, frame), rng, 0.01), render=False)
+            ee.append(frame.position)
+            obj.append(frame.object_position)
+        if not frame.success:
+            continue  # recording keeps successful demonstrations only
+        n = len(ee)
+        ep = Episode("sim", np.arange(n, dtype=np.int64), {"front": np.zeros((n, 4, 4, 3), np.uint8)}, np.array(ee),
+                     np.tile([0, 0, 0, 1.0], (n, 1)), np.zeros(n), np.zeros((n, 1, 4)), np.ones((n, 1), bool))
+        if ee[-1][2] < min(p[2] for p in ee) + 0.05:
+            continue  # the EE track shows a push still under way at the end (no lift-off): its end is not the goal
+        labels = hindsight_points([ep], ["end", "pushed", "contact"])[1]
+        end_err.append(np.linalg.norm(labels[0, 0, :2] - frame.goal[:2]))
+        pushed_err += list(np.linalg.norm(labels[:, 1, :2] - np.array(obj)[:, :2], axis=1))
+        contact_err += list(np.linalg.norm(labels[:, 2, :2] - np.array(obj)[:, :2], axis=1))
+    sim.close()
+    assert len(end_err) >= 6
+    assert np.median(end_err) < 0.02, f"end: {np.round(end_err, 3)} m from the goal"
+    assert np.median(pushed_err) < 0.025 < np.median(contact_err), (np.median(pushed_err), np.median(contact_err))

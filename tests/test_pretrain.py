@@ -216,8 +216,9 @@ def test_point_head_errors_name_the_file_and_the_fix(tmp_path):
 
 def test_hindsight_points_label_each_frame_from_its_own_demonstration():
     """ee: the observed EE; end: where that demonstration ended; grasp: where its gripper first closed; object: the grasp
-    point until then, the EE after; contact: the push start until the EE gets there, then the EE while it stays down. An episode that never closes is left out only when grasp is asked for; unknown names
-    fail naming the choices."""
+    point until then, the EE after; contact: the push start until the EE gets there, then the EE while it stays down;
+    pushed: contact moved toward end by the final push gap. An episode that never closes is left out only when grasp is
+    asked for; unknown names fail naming the choices."""
     from vit_policy.data.bags import Episode
     from vit_policy.pretrain import hindsight_points
 
@@ -254,7 +255,13 @@ def test_hindsight_points_label_each_frame_from_its_own_demonstration():
     e.position[:, 2] = [0.42, 0.52, 0.42, 0.425, 0.43, 0.52, 0.53, 0.43]
     contact = hindsight_points([e], ["contact"])[1][:, 0]
     np.testing.assert_allclose(contact, e.position[[2, 2, 2, 3, 4, 4, 4, 7]])  # held where it last pushed while lifted
-    with pytest.raises(ValueError, match=r"\['goal'\] are not hindsight points; choose from \['ee', 'end', 'grasp', 'object', 'low', 'contact'\]"):
+    f = episode(9, 1.0, close_at=None)  # a push along x that ends lifted over the object: the object rode 6 cm ahead of the EE
+    f.position[:] = [[0, 0, 0.42], [0, 0, 0.52], [0.1, 0, 0.42], [0.14, 0, 0.42], [0.2, 0, 0.42], [0.2, 0, 0.52],
+                     [0.26, 0, 0.52], [0.26, 0, 0.52], [0.26, 0, 0.52]]
+    pushed = hindsight_points([f], ["pushed"])[1][:, 0]
+    np.testing.assert_allclose(pushed[:, 0], [0.16, 0.16, 0.16, 0.2, 0.26, 0.26, 0.26, 0.26, 0.26], atol=1e-9)
+    np.testing.assert_allclose(pushed[:, 1:], np.tile([0, 0.42], (9, 1)), atol=1e-9)  # on the table, on the push line
+    with pytest.raises(ValueError, match=r"\['goal'\] are not hindsight points; choose from \['ee', 'end', 'grasp', 'object', 'low', 'contact', 'pushed'\]"):
         hindsight_points([a], ["ee", "goal"])
     with pytest.raises(ValueError, match="grasp needs the gripper to close"):
         hindsight_points([b], ["grasp"])

@@ -56,7 +56,7 @@ class PretrainResult:
         return f"encoder pretraining: {self.steps} steps in {self.seconds / 60:.1f} min -> {self.path}\n" + "\n".join(rows)
 
 
-HINDSIGHT_POINTS = ("ee", "end", "grasp", "object", "low", "contact")
+HINDSIGHT_POINTS = ("ee", "end", "grasp", "object", "low", "contact", "pushed")
 LOW_TOLERANCE_M = 0.01  # "low": the first step within this of the lowest EE height ...
 RISE_M = 0.03  # ... after the EE first rose this far above its start (if it ever does: grippers often start low)
 END_STEPS = 10  # "end": the mean of up to this many final steps ...
@@ -79,7 +79,10 @@ def hindsight_points(episodes: list[Episode], names: list[str]) -> tuple[dict[st
     then the EE that carries it (where the object is at every frame of a pick), ``low`` where it first came
     down to its lowest height after rising (where a push or a grasp from above starts), ``contact`` the ``low``
     point until the EE gets there, then the EE while it stays down, held where it last was down while it
-    rises (what a pushed object is in front of at every frame of a push). Returns images and (N, T, 3).
+    rises (what a pushed object is in front of at every frame of a push), ``pushed`` the ``contact`` point moved
+    toward ``end`` by the gap between the last pushing pose and ``end`` (the pushed object's centre, for push
+    demonstrations that end with the gripper lifted over the object: ``end`` is then where the object came to
+    rest, and the gap is how far ahead of the gripper the object rode). Returns images and (N, T, 3).
 
     Labels in hindsight need no simulator state, motion capture or annotation: only the EE poses and
     gripper openings every bag already holds.
@@ -106,9 +109,16 @@ def hindsight_points(episodes: list[Episode], names: list[str]) -> tuple[dict[st
         steps = np.arange(len(ep))
         down = (steps >= low) & (z <= z[low] + RISE_M)  # pushing: from the first low on, while within RISE_M of it
         last_down = np.maximum.accumulate(np.where(down, steps, low))
-        at = {"ee": position, "end": np.broadcast_to(end_point(position), (len(ep), 3)),
+        contact = position[last_down]
+        end = end_point(position)
+        to_end = end[:2] - contact[:, :2]
+        dist = np.linalg.norm(to_end, axis=1, keepdims=True)
+        gap = np.linalg.norm(end[:2] - contact[-1, :2])  # the last pushing pose to where the object rests
+        pushed = contact.copy()
+        pushed[:, :2] += to_end * np.minimum(1.0, gap / np.maximum(dist, 1e-9))
+        at = {"ee": position, "end": np.broadcast_to(end, (len(ep), 3)), "pushed": pushed,
               "grasp": np.broadcast_to(grasp, (len(ep), 3)), "low": np.broadcast_to(position[low], (len(ep), 3)),
-              "contact": position[last_down],
+              "contact": contact,
               "object": np.where((steps < (closed[0] if len(closed) else len(ep)))[:, None], grasp, position)}
         targets.append(np.stack([at[n] for n in names], axis=1))
         for cam, frames in ep.images.items():
