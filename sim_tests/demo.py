@@ -19,7 +19,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sim_tests.configuration import load_sim_config
 from vit_policy.config import ConfigError, from_dict, to_dict
@@ -79,7 +79,7 @@ class TaskPlan:
         return (load_sim_config(CONFIGS / "sim" / self.sim_config, self.sim_overrides),
                 load_sim_config(CONFIGS / "sim" / self.sim_config, [*self.sim_overrides, *steps]))
 
-    def record(self, cfg: Any, out: Path, seed: int = 0, progress: Any = None) -> list[Any]:
+    def record(self, cfg: Any, out: Path, seed: int = 0, progress: Callable[[Any], None] | None = None) -> list[Any]:
         """Record the recipe's expert demonstrations with ``cfg`` (its recording sim config) into ``out``."""
         from sim_tests.record import record_demonstrations
 

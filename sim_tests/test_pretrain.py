@@ -83,11 +83,11 @@ def test_hindsight_push_labels_follow_the_simulated_object() -> None:
             obj.append(frame.object_position)
         if not frame.success:
             continue  # recording keeps successful demonstrations only
+        if ee[-1][2] < min(p[2] for p in ee) + 0.05:
+            continue  # the EE track shows a push still under way at the end (no lift-off): its end is not the goal
         n = len(ee)
         ep = Episode("sim", np.arange(n, dtype=np.int64), {"front": np.zeros((n, 4, 4, 3), np.uint8)}, np.array(ee),
                      np.tile([0, 0, 0, 1.0], (n, 1)), np.zeros(n), np.zeros((n, 1, 4)), np.ones((n, 1), bool))
-        if ee[-1][2] < min(p[2] for p in ee) + 0.05:
-            continue  # the EE track shows a push still under way at the end (no lift-off): its end is not the goal
         labels = hindsight_points([ep], ["end", "pushed", "contact"])[1]
         end_err.append(np.linalg.norm(labels[0, 0, :2] - frame.goal[:2]))
         pushed_err += list(np.linalg.norm(labels[:, 1, :2] - np.array(obj)[:, :2], axis=1))
