@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/sim_probes.py step-times [--encoders test_vit vit_tiny_patch16_224] [--tasks ...]
     .venv/bin/python benchmarks/sim_probes.py goal-error CHECKPOINT [--episodes 50] [sim KEY=VALUE ...]
     .venv/bin/python benchmarks/sim_probes.py point-error ENCODER --tasks FetchPush-v4 [--episodes 15] [sim KEY=VALUE ...]
+    .venv/bin/python benchmarks/sim_probes.py closed-loop-points CHECKPOINT --recipe push_hindsight [--episodes 16]
 
 * visibility: per task and camera, how much of the goal (and object) the robot hides at the start of
   each evaluation episode (``FetchSim.visibility``): where one camera loses the goal, the others must
@@ -15,6 +16,9 @@
 * goal-error: for a FetchReach policy, how far its first chunk ends from the goal on its training
   seeds, its validation seeds and unseen ones (memorised goals vs placed ones).
 * point-error: a pretrained point head's error per point on noisy expert rollouts, per expert phase.
+* closed-loop-points: a policy with point tokens from a frozen encoder in its own closed loop, and where its point head puts
+  the object and the goal at each episode's end against the simulator: a failure whose points said
+  "at the goal" is the encoder's, one whose points saw the gap is the policy's.
 """
 
 from __future__ import annotations
@@ -147,6 +151,58 @@ def print_point_error(cfg: SimConfig, encoder_file: Path, episodes: int, noise_m
         print(f"  {phase:<9} {len(e):>6} " + " ".join(f"{np.median(e[:, j]):>14.2f} {np.percentile(e[:, j], 90):>5.2f}" for j in range(len(names))))
 
 
+OBJECT_POINTS, GOAL_POINTS = ("object", "pushed"), ("goal", "end")  # simulator-labelled and hindsight names
+
+
+def print_closed_loop_points(cfg: SimConfig, checkpoint: Path, episodes: int) -> None:
+    """Each episode's end (xy, cm): the object's distance to the goal in the simulator and by the policy's
+    own points, and each point's error; the policy runs through PolicyRunner as in sim_success.py."""
+    import numpy as np
+    import torch
+    import yaml
+
+    from sim_tests.closed_loop import RunnerController
+    from vit_policy.model.checkpoint import read_point_stats
+    from vit_policy.model.policy import VisuomotorPolicy
+
+    policy = VisuomotorPolicy.from_pretrained(checkpoint).eval()
+    weights = yaml.safe_load((checkpoint / "config.yaml").read_text())["encoder"].get("weights")  # as trained: the names
+    if policy.cfg.points is None or not weights:
+        raise SystemExit(f"closed-loop-points: {checkpoint} has no point tokens (policy.points) from a pretraining file")
+    if policy.cfg.encoder.freeze != "all":  # the action loss trained the point head: its outputs are features now
+        raise SystemExit(f"closed-loop-points: {checkpoint} trained its encoder and point head with the policy (encoder.freeze: "
+                         f"{policy.cfg.encoder.freeze}), so its points are no longer positions; use a frozen-encoder checkpoint")
+    names, mean, std = read_point_stats(weights, "closed-loop-points", "(the file the checkpoint's encoder.weights names)")
+    obj_i = next((names.index(n) for n in OBJECT_POINTS if n in names), None)
+    goal_i = next((names.index(n) for n in GOAL_POINTS if n in names), None)
+    if obj_i is None or goal_i is None:
+        raise SystemExit(f"closed-loop-points: the points {names} need one of {OBJECT_POINTS} and one of {GOAL_POINTS}")
+    sim, ctl = FetchSim(cfg), RunnerController(policy, cfg)
+    print(f"{checkpoint}: episode ends, {cfg.task}, seeds from {EVAL_SEED}; xy cm; points {names[obj_i]!r} (object), "
+          f"{names[goal_i]!r} (goal)")
+    print(f"  {'seed':>7} {'result':>7} {'object-goal':>12} {'by points':>10} {'object err':>11} {'goal err':>9}")
+    said_done, saw_gap = 0, 0
+    for seed in range(EVAL_SEED, EVAL_SEED + episodes):
+        frame = sim.reset(seed=seed, render=True)
+        ctl.reset()
+        while not sim.done:
+            frame = sim.step(ctl.command(frame), render=True)
+        with torch.no_grad():
+            pts = policy.encode_points({c: torch.from_numpy(np.ascontiguousarray(frame.images[c]))[None] for c in ctl.cameras})[0]
+        pts = (pts * std + mean).numpy()[:, :2]
+        true_gap = 100 * np.linalg.norm(frame.object_position[:2] - frame.goal[:2])
+        seen_gap = 100 * np.linalg.norm(pts[obj_i] - pts[goal_i])
+        if not frame.success:
+            said_done += seen_gap < 5.0
+            saw_gap += seen_gap >= 5.0
+        print(f"  {seed:>7} {'ok' if frame.success else 'FAIL':>7} {true_gap:>12.1f} {seen_gap:>10.1f} "
+              f"{100 * np.linalg.norm(pts[obj_i] - frame.object_position[:2]):>11.1f} {100 * np.linalg.norm(pts[goal_i] - frame.goal[:2]):>9.1f}")
+    ctl.close()
+    sim.close()
+    print(f"failures: {said_done + saw_gap}; points said the object was within 5 cm of the goal: {said_done} (the encoder's); "
+          f"points saw the gap: {saw_gap} (the policy's)")
+
+
 def train_step_s(cfg: SimConfig, encoder: str, batch: int = 32, steps: int = 10) -> float:
     """Seconds per forward + backward + AdamW step of the sim policy with ``encoder`` (random frames)."""
     import torch
@@ -167,16 +223,18 @@ def train_step_s(cfg: SimConfig, encoder: str, batch: int = 32, steps: int = 10)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("probe", choices=["visibility", "render", "step-times", "goal-error", "point-error"])
-    ap.add_argument("path", nargs="?", metavar="CHECKPOINT|ENCODER", help="goal-error: a checkpoint; point-error: an encoder file")
+    ap.add_argument("probe", choices=["visibility", "render", "step-times", "goal-error", "point-error", "closed-loop-points"])
+    ap.add_argument("path", nargs="?", metavar="CHECKPOINT|ENCODER",
+                    help="goal-error, closed-loop-points: a checkpoint; point-error: an encoder file")
+    ap.add_argument("--recipe", default=None, metavar="NAME|YAML", help="closed-loop-points: the recipe whose sim config the policy ran in")
     ap.add_argument("--tasks", nargs="+", default=["FetchReach-v4", "FetchPush-v4", "FetchPickAndPlace-v4"])
     ap.add_argument("--episodes", type=int, default=None, help="start states / episodes (default 200 visibility, 50 goal-error, 15 point-error)")
     ap.add_argument("--encoders", nargs="+", default=["test_vit", "vit_tiny_patch16_224"], help="step-times: timm encoder names")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="sim config overrides for every task, e.g. image_size=64")
     args = ap.parse_args()
-    if args.probe in ("goal-error", "point-error") and not args.path:
-        ap.error(f"{args.probe} needs a path: " + ("the checkpoint directory" if args.probe == "goal-error" else "the encoder .safetensors"))
+    if args.probe in ("goal-error", "point-error", "closed-loop-points") and not args.path:
+        ap.error(f"{args.probe} needs a path: " + ("the encoder .safetensors" if args.probe == "point-error" else "the checkpoint directory"))
     if args.probe == "step-times":
         import torch
 
@@ -195,6 +253,14 @@ def main() -> None:
         print_goal_error(load_task_config(task, None, args.overrides), Path(args.path), args.episodes or 50)
     elif args.probe == "point-error":
         print_point_error(load_task_config(args.tasks[0], None, args.overrides), Path(args.path), args.episodes or 15)
+    elif args.probe == "closed-loop-points":
+        import torch
+
+        from sim_tests.demo import load_recipe
+
+        torch.set_num_threads(args.threads)
+        cfg = load_recipe(args.recipe).sim_configs()[0] if args.recipe else load_task_config(args.tasks[0], None, args.overrides)
+        print_closed_loop_points(cfg, Path(args.path), args.episodes or 16)
     else:
         print(f"{'task':<22} {'cameras':<16} " + " ".join(f"{s:>7}px" for s in (64, 96, 128)) + "   (frames/s, all cameras)")
         for task in args.tasks:
