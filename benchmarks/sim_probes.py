@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/sim_probes.py step-times [--encoders test_vit vit_tiny_patch16_224] [--tasks ...]
     .venv/bin/python benchmarks/sim_probes.py goal-error CHECKPOINT [--episodes 50] [sim KEY=VALUE ...]
     .venv/bin/python benchmarks/sim_probes.py point-error ENCODER --tasks FetchPush-v4 [--episodes 15] [sim KEY=VALUE ...]
-    .venv/bin/python benchmarks/sim_probes.py closed-loop-points CHECKPOINT --recipe push_hindsight [--episodes 16]
+    .venv/bin/python benchmarks/sim_probes.py closed-loop-points CHECKPOINT --recipe RECIPE [--episodes 16]
 
 * visibility: per task and camera, how much of the goal (and object) the robot hides at the start of
   each evaluation episode (``FetchSim.visibility``): where one camera loses the goal, the others must
@@ -228,7 +228,7 @@ def main() -> None:
                     help="goal-error, closed-loop-points: a checkpoint; point-error: an encoder file")
     ap.add_argument("--recipe", default=None, metavar="NAME|YAML", help="closed-loop-points: the recipe whose sim config the policy ran in")
     ap.add_argument("--tasks", nargs="+", default=["FetchReach-v4", "FetchPush-v4", "FetchPickAndPlace-v4"])
-    ap.add_argument("--episodes", type=int, default=None, help="start states / episodes (default 200 visibility, 50 goal-error, 15 point-error)")
+    ap.add_argument("--episodes", type=int, default=None, help="start states / episodes (default 200 visibility, 50 goal-error, 15 point-error, 16 closed-loop-points)")
     ap.add_argument("--encoders", nargs="+", default=["test_vit", "vit_tiny_patch16_224"], help="step-times: timm encoder names")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="sim config overrides for every task, e.g. image_size=64")
