@@ -27,6 +27,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -120,12 +121,21 @@ def print_goal_error(cfg: SimConfig, checkpoint: Path, episodes: int) -> None:
     sim.close()
 
 
+def points_m(policy: Any, frame: Any, mean: Any, std: Any) -> Any:
+    """A policy's point head on one rendered frame, in metres (``mean`` / ``std``: the pretraining file's)."""
+    import numpy as np
+    import torch
+
+    with torch.no_grad():
+        pred = policy.encode_points({c: torch.from_numpy(np.ascontiguousarray(frame.images[c]))[None] for c in policy.cfg.cameras})
+    return pred[0].numpy() * std + mean
+
+
 def print_point_error(cfg: SimConfig, encoder_file: Path, episodes: int, noise_m: float = 0.01) -> None:
     """Error of a pretrained point head on what a closed loop shows (the object pushed or carried, the
     gripper against it), not on its own random-reaching frames: the expert drives ``episodes`` unseen
     seeds with ``noise_m`` of execution noise; cm per expert phase."""
     import numpy as np
-    import torch
 
     from sim_tests.experts import expert_command, make_expert, with_execution_noise
     from sim_tests.record import policy_config_for
@@ -138,8 +148,7 @@ def print_point_error(cfg: SimConfig, encoder_file: Path, episodes: int, noise_m
     for i in range(episodes):
         frame, expert = sim.reset(seed=EVAL_SEED + i), make_expert(cfg.task)
         while not sim.done:
-            with torch.no_grad():
-                pred = policy.encode_points({c: torch.from_numpy(frame.images[c][None]) for c in policy.cfg.cameras})[0].numpy() * std + mean
+            pred = points_m(policy, frame, mean, std)
             truth = np.stack([{"goal": frame.goal, "ee": frame.position, "object": frame.object_position}[n] for n in names])
             errors.setdefault(expert.phase, []).append(100 * np.linalg.norm(pred - truth, axis=-1))
             frame = sim.step(with_execution_noise(expert_command(expert, frame), rng, noise_m))
@@ -158,7 +167,6 @@ def print_closed_loop_points(cfg: SimConfig, checkpoint: Path, episodes: int) ->
     """Each episode's end (xy, cm): the object's distance to the goal in the simulator and by the policy's
     own points, and each point's error; the policy runs through PolicyRunner as in sim_success.py."""
     import numpy as np
-    import torch
     import yaml
 
     from sim_tests.closed_loop import RunnerController
@@ -187,9 +195,7 @@ def print_closed_loop_points(cfg: SimConfig, checkpoint: Path, episodes: int) ->
         ctl.reset()
         while not sim.done:
             frame = sim.step(ctl.command(frame), render=True)
-        with torch.no_grad():
-            pts = policy.encode_points({c: torch.from_numpy(np.ascontiguousarray(frame.images[c]))[None] for c in ctl.cameras})[0]
-        pts = (pts * std + mean).numpy()[:, :2]
+        pts = points_m(policy, frame, mean.numpy(), std.numpy())[:, :2]
         true_gap = 100 * np.linalg.norm(frame.object_position[:2] - frame.goal[:2])
         seen_gap = 100 * np.linalg.norm(pts[obj_i] - pts[goal_i])
         if not frame.success:
