@@ -71,61 +71,78 @@ def end_point(position: np.ndarray) -> np.ndarray:
     return position[-first:].mean(0)
 
 
+def check_point_names(names: list[str]) -> None:
+    """Raise unless ``names`` is a non-empty list of :data:`HINDSIGHT_POINTS`."""
+    unknown = [n for n in names if n not in HINDSIGHT_POINTS]
+    if unknown or not names:
+        raise ValueError(f"points: {unknown or names} are not hindsight points; choose from {list(HINDSIGHT_POINTS)}")
+
+
 def hindsight_points(episodes: list[Episode], names: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Frames of recorded demonstrations labelled from the recording alone: ``ee`` the observed EE position,
-    ``end`` where the demonstration's EE ended (a reach or place goal: the mean of its final hold,
-    :func:`end_point`), ``grasp`` where it was when the gripper first closed after being open (the object;
-    episodes without such a closing are left out), ``object`` the grasp point until the gripper closes there,
-    then the EE that carries it (where the object is at every frame of a pick), ``low`` where it first came
-    down to its lowest height after rising (where a push or a grasp from above starts), ``contact`` the ``low``
-    point until the EE gets there, then the EE while it stays down, held where it last was down while it
-    rises (what a pushed object is in front of at every frame of a push), ``pushed`` the ``contact`` point moved
-    toward ``end`` by the gap between the last pushing pose and ``end`` (the pushed object's centre, for push
-    demonstrations that end with the gripper lifted over the object: ``end`` is then where the object came to
-    rest, and the gap is how far ahead of the gripper the object rode). Returns images and (N, T, 3).
+    """Frames of recorded demonstrations labelled from the recording alone (:func:`episode_points`; episodes
+    without the points are left out). Returns images {camera: (N, H, W, 3)} and targets (N, T, 3).
 
     Labels in hindsight need no simulator state, motion capture or annotation: only the EE poses and
     gripper openings every bag already holds.
     """
-    unknown = [n for n in names if n not in HINDSIGHT_POINTS]
-    if unknown or not names:
-        raise ValueError(f"points: {unknown or names} are not hindsight points; choose from {list(HINDSIGHT_POINTS)}")
+    check_point_names(names)
     images: dict[str, list[np.ndarray]] = {}
     targets = []
     for ep in episodes:
-        if len(ep) == 0:
+        points = episode_points(ep, names)
+        if points is None:
             continue
-        grip = np.asarray(ep.gripper)
-        opened = np.flatnonzero(grip >= 0.5)
-        closed = np.flatnonzero(grip[opened[0]:] < 0.5) + opened[0] if len(opened) else opened
-        if {"grasp", "object"} & set(names) and not len(closed):
-            continue
-        position = np.asarray(ep.position, np.float64)
-        z = position[:, 2]
-        rose = np.flatnonzero(z > z[0] + RISE_M)
-        after = z[rose[0]:] if len(rose) else z
-        low = int(np.flatnonzero(after <= after.min() + LOW_TOLERANCE_M)[0]) + (int(rose[0]) if len(rose) else 0)
-        grasp = position[closed[0]] if len(closed) else position[-1]
-        steps = np.arange(len(ep))
-        down = (steps >= low) & (z <= z[low] + RISE_M)  # pushing: from the first low on, while within RISE_M of it
-        last_down = np.maximum.accumulate(np.where(down, steps, low))
-        contact = position[last_down]
-        end = end_point(position)
-        to_end = end[:2] - contact[:, :2]
-        dist = np.linalg.norm(to_end, axis=1, keepdims=True)
-        gap = np.linalg.norm(end[:2] - contact[-1, :2])  # the last pushing pose to where the object rests
-        pushed = contact.copy()
-        pushed[:, :2] += to_end * np.minimum(1.0, gap / np.maximum(dist, 1e-9))
-        at = {"ee": position, "end": np.broadcast_to(end, (len(ep), 3)), "pushed": pushed,
-              "grasp": np.broadcast_to(grasp, (len(ep), 3)), "low": np.broadcast_to(position[low], (len(ep), 3)),
-              "contact": contact,
-              "object": np.where((steps < (closed[0] if len(closed) else len(ep)))[:, None], grasp, position)}
-        targets.append(np.stack([at[n] for n in names], axis=1))
+        targets.append(points)
         for cam, frames in ep.images.items():
             images.setdefault(cam, []).append(np.asarray(frames))
     if not targets:
         raise ValueError(f"points {names}: no episode has them (grasp needs the gripper to close in a demonstration)")
     return {c: np.concatenate(v) for c, v in images.items()}, np.concatenate(targets)
+
+
+def episode_points(ep: Episode, names: list[str]) -> np.ndarray | None:
+    """One demonstration's points at every frame (T, len(names), 3) in metres, or None when it has none of them.
+
+    ``ee`` the observed EE position, ``end`` where the demonstration's EE ended (a reach or place goal: the mean
+    of its final hold, :func:`end_point`), ``grasp`` where it was when the gripper first closed after being open
+    (the object; None without such a closing), ``object`` the grasp point until the gripper closes there, then
+    the EE that carries it (where the object is at every frame of a pick), ``low`` where it first came down to
+    its lowest height after rising (where a push or a grasp from above starts), ``contact`` the ``low`` point
+    until the EE gets there, then the EE while it stays down, held where it last was down while it rises (what a
+    pushed object is in front of at every frame of a push), ``pushed`` the ``contact`` point moved toward ``end``
+    by the gap between the last pushing pose and ``end`` (the pushed object's centre, for push demonstrations
+    that end with the gripper lifted over the object: ``end`` is then where the object came to rest, and the gap
+    is how far ahead of the gripper the object rode).
+    """
+    check_point_names(names)
+    if len(ep) == 0:
+        return None
+    grip = np.asarray(ep.gripper)
+    opened = np.flatnonzero(grip >= 0.5)
+    closed = np.flatnonzero(grip[opened[0]:] < 0.5) + opened[0] if len(opened) else opened
+    if {"grasp", "object"} & set(names) and not len(closed):
+        return None
+    position = np.asarray(ep.position, np.float64)
+    z = position[:, 2]
+    rose = np.flatnonzero(z > z[0] + RISE_M)
+    after = z[rose[0]:] if len(rose) else z
+    low = int(np.flatnonzero(after <= after.min() + LOW_TOLERANCE_M)[0]) + (int(rose[0]) if len(rose) else 0)
+    grasp = position[closed[0]] if len(closed) else position[-1]
+    steps = np.arange(len(ep))
+    down = (steps >= low) & (z <= z[low] + RISE_M)  # pushing: from the first low on, while within RISE_M of it
+    last_down = np.maximum.accumulate(np.where(down, steps, low))
+    contact = position[last_down]
+    end = end_point(position)
+    to_end = end[:2] - contact[:, :2]
+    dist = np.linalg.norm(to_end, axis=1, keepdims=True)
+    gap = np.linalg.norm(end[:2] - contact[-1, :2])  # the last pushing pose to where the object rests
+    pushed = contact.copy()
+    pushed[:, :2] += to_end * np.minimum(1.0, gap / np.maximum(dist, 1e-9))
+    at = {"ee": position, "end": np.broadcast_to(end, (len(ep), 3)), "pushed": pushed,
+          "grasp": np.broadcast_to(grasp, (len(ep), 3)), "low": np.broadcast_to(position[low], (len(ep), 3)),
+          "contact": contact,
+          "object": np.where((steps < (closed[0] if len(closed) else len(ep)))[:, None], grasp, position)}
+    return np.stack([at[n] for n in names], axis=1)
 
 
 def _check(images: dict[str, np.ndarray], targets: np.ndarray, names: list[str]) -> int:

@@ -91,6 +91,9 @@ class TrainConfig:
         "a last/ checkpoint directory to resume from, or auto (<out_dir>/last if it exists); null: a new run")})
     tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard scalars under <out_dir>/tb"})
     progress: bool = field(default=True, metadata={"help": "show tqdm progress bars"})
+    points_loss: float = field(default=0.0, metadata={"help": (
+        "weight (>= 0) of an auxiliary loss that keeps the point head on the hindsight labels it was pretrained on "
+        "(the points named in policy.encoder.weights, computed from each training episode) while the encoder trains; 0: off")})
     ood_quantile: float | None = field(default=0.99, metadata={"help": (
         "at the end, fit the OOD monitor on the training split with its threshold at this quantile of the validation "
         "scores, in (0, 1]; null: fit none")})
@@ -114,6 +117,11 @@ class TrainConfig:
             raise ConfigError("lr_encoder must be >= 0 and lr_head > 0")
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.num_workers < 0 or self.log_every < 1:
             raise ConfigError("warmup_steps, grad_clip, num_workers must be >= 0 and log_every >= 1")
+        if self.points_loss < 0:
+            raise ConfigError(f"points_loss: {self.points_loss} must be >= 0 (0: off)")
+        if self.points_loss and (self.policy.points is None or not self.policy.encoder.weights):
+            raise ConfigError("points_loss: needs a pretrained point head: set policy.points and policy.encoder.weights "
+                              "(a vit-policy pretrain file), or points_loss: 0")
         if self.ood_quantile is not None and not 0.0 < self.ood_quantile <= 1.0:
             raise ConfigError(f"ood_quantile: {self.ood_quantile} must be in (0, 1] (e.g. 0.99), or null to fit no OOD monitor")
 
@@ -398,7 +406,8 @@ class Trainer:
         """This rank's shard of the training episodes (sampler, loader); the validation loader on rank 0 when there are validation episodes."""
         cfg, ddp = self.cfg, self.ddp
         cams, hist = cfg.policy.cameras, cfg.policy.pose.history
-        train_set = EpisodeDataset(self.train_eps, cams, hist, cfg.augment, cfg.seed)
+        labels = self.point_labels(self.train_eps) if cfg.points_loss else None
+        train_set = EpisodeDataset(self.train_eps, cams, hist, cfg.augment, cfg.seed, labels)
         sampler = EpochBatchSampler(len(train_set), cfg.batch_size, cfg.seed, True, ddp.rank, ddp.world_size)
         # the loader's own generator: creating an iterator must not draw from the global RNG (dropout), or a
         # resume in the middle of an epoch would shift every later random number
@@ -406,9 +415,23 @@ class Trainer:
                             generator=torch.Generator().manual_seed(cfg.seed))
         val_loader = None
         if self.val_eps and ddp.main:
-            val_set = EpisodeDataset(self.val_eps, cams, hist)
+            val_set = EpisodeDataset(self.val_eps, cams, hist, points=self.point_labels(self.val_eps) if cfg.points_loss else None)
             val_loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
         return sampler, loader, val_loader
+
+    def point_labels(self, episodes: list[Episode]) -> list[np.ndarray | None]:
+        """Each episode's hindsight labels of the points in ``policy.encoder.weights``, normalised as the point head predicts them."""
+        from vit_policy.model.checkpoint import read_point_stats
+        from vit_policy.pretrain import HINDSIGHT_POINTS, episode_points
+
+        path = self.cfg.policy.encoder.weights
+        assert path is not None
+        names, mean, std = read_point_stats(path, "points_loss", "or set points_loss: 0")
+        if not set(names) <= set(HINDSIGHT_POINTS):
+            raise ConfigError(f"points_loss: {path!r} was pretrained on points {names}, which the bags cannot label (hindsight "
+                              f"points: {list(HINDSIGHT_POINTS)}); pretrain it with vit-policy pretrain, or set points_loss: 0")
+        labels = [episode_points(ep, names) for ep in episodes]
+        return [None if p is None else ((p - mean.numpy()) / std.numpy()).astype(np.float32) for p in labels]
 
     def _open_outputs(self) -> Any:
         """Rank 0: the output directory with the run's config, and the TensorBoard writer (None when off or on other ranks)."""
@@ -451,7 +474,12 @@ class Trainer:
         """One optimiser step on ``batch``: (the loss's logs, the gradient norm before clipping or None)."""
         batch = to_device(batch, self.device)
         with self.amp:
-            loss, logs = self.loss_fn(self.model(batch)["action"], batch)
+            out = self.model(batch)
+            loss, logs = self.loss_fn(out["action"], batch)
+            if "points" in batch:
+                point_loss = self.policy.point_loss(out["points"], batch)
+                loss = loss + self.cfg.points_loss * point_loss
+                logs["points_loss"] = point_loss.item()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = self.cfg.grad_clip
@@ -494,8 +522,11 @@ class Trainer:
                 constant = mean_action_prediction(policy, *self.baseline)
                 for batch in self.val_loader:
                     batch = to_device(batch, self.device)
-                    out = policy(batch)["action"]
-                    logs = self.loss_fn(out, batch)[1]
+                    result = policy(batch)
+                    out = result["action"]
+                    logs = self.loss_fn(out, batch)[1]  # the action loss alone: it picks best/
+                    if "points" in batch:
+                        logs["points_loss"] = self.policy.point_loss(result["points"], batch).item()
                     logs["baseline_loss"] = self.loss_fn(constant.expand(out.shape[0], -1, -1), batch)[1]["loss"]
                     for k, v in logs.items():
                         sums[k] = sums.get(k, 0.0) + v

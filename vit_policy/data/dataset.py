@@ -69,8 +69,10 @@ class EpisodeDataset(Dataset):
     """Random access by (episode, step) over episodes; index with ``i`` or ``(epoch, i)`` (augmentation seed)."""
 
     def __init__(
-        self, episodes: Sequence[Episode], cameras: Sequence[str], history: int = 0, augment: AugmentConfig | None = None, seed: int = 0
+        self, episodes: Sequence[Episode], cameras: Sequence[str], history: int = 0, augment: AugmentConfig | None = None, seed: int = 0,
+        points: Sequence[np.ndarray | None] | None = None,
     ) -> None:
+        """``points``: per episode, labels (T, P, 3) for the point head's auxiliary loss, or None where it has none."""
         if not episodes:
             raise ValueError("dataset: no episodes (check the bags and the train/validation split)")
         for ep in episodes:
@@ -80,6 +82,13 @@ class EpisodeDataset(Dataset):
         self.episodes, self.cameras, self.history = list(episodes), list(cameras), history
         self.augment = augment if augment is not None and (_augments_images(augment) or augment.pose_noise_m) else None
         self.seed = seed
+        self.points = points
+        if points is not None:
+            labelled = [p for p in points if p is not None]
+            if len(points) != len(self.episodes) or not labelled:
+                raise ValueError(f"dataset: point labels for {len(labelled)} of {len(points)} episodes; need one entry (labels "
+                                 f"or None) for each of the {len(self.episodes)} episodes and at least one labelled")
+            self.points_shape = labelled[0].shape[1:]
         self.index = np.array([(e, t) for e, ep in enumerate(self.episodes) for t in range(len(ep))], np.int64).reshape(-1, 2)
 
     def __len__(self) -> int:
@@ -117,6 +126,10 @@ class EpisodeDataset(Dataset):
         if aug is not None and rng is not None and aug.pose_noise_m:  # what the state reads; labels stay on "position"
             noise = torch.from_numpy(rng.normal(0.0, aug.pose_noise_m, 3).astype(np.float32))
             sample["state_position"] = sample["position"] + noise
+        if self.points is not None:
+            labels = self.points[e]
+            sample["points_mask"] = torch.tensor(labels is not None)
+            sample["points"] = torch.zeros(self.points_shape) if labels is None else torch.from_numpy(np.asarray(labels[t], np.float32))
         if self.history:
             sample["history"] = torch.tensor(episode_history(ep, t, self.history), dtype=torch.float32)
         return sample

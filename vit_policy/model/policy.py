@@ -342,7 +342,7 @@ class VisuomotorPolicy(nn.Module):
                 layout["pool_attention"][cam] = pool_attn
                 offset += feats.shape[1]
         if self.point_head is not None:  # the pretrained points (goal, object, EE) as tokens of their own
-            points = self.point_head(torch.cat(patches, dim=1))
+            points = layout["points"] = self.point_head(torch.cat(patches, dim=1))
             if self.cfg.points is not None and self.cfg.points.frame == "ee":  # offsets from the observed (not the augmented) EE position
                 ee = batch["position"].to(points.device, torch.float32)[:, None]
                 points = (points * self.point_std + self.point_mean - ee) / EE_POINT_SCALE_M
@@ -364,6 +364,8 @@ class VisuomotorPolicy(nn.Module):
         memory, layout = self.forward_features(batch, return_attention)
         out, weights = self.forward_head(memory, return_attention)
         result: dict[str, Any] = {"action": out}
+        if "points" in layout:
+            result["points"] = layout["points"]  # the point head's normalised (B, T, 3), for point_loss
         if return_attention:
             result["attention"] = self._patch_attention(weights, layout)
         return result
@@ -414,6 +416,14 @@ class VisuomotorPolicy(nn.Module):
         l_grip = (F.binary_cross_entropy_with_logits(pred[..., 9], target[..., 9], reduction="none") * mask).sum() / denom
         loss = l_trans + self.cfg.rotation_loss_weight * l_rot + self.cfg.gripper_loss_weight * l_grip
         return loss, {"loss": loss.item(), "l1_translation": l_trans.item(), "l1_rotation": l_rot.item(), "gripper_bce": l_grip.item()}
+
+    def point_loss(self, pred: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Smooth L1 (as in pretraining) of the point head's normalised points (B, T, 3) against ``batch['points']``
+        (normalised by the pretraining file's statistics), over samples with ``batch['points_mask']``."""
+        target = batch["points"].to(pred.device, torch.float32)
+        mask = batch["points_mask"].to(pred.device, torch.float32)
+        err = F.smooth_l1_loss(pred.float(), target, beta=0.1, reduction="none").mean((1, 2))
+        return (err * mask).sum() / mask.sum().clamp_min(1.0)
 
     # ---- inference ---------------------------------------------------------------------------------------
 
