@@ -5,6 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 from vit_policy.config import ConfigError
+from vit_policy.images import to_model_input
 from vit_policy.model.configuration import EncoderConfig, LanguageConfig
 from vit_policy.model.encoders import ImageEncoder, InstructionEncoder, WeightsError, build_image_encoder
 
@@ -66,6 +67,13 @@ def test_preprocessing_uses_each_encoders_own_statistics():
     assert timm_enc.mean == pytest.approx((0.485, 0.456, 0.406))
     assert clip_enc.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
     assert clip_enc.std == pytest.approx((0.26862954, 0.26130258, 0.27577711))
+    # the normalisation constants are made once per (statistics, device): each encoder gets its own
+    frame = torch.tensor([[[0, 128, 255]]], dtype=torch.uint8)  # one pixel (1, 1, 3)
+    for enc in (timm_enc, clip_enc, timm_enc):
+        with torch.inference_mode():
+            x = to_model_input(frame, 1, enc.mean, enc.std)
+        want = (torch.tensor([0.0, 128.0, 255.0]) / 255 - torch.tensor(enc.mean)) / torch.tensor(enc.std)
+        torch.testing.assert_close(x.flatten(), want)
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".bin"])

@@ -7,6 +7,7 @@ training, replay, the node and the simulator alike.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -36,9 +37,16 @@ def to_model_input(
     x = x.permute(0, 3, 1, 2).float()
     if tuple(x.shape[-2:]) != hw:
         x = F.interpolate(x, size=hw, mode="bilinear", antialias=True, align_corners=False)
-    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1) * 255.0
-    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1) * 255.0
+    m, s = _pixel_affine(tuple(map(float, mean)), tuple(map(float, std)), x.device, x.dtype)
     return (x - m) / s
+
+
+@lru_cache(maxsize=16)
+def _pixel_affine(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """mean and std in 0-255 units on the frames' device, made once: no host-to-device copy each step
+    (none is allowed inside a CUDA graph)."""
+    with torch.inference_mode(False):
+        return tuple(torch.tensor(v, dtype=dtype).view(1, 3, 1, 1).mul(255.0).to(device) for v in (mean, std))  # type: ignore[return-value]
 
 
 def resize_uint8(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:

@@ -279,7 +279,8 @@ class VisuomotorPolicy(nn.Module):
             val = batch.get(key)
             if val is None or val.shape[-1] != width:
                 raise ObservationError(f"batch[{key!r}]: expected shape (B, {width})")
-            if not torch.isfinite(val).all():
+            capturing = val.is_cuda and torch.cuda.is_current_stream_capturing()  # a CUDA graph checks on the host
+            if not capturing and not torch.isfinite(val).all():
                 raise ObservationError(f"batch[{key!r}]: contains NaN or Inf")
 
     def state_vector(self, batch: Batch) -> torch.Tensor:
