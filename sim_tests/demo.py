@@ -338,5 +338,7 @@ def check_plan(plan: DemoPlan) -> None:
 
     for tp in plan.tasks:
         sim, _ = tp.sim_configs()
-        train_config_for(sim, ["not-read"], "unused", tp.max_steps, plan.batch_size, policy_overrides=[*tp.policy_overrides, *plan.policy_overrides],
-                         overrides=tp.train_overrides)
+        # a pretraining recipe trains on the encoder file it is about to write (points_loss needs one)
+        weights = ["encoder.weights=unused/pretrain/encoder.safetensors"] if tp.pretrain_resets or tp.pretrain_hindsight else []
+        train_config_for(sim, ["not-read"], "unused", tp.max_steps, plan.batch_size,
+                         policy_overrides=[*tp.policy_overrides, *weights, *plan.policy_overrides], overrides=tp.train_overrides)
