@@ -1,7 +1,7 @@
-"""Policy step latency on a CUDA GPU: fp32 eager (what the node runs with ``device: cuda``), bf16 autocast, and
-each replayed as a CUDA graph; p50 / p99 over many steps, each against the same precision's encoder-only forward.
+"""Policy step latency on a CUDA GPU: fp32 eager (the node with ``device: cuda``), bf16 autocast, and each replayed
+as a CUDA graph (fp32: ``runtime.cuda_graph``); p50 / p99 over many steps, each against the same precision's encoder-only forward.
 
-  python benchmarks/gpu.py [--configs vit_small] [--cameras 1 2] [--size 224] [--repeats 300] [--compile] [--out rows.json]
+  python benchmarks/gpu.py [--configs vit_small] [--cameras 1 2] [--size 224] [--repeats 300] [--compile] [--check] [--out rows.json]
 
 A step is the whole call the node makes: Observation (numpy frames, pose) -> ActionChunk (numpy), so it
 includes validation, the host-to-device copy of the uint8 frames, the device-to-host copy of the actions and
@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from inference import untrained  # noqa: E402  (the CPU benchmark's policy and frames)
 
-from vit_policy.model.policy import VisuomotorPolicy, chunks_from_actions  # noqa: E402
+from vit_policy.deploy import CudaGraphPolicy  # noqa: E402
 from vit_policy.observation import ActionChunk, Observation  # noqa: E402
 
 
@@ -45,48 +45,6 @@ def cuda_timeit(fn: Callable[[], Any], repeats: int, warmup: int = 10) -> list[f
         torch.cuda.synchronize()
         out.append((time.perf_counter() - t0) * 1e3)
     return out
-
-
-class GraphStep:
-    """The policy step replayed as one CUDA graph: the observation is copied into static device buffers, the
-    captured forward and action decoding replay, the actions come back to the host and become a chunk."""
-
-    def __init__(self, policy: VisuomotorPolicy, obs: Observation, dtype: torch.dtype | None) -> None:
-        self.policy = policy
-        dev = policy.device
-        batch = policy.observation_batch([obs])
-        keys = ["position", "quaternion", "gripper"] + (["history"] if "history" in batch else [])
-        self.host = {k: batch[k].pin_memory() for k in keys} | {f"img/{c}": batch["images"][c].pin_memory() for c in policy.cfg.cameras}
-        self.static = {k: v.to(dev) for k, v in self.host.items()}
-        self.autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if dtype is not None else nullcontext
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), torch.inference_mode():
-            for _ in range(3):  # warm-up outside the capture: cuBLAS handles, autotuning, the cached constants
-                self._forward()
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(self.graph):
-            self.out = self._forward()
-
-    def _forward(self) -> torch.Tensor:
-        s = self.static
-        batch = {k: s[k] for k in ("position", "quaternion", "gripper", "history") if k in s}
-        batch["images"] = {c: s[f"img/{c}"] for c in self.policy.cfg.cameras}
-        with self.autocast():
-            out = self.policy.forward(batch)["action"]
-        return self.policy.decode_actions_t(out.float(), s["position"], s["quaternion"])
-
-    def predict(self, obs: Observation) -> ActionChunk:
-        batch = self.policy.observation_batch([obs])  # validation and stacking on the host, as predict does
-        for k in self.host:
-            src = batch["images"][k[4:]] if k.startswith("img/") else batch[k]
-            self.host[k].copy_(src)
-            self.static[k].copy_(self.host[k], non_blocking=True)
-        self.graph.replay()
-        raw = self.out.cpu().double().numpy()
-        return chunks_from_actions(raw, batch["position"].numpy(), batch["quaternion"].numpy(), batch["stamp_ns"],
-                                   self.policy.cfg.control_dt_ns)[0]
 
 
 class GraphEncoder:
@@ -126,7 +84,7 @@ def bench(name: str, cameras: int, size: int | None, repeats: int, compile_torch
         with torch.autocast("cuda", dtype=bf16):
             return policy.predict(o)
 
-    graphs = {dtype: GraphStep(policy, obs, dtype) for dtype in (None, bf16)}
+    graphs = {dtype: CudaGraphPolicy(policy, dtype) for dtype in (None, bf16)}  # runtime.cuda_graph (fp32), and in bf16
     fns = {"fp32 eager": (policy.predict, encoder(None)),
            "fp32 CUDA graph": (graphs[None].predict, GraphEncoder(enc, x, None)),
            "bf16 eager": (step_bf16, encoder(bf16)),
@@ -171,6 +129,40 @@ def bench(name: str, cameras: int, size: int | None, repeats: int, compile_torch
     return rows
 
 
+def check_cuda_graph_option(name: str = "vit_tiny") -> str:
+    """``runtime.cuda_graph`` through the loader the node uses, two cameras and an OOD monitor, called from a worker
+    thread as the runner does: the replayed step's actions and OOD scores against the eager step's."""
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vit_policy.deploy import load_policy
+    from vit_policy.model.checkpoint import save_checkpoint
+    from vit_policy.ood import OODMonitor, encode_features, encoder_fingerprint, fit_camera
+    from vit_policy.runtime import RuntimeConfig
+
+    cfg, policy, obs, _ = untrained(name, 2)
+    policy = policy.to("cuda")
+    policy.set_stats(policy.stats)
+    h, w = policy.image_size
+    rng = np.random.default_rng(1)
+    feats = encode_features(policy, {c: rng.integers(0, 256, (64, h, w, 3), dtype=np.uint8) for c in cfg.cameras})
+    policy.ood = OODMonitor({c: fit_camera(f[:48], f[48:], 0.99) for c, f in feats.items()}, 0.99, encoder_fingerprint(policy))
+    with tempfile.TemporaryDirectory() as d:
+        save_checkpoint(policy, d)
+        graph = load_policy(d, RuntimeConfig(cuda_graph=True), "cuda")
+        eager = load_policy(d, RuntimeConfig(), "cuda")
+    assert isinstance(graph, CudaGraphPolicy), type(graph)
+    actions = scores = 0.0
+    with ThreadPoolExecutor(1) as worker:
+        for _ in range(8):
+            o = replace(obs, images={c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in cfg.cameras})
+            a, b = worker.submit(graph.predict, o).result(), eager.predict(o)
+            actions = max(actions, float(np.abs(a.target_positions - b.target_positions).max()))
+            scores = max(scores, max(abs(a.ood[c] - b.ood[c]) / b.ood[c] for c in cfg.cameras))
+    return (f"runtime.cuda_graph through load_policy ({name}, 2 cameras, OOD monitor, a worker thread), 8 fresh frames: "
+            f"targets differ from eager by at most {actions:.1e}, OOD scores by {scores:.1e} (relative)")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", nargs="+", default=["vit_small"])
@@ -178,11 +170,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", type=int, default=224, help="encoder input size")
     ap.add_argument("--repeats", type=int, default=300)
     ap.add_argument("--compile", action="store_true", help="a runtime.compile row too (torch.compile at load)")
+    ap.add_argument("--check", action="store_true", help="first check runtime.cuda_graph through the node's loader against eager")
     ap.add_argument("--out", help="also write the rows as JSON to this file")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("benchmarks/gpu.py: no CUDA device (torch.cuda.is_available() is False); run it on a GPU machine")
     torch.manual_seed(0)
+    if args.check:
+        print(check_cuda_graph_option(), flush=True)
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, batch 1, {args.repeats} steps a row; "
           "step: Observation -> ActionChunk on the host; enc: the same precision's encoder-only forward")
     head = (f"{'config':<10} {'cams':>4} {'img':>7} {'variant':<20} {'step p50':>9} {'step p99':>9} {'enc p50':>8} "

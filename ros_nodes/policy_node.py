@@ -167,10 +167,10 @@ def load_policy(cfg: NodeConfig, log: logging.Logger) -> tuple[Policy, bool]:
                           "model: set runtime.backend: torch, or give checkpoint: <exported dir>")
     policy = build_policy(load_policy_config(cfg.policy_config)).to(cfg.device).eval()
     policy.set_stats(identity_stats(policy.cfg))
-    if cfg.runtime.compile:
-        from vit_policy.deploy import compiled
+    if cfg.runtime.compile or cfg.runtime.cuda_graph:
+        from vit_policy.deploy import CudaGraphPolicy, compiled
 
-        policy = compiled(policy)
+        policy = CudaGraphPolicy(policy) if cfg.runtime.cuda_graph else compiled(policy)
     log.warning("UNTRAINED policy from %s (random weights, identity statistics): for plumbing checks only", cfg.policy_config)
     return policy, True
 

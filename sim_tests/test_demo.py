@@ -96,6 +96,14 @@ def test_every_shipped_recipe_builds_its_configs_and_a_bad_key_is_named(tmp_path
     expert.write_text((RECIPES / "push_hindsight.yaml").read_text() + "expert: {finish: drop}\n")
     with pytest.raises(ConfigError, match="expert.finish: 'drop'; choose 'hold' or 'lift'"):
         load_recipe(expert)
+    # points_loss trains on the encoder file the recipe's pretraining is about to write; without pretraining it fails first
+    aux = tmp_path / "aux.yaml"
+    aux.write_text((RECIPES / "push_hindsight.yaml").read_text().replace("train_overrides: [", "train_overrides: [points_loss=1.0, "))
+    check_plan(DemoPlan(tasks=[load_recipe(aux)]))
+    unlabelled = tmp_path / "unlabelled.yaml"
+    unlabelled.write_text((RECIPES / "reach_no_labels.yaml").read_text() + "train_overrides: [points_loss=1.0]\n")
+    with pytest.raises(ConfigError, match="points_loss: needs a pretrained point head"):
+        check_plan(DemoPlan(tasks=[load_recipe(unlabelled)]))
 
 
 def test_demo_never_deletes_a_directory_it_did_not_write(tmp_path):

@@ -261,3 +261,21 @@ def test_runtime_compile_runs_the_same_step_compiled_from_the_node_parameters(ex
     torch._dynamo.reset()  # ... or the graphs dynamo already holds for these modules' code
     with pytest.raises(ConfigError, match=r"runtime.compile: torch.compile failed .*C\+\+ compiler.*set runtime.compile: false"):
         load_policy(exported["ckpt"], RuntimeConfig(compile=True))
+
+
+def test_runtime_cuda_graph_is_refused_at_load_without_a_cuda_device(exported: dict) -> None:
+    """runtime.cuda_graph replays the torch step on a GPU: on a CPU, or with another backend or compile, loading fails
+    naming the setting and the fix (the replayed step itself is checked on a GPU by benchmarks/gpu.py --check: no
+    CUDA device here or in CI)."""
+    import logging
+
+    from ros_nodes.policy_node import config_from_parameters, load_policy as node_load_policy, parameter_defaults
+
+    with pytest.raises(ConfigError, match="runtime.cuda_graph: true replays the torch backend's eager step; runtime.backend is onnxruntime"):
+        RuntimeConfig(backend="onnxruntime", cuda_graph=True)
+    with pytest.raises(ConfigError, match="runtime.compile is true: set backend: torch and compile: false"):
+        RuntimeConfig(compile=True, cuda_graph=True)
+    cfg = config_from_parameters({**parameter_defaults(), "checkpoint": str(exported["ckpt"]), "runtime.cuda_graph": True})
+    assert cfg.runtime.cuda_graph and cfg.device == "cpu"
+    with pytest.raises(ConfigError, match=r"runtime.cuda_graph: true replays the step on a CUDA device, but the policy is on cpu: set device: cuda"):
+        node_load_policy(cfg, logging.getLogger("test"))

@@ -19,6 +19,7 @@ replay and ``sim-eval`` all call it, and every backend's object is a :class:`vit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -213,6 +214,8 @@ def load_policy(checkpoint: str | Path, runtime: RuntimeConfig, device: str = "c
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         return OnnxPolicy(checkpoint, runtime.onnx_file, providers)
     policy = load_checkpoint(checkpoint, map_location=device)
+    if runtime.cuda_graph:
+        return CudaGraphPolicy(policy)
     return compiled(policy) if runtime.compile else policy
 
 
@@ -231,6 +234,79 @@ def compiled(policy: VisuomotorPolicy) -> VisuomotorPolicy:
                           "(apt-get install g++); or set runtime.compile: false") from exc
     log.info("runtime.compile: the torch step compiled in %.1f s", time.perf_counter() - t0)
     return policy
+
+
+class CudaGraphPolicy:
+    """``runtime.cuda_graph``: the torch step replayed as one captured CUDA graph, a
+    :class:`vit_policy.model.policy.Policy`.
+
+    At batch 1 a GPU step is bound by kernel launches and Python, not arithmetic (``benchmarks/gpu.py``, vit_small
+    on an H200: 6-13 ms eager, 2.8-3.6 ms replayed, the same actions). Each call copies the observation into
+    static device buffers and replays the forward, the action decoding and the OOD monitor's features. One
+    observation a call at the encoder's size (what the runner gives); anything else runs the eager policy.
+    ``dtype`` (bf16) runs the captured step under autocast (the benchmark's rows).
+    """
+
+    training = False
+    language = None
+
+    def __init__(self, policy: VisuomotorPolicy, dtype: torch.dtype | None = None) -> None:
+        if policy.device.type != "cuda":
+            raise ConfigError(f"runtime.cuda_graph: true replays the step on a CUDA device, but the policy is on {policy.device}: "
+                              "set device: cuda (a machine with an NVIDIA GPU), or runtime.cuda_graph: false")
+        if policy.language is not None:
+            raise ConfigError("runtime.cuda_graph: a language-conditioned policy encodes its instruction on the host each step; "
+                              "set runtime.cuda_graph: false")
+        self.policy = policy.eval()
+        self.cfg, self.spec, self.ood, self.image_size = policy.cfg, policy.spec, policy.ood, policy.image_size
+        batch = policy.observation_batch([example_observation(self.cfg.cameras, self.image_size, self.cfg.pose.history)])
+        host = {k: batch[k] for k in ("position", "quaternion", "gripper", "history") if k in batch}
+        host |= {f"image/{c}": batch["images"][c] for c in self.cfg.cameras}
+        self._host = {k: v.pin_memory() for k, v in host.items()}
+        self._static = {k: v.to(policy.device) for k, v in host.items()}
+        self._autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if dtype is not None else contextlib.nullcontext
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.inference_mode():
+            for _ in range(3):  # outside the capture: cuBLAS handles, the image constants, lazy allocations
+                self._forward()
+        torch.cuda.current_stream().wait_stream(side)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(self._graph):
+            with capture(policy) if self.ood is not None else contextlib.nullcontext() as cap:
+                self._actions = self._forward()
+            self._features = cap.features() if cap is not None else None
+
+    def _forward(self) -> torch.Tensor:
+        s = self._static
+        batch: Batch = {k: s[k] for k in ("position", "quaternion", "gripper", "history") if k in s}
+        batch["images"] = {c: s[f"image/{c}"] for c in self.cfg.cameras}
+        with self._autocast():
+            out = self.policy.forward(batch)["action"]
+        return self.policy.decode_actions_t(out.float(), s["position"], s["quaternion"])
+
+    def eval(self) -> "CudaGraphPolicy":
+        return self
+
+    def __repr__(self) -> str:
+        return f"CudaGraphPolicy({self.cfg.encoder.name}, {self.policy.device})"
+
+    def predict(self, obs: Observation | list[Observation] | Batch, return_attention: bool = False) -> ActionChunk | list[ActionChunk]:
+        """One observation -> ActionChunk (replayed); a list, a batch, attention or another frame size -> the eager policy."""
+        if not isinstance(obs, Observation) or return_attention or any(
+                np.shape(obs.images.get(c))[:2] != self.image_size for c in self.cfg.cameras):
+            return self.policy.predict(obs, return_attention)
+        batch = self.policy.observation_batch([obs])  # validates, as the eager step does
+        for key, pinned in self._host.items():
+            pinned.copy_(batch["images"][key.removeprefix("image/")] if key.startswith("image/") else batch[key])
+            self._static[key].copy_(pinned, non_blocking=True)
+        self._graph.replay()
+        actions = self._actions.cpu().double().numpy()  # waits for the replay
+        ood = None
+        if self._features is not None and self.ood is not None:
+            ood = [{c: float(v[0]) for c, v in self.ood.score(self._features).items()}]
+        return chunks_from_actions(actions, batch["position"].numpy(), batch["quaternion"].numpy(), batch["stamp_ns"],
+                                   self.cfg.control_dt_ns, ood=ood)[0]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -84,6 +84,9 @@ class RuntimeConfig:
         "torch backend: torch.compile the encoder and the policy's transformer blocks (inductor, needs a C++ compiler); "
         "compiled at load with one warm-up step (tens of seconds to minutes on a CPU), then a faster step "
         "(benchmarks/inference.py --compile)")})
+    cuda_graph: bool = field(default=False, metadata={"help": (
+        "torch backend on a CUDA device: replay the step as one captured CUDA graph (about 2-4x faster than eager at "
+        "batch 1, benchmarks/gpu.py); needs device: cuda")})
     onnx_file: str = field(default="policy.onnx", metadata={"help": (
         "onnxruntime: graph file in the checkpoint directory (policy.onnx, or policy.int8.onnx from export --int8)")})
     providers: list[str] = field(default_factory=lambda: ["auto"], metadata={"help": (
@@ -96,6 +99,10 @@ class RuntimeConfig:
         if self.compile and self.backend != "torch":
             raise ConfigError(f"runtime.compile: true compiles the torch backend; runtime.backend is {self.backend}: "
                               "set runtime.compile: false (ONNX Runtime optimises its graph itself)")
+        if self.cuda_graph and (self.backend != "torch" or self.compile):
+            raise ConfigError(f"runtime.cuda_graph: true replays the torch backend's eager step; runtime.backend is {self.backend}"
+                              f"{' and runtime.compile is true' if self.compile else ''}: set backend: torch and compile: false, "
+                              "or runtime.cuda_graph: false")
         if not self.providers:
             raise ConfigError("runtime.providers: list ONNX Runtime execution providers, or [auto]")
         if not self.control_rate_hz > 0:
