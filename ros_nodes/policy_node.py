@@ -151,14 +151,13 @@ def load_policy(cfg: NodeConfig, log: logging.Logger) -> tuple[Policy, bool]:
     """The checkpoint's policy, or (allow_untrained) a randomly initialised one. Returns (policy, untrained)."""
     import torch
 
+    from vit_policy.deploy import accelerated, load_policy as load_backend
     from vit_policy.model.checkpoint import build_policy
     from vit_policy.model.configuration import load_policy_config
     from vit_policy.model.policy import identity_stats
 
     torch.set_num_threads(cfg.threads)
     if cfg.checkpoint:
-        from vit_policy.deploy import load_policy as load_backend
-
         policy = load_backend(cfg.checkpoint, cfg.runtime, cfg.device)
         log.info("loaded checkpoint %s (backend %s)", cfg.checkpoint, cfg.runtime.backend)
         return policy, False
@@ -167,10 +166,7 @@ def load_policy(cfg: NodeConfig, log: logging.Logger) -> tuple[Policy, bool]:
                           "model: set runtime.backend: torch, or give checkpoint: <exported dir>")
     policy = build_policy(load_policy_config(cfg.policy_config)).to(cfg.device).eval()
     policy.set_stats(identity_stats(policy.cfg))
-    if cfg.runtime.compile or cfg.runtime.cuda_graph:
-        from vit_policy.deploy import CudaGraphPolicy, compiled
-
-        policy = CudaGraphPolicy(policy) if cfg.runtime.cuda_graph else compiled(policy)
+    policy = accelerated(policy, cfg.runtime)
     log.warning("UNTRAINED policy from %s (random weights, identity statistics): for plumbing checks only", cfg.policy_config)
     return policy, True
 

@@ -213,7 +213,12 @@ def load_policy(checkpoint: str | Path, runtime: RuntimeConfig, device: str = "c
         if device.startswith("cuda") and providers == ["auto"]:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         return OnnxPolicy(checkpoint, runtime.onnx_file, providers)
-    policy = load_checkpoint(checkpoint, map_location=device)
+    return accelerated(load_checkpoint(checkpoint, map_location=device), runtime)
+
+
+def accelerated(policy: VisuomotorPolicy, runtime: RuntimeConfig) -> Policy:
+    """A torch policy as ``runtime`` runs it: replayed as a CUDA graph (``runtime.cuda_graph``), compiled
+    (``runtime.compile``), or as it is."""
     if runtime.cuda_graph:
         return CudaGraphPolicy(policy)
     return compiled(policy) if runtime.compile else policy
@@ -259,11 +264,11 @@ class CudaGraphPolicy:
                               "set runtime.cuda_graph: false")
         self.policy = policy.eval()
         self.cfg, self.spec, self.ood, self.image_size = policy.cfg, policy.spec, policy.ood, policy.image_size
-        batch = policy.observation_batch([example_observation(self.cfg.cameras, self.image_size, self.cfg.pose.history)])
-        host = {k: batch[k] for k in ("position", "quaternion", "gripper", "history") if k in batch}
-        host |= {f"image/{c}": batch["images"][c] for c in self.cfg.cameras}
-        self._host = {k: v.pin_memory() for k, v in host.items()}
-        self._static = {k: v.to(policy.device) for k, v in host.items()}
+        example = self._inputs(policy.observation_batch([example_observation(self.cfg.cameras, self.image_size, self.cfg.pose.history)]))
+        self._host = {k: v.pin_memory() for k, v in example.items()}
+        self._static = {k: v.to(policy.device) for k, v in example.items()}
+        self._batch: Batch = {k: v for k, v in self._static.items() if not k.startswith("image/")}
+        self._batch["images"] = {c: self._static[f"image/{c}"] for c in self.cfg.cameras}
         self._autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if dtype is not None else contextlib.nullcontext
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -277,13 +282,16 @@ class CudaGraphPolicy:
                 self._actions = self._forward()
             self._features = cap.features() if cap is not None else None
 
+    def _inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The tensors of a batch that the step reads, flat: what each call copies into the graph's buffers."""
+        out = {k: batch[k] for k in ("position", "quaternion", "gripper", "history") if k in batch}
+        return out | {f"image/{c}": batch["images"][c] for c in self.cfg.cameras}
+
     def _forward(self) -> torch.Tensor:
-        s = self._static
-        batch: Batch = {k: s[k] for k in ("position", "quaternion", "gripper", "history") if k in s}
-        batch["images"] = {c: s[f"image/{c}"] for c in self.cfg.cameras}
+        b = self._batch
         with self._autocast():
-            out = self.policy.forward(batch)["action"]
-        return self.policy.decode_actions_t(out.float(), s["position"], s["quaternion"])
+            out = self.policy.forward(b)["action"]
+        return self.policy.decode_actions_t(out.float(), b["position"], b["quaternion"])
 
     def eval(self) -> "CudaGraphPolicy":
         return self
@@ -297,14 +305,14 @@ class CudaGraphPolicy:
                 np.shape(obs.images.get(c))[:2] != self.image_size for c in self.cfg.cameras):
             return self.policy.predict(obs, return_attention)
         batch = self.policy.observation_batch([obs])  # validates, as the eager step does
-        for key, pinned in self._host.items():
-            pinned.copy_(batch["images"][key.removeprefix("image/")] if key.startswith("image/") else batch[key])
-            self._static[key].copy_(pinned, non_blocking=True)
+        for key, src in self._inputs(batch).items():
+            self._host[key].copy_(src)
+            self._static[key].copy_(self._host[key], non_blocking=True)
         self._graph.replay()
         actions = self._actions.cpu().double().numpy()  # waits for the replay
         ood = None
-        if self._features is not None and self.ood is not None:
-            ood = [{c: float(v[0]) for c, v in self.ood.score(self._features).items()}]
+        if self._features is not None:  # captured when the policy has a monitor
+            ood = [{c: float(v[0]) for c, v in self.ood.score(self._features).items()}]  # type: ignore[union-attr]
         return chunks_from_actions(actions, batch["position"].numpy(), batch["quaternion"].numpy(), batch["stamp_ns"],
                                    self.cfg.control_dt_ns, ood=ood)[0]
 
