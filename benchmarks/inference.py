@@ -3,7 +3,7 @@ inference backends (torch eager, ONNX Runtime fp32 and int8) and, when ``lerobot
 
 Everything is measured in one run so the ratios hold even on a noisy machine:
   python benchmarks/inference.py [--threads 2] [--repeats 30] [--configs vit_tiny vit_small clip_b32] [--json]
-  python benchmarks/inference.py --backends [--act] [--compile] [--configs vit_small] [--cameras 1 2] [--size 224]
+  python benchmarks/inference.py --backends [--act] [--compile] [--rounds 3] [--configs vit_small] [--cameras 1 2] [--size 224]
 
 With --backends, each backend's step is timed against that backend's own encoder-only forward (the same
 encoder exported alone for ONNX Runtime), interleaved, and against ACT's ``select_action`` (ResNet18,
@@ -135,15 +135,17 @@ def act_step(cameras: int, size: int) -> Any:
     return step
 
 
-def bench_backends(name: str, cameras: int, repeats: int, size: int | None, compile_torch: bool = False) -> list[dict]:
+def bench_backends(name: str, cameras: int, repeats: int, size: int | None, compile_torch: bool = False,
+                   n_rounds: int = 3) -> list[dict]:
     """Step and encoder-only p50 per backend (torch eager, ONNX Runtime fp32 / int8; torch compiled with
-    ``compile_torch``) and ACT, interleaved in one run."""
+    ``compile_torch``) and ACT, interleaved in ``n_rounds`` rounds; step / enc and x ACT are medians of the
+    rounds' ratios, so a machine whose speed changes between rounds skews neither."""
     import tempfile
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from vit_policy.config import save_config
-    from vit_policy.deploy import ONNX_FILE, ONNX_INT8_FILE, OnnxPolicy, export_onnx, quantize_encoder
+    from vit_policy.deploy import ONNX_FILE, ONNX_INT8_FILE, OnnxPolicy, export_onnx, onnx_export, quantize_encoder
 
     cfg, policy, obs, x = untrained(name, cameras, size)
     h, w = policy.image_size
@@ -152,11 +154,7 @@ def bench_backends(name: str, cameras: int, repeats: int, size: int | None, comp
     save_config(cfg, tmp / "config.yaml")
     export_onnx(policy, tmp / ONNX_FILE, policy.observation_batch([obs]))
     quantize_encoder(tmp / ONNX_FILE, tmp / ONNX_INT8_FILE, cfg)
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(_EncoderOnly(enc).eval(), (x,), str(tmp / "encoder.onnx"), dynamo=False, opset_version=17, input_names=["x"])
+    onnx_export(_EncoderOnly(enc), (x,), tmp / "encoder.onnx", input_names=["x"])
     quantize_dynamic(str(tmp / "encoder.onnx"), str(tmp / "encoder.int8.onnx"), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
     import onnxruntime as ort
 
@@ -194,30 +192,42 @@ def bench_backends(name: str, cameras: int, repeats: int, size: int | None, comp
     floor = flops(lambda: policy.forward(policy.observation_batch([obs]))) / flops(lambda: enc.forward_features(x))
     act = act_step(cameras, h)
     times: dict[str, list[float]] = {}
-    for _ in range(3):  # interleaved rounds: drift on a shared machine hits every row alike
+    rounds: dict[str, list[float]] = {}  # per-round medians: ratios are taken within a round, then their median
+    per = max(1, repeats // n_rounds)
+    for _ in range(n_rounds):  # interleaved rounds: drift on a shared machine hits every row alike
         for label, (step, encoder) in fns.items():
-            times.setdefault(label, []).extend(timeit(step, max(1, repeats // 3)))
-            times.setdefault(label + " enc", []).extend(timeit(encoder, max(1, repeats // 3)))
+            for key, fn in ((label, step), (label + " enc", encoder)):
+                t = timeit(fn, per)
+                times.setdefault(key, []).extend(t)
+                rounds.setdefault(key, []).append(statistics.median(t))
         if act is not None:
-            times.setdefault("act", []).extend(timeit(act, max(1, repeats // 3)))
-    act_p50 = float(np.percentile(times["act"], 50)) if act is not None else None
+            t = timeit(act, per)
+            times.setdefault("act", []).extend(t)
+            rounds.setdefault("act", []).append(statistics.median(t))
+
+    def paired(a: str, b: str) -> list[float]:
+        return [x / y for x, y in zip(rounds[a], rounds[b])]
+
     rows = []
     for label in fns:
-        step_p50, enc_p50 = float(np.percentile(times[label], 50)), float(np.percentile(times[label + " enc"], 50))
-        rows.append({"config": name, "cameras": cameras, "img": f"{h}x{w}", "backend": label, "step_p50_ms": step_p50,
-                     "step_p90_ms": float(np.percentile(times[label], 90)), "enc_p50_ms": enc_p50, "step_over_enc": step_p50 / enc_p50,
-                     "flop_floor": floor, "vs_act": step_p50 / act_p50 if act_p50 else None,
+        vs_act = paired(label, "act") if act is not None else None
+        rows.append({"config": name, "cameras": cameras, "img": f"{h}x{w}", "backend": label,
+                     "step_p50_ms": float(np.percentile(times[label], 50)), "step_p90_ms": float(np.percentile(times[label], 90)),
+                     "enc_p50_ms": float(np.percentile(times[label + " enc"], 50)),
+                     "step_over_enc": statistics.median(paired(label, label + " enc")), "flop_floor": floor,
+                     "vs_act": statistics.median(vs_act) if vs_act else None, "vs_act_rounds": vs_act,
                      "compile_s": compile_s if label == "torch compiled" else None})
-    if act_p50 is not None:
+    if act is not None:
         rows.append({"config": "ACT (lerobot)", "cameras": cameras, "img": f"{h}x{w}", "backend": "torch eager select_action",
-                     "step_p50_ms": act_p50, "step_p90_ms": float(np.percentile(times["act"], 90)), "enc_p50_ms": None,
-                     "step_over_enc": None, "flop_floor": None, "vs_act": 1.0, "compile_s": None})
+                     "step_p50_ms": float(np.percentile(times["act"], 50)), "step_p90_ms": float(np.percentile(times["act"], 90)),
+                     "enc_p50_ms": None, "step_over_enc": None, "flop_floor": None, "vs_act": 1.0, "vs_act_rounds": None, "compile_s": None})
     return rows
 
 
 def print_backend_rows(rows: list[dict], threads: int) -> None:
     print(f"batch 1, {threads} threads; step / enc: each backend's step against its own encoder-only forward; "
-          "FLOP floor: step FLOPs / encoder FLOPs (the ratio with no overhead at all)")
+          "FLOP floor: step FLOPs / encoder FLOPs (the ratio with no overhead at all); step / enc and x ACT: "
+          "medians of ratios taken within each interleaved round")
     head = (f"{'config':<14} {'cams':>4} {'img':>7} {'backend':<27} {'step p50':>9} {'step p90':>9} {'enc p50':>8} {'step/enc':>8} "
             f"{'floor':>6} {'x ACT':>6}")
     print(head)
@@ -229,6 +239,10 @@ def print_backend_rows(rows: list[dict], threads: int) -> None:
         floor = f"{r['flop_floor']:>6.3f}" if r["flop_floor"] is not None else f"{'-':>6}"
         print(f"{r['config']:<14} {r['cameras']:>4} {r['img']:>7} {r['backend']:<27} {r['step_p50_ms']:>8.1f}ms "
               f"{r['step_p90_ms']:>8.1f}ms {enc} {ratio} {floor} {act}")
+    for r in rows:
+        if r["vs_act_rounds"]:
+            print(f"{r['config']} {r['cameras']} camera(s) {r['backend']}: x ACT over {len(r['vs_act_rounds'])} rounds "
+                  f"{min(r['vs_act_rounds']):.2f}-{max(r['vs_act_rounds']):.2f}")
     for r in rows:
         if r["compile_s"] is not None:
             print(f"{r['config']} {r['cameras']} camera(s): torch.compile took {r['compile_s']:.0f} s at load (runtime.compile)")
@@ -242,6 +256,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="--backends: a torch.compile row too (runtime.compile; compiling takes minutes)")
     ap.add_argument("--size", type=int, default=None, help="--backends: encoder input size (default: each config's)")
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=3, help="--backends: interleaved rounds (repeats are split over them)")
     ap.add_argument("--configs", nargs="+", default=["vit_tiny", "vit_small", "clip_b32"])
     ap.add_argument("--cameras", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -253,7 +268,7 @@ def main() -> None:
         lerobot_env.reexec_with_act()  # builds the lerobot env once (tests/lerobot_env.py), then runs this again with it
     torch.set_num_threads(args.threads)
     if args.backends:
-        rows = [r for name in args.configs for cams in args.cameras for r in bench_backends(name, cams, args.repeats, args.size, args.compile)]
+        rows = [r for name in args.configs for cams in args.cameras for r in bench_backends(name, cams, args.repeats, args.size, args.compile, args.rounds)]
         if args.json:
             print(json.dumps({"threads": args.threads, "rows": rows}, indent=2))
         else:

@@ -32,8 +32,9 @@ IMG, K, DT = 32, 6, 0.1
 BACKENDS = ["torch", "onnxruntime"]  # both installed by the project (the deploy extra)
 
 
-def tiny_config(history: int = 0) -> PolicyConfig:
-    cfg = PolicyConfig(cameras=["front"], encoder=EncoderConfig(name="test_vit", img_size=IMG, token_mode="pooled"),
+def tiny_config(history: int = 0, encoder: EncoderConfig | None = None) -> PolicyConfig:
+    encoder = encoder or EncoderConfig(name="test_vit", img_size=IMG, token_mode="pooled")
+    cfg = PolicyConfig(cameras=["front"], encoder=encoder,
                        d_model=32, n_heads=2, n_encoder_layers=1, n_decoder_layers=1, chunk_size=K, control_dt=DT)
     cfg.pose.history = history
     return cfg
@@ -43,11 +44,12 @@ def data_config() -> DataConfig:
     return DataConfig(cameras={"front": "/camera/front/image_raw"}, gripper=GripperConfig(joints=list(GRIPPER_JOINTS)), control_rate_hz=1 / DT)
 
 
-def save_checkpoint(path: Path, bag: SyntheticBag, history: int = 0, action_spread: float = 1.0) -> Path:
+def save_checkpoint(path: Path, bag: SyntheticBag, history: int = 0, action_spread: float = 1.0,
+                    encoder: EncoderConfig | None = None) -> Path:
     """A random-init policy with the statistics of the bag's labels (a trained checkpoint's scale), data config in its
     metadata; ``action_spread`` widens the action statistics (actions that many times larger)."""
     torch.manual_seed(0)
-    cfg = tiny_config(history)
+    cfg = tiny_config(history, encoder)
     policy = VisuomotorPolicy.from_config(cfg)
     ep = extract_episodes(bag.path, data_config(), K, (IMG, IMG))[0]
     hist = np.stack([episode_history(ep, t, history) for t in range(len(ep))]) if history else None
@@ -185,6 +187,15 @@ def test_history_policy_exports_its_history_input(bag: SyntheticBag, tmp_path: P
     assert main(["export", "--checkpoint", str(ckpt), "--bags", str(bag.path), "--frames", "6"]) == 0
     report = json.loads((ckpt / "export.json").read_text())
     assert report["inputs"][-1] == "history" and report["fp32"]["normalized_abs_max"] <= 1e-4
+
+
+def test_open_clip_policy_exports(bag: SyntheticBag, tmp_path: Path) -> None:
+    """open_clip's blocks are nn.MultiheadAttention, whose fused eval fast path (taken by frozen blocks) has no ONNX form."""
+    enc = EncoderConfig(family="open_clip", name="ViT-S-32", img_size=IMG, token_mode="pooled", freeze="last_n", trainable_blocks=1)
+    ckpt = save_checkpoint(tmp_path / "ckpt", bag, encoder=enc)
+    assert main(["export", "--checkpoint", str(ckpt), "--bags", str(bag.path), "--frames", "4"]) == 0
+    assert json.loads((ckpt / "export.json").read_text())["fp32"]["normalized_abs_max"] <= 1e-4
+    assert torch.backends.mha.get_fastpath_enabled()  # the export turned it off for itself only
 
 
 def test_node_runs_the_exported_graph(exported: dict, dds_domain) -> None:

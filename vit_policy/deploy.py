@@ -322,18 +322,28 @@ class CudaGraphPolicy:
 # --------------------------------------------------------------------------------------------------
 
 
+def onnx_export(module: nn.Module, args: tuple[torch.Tensor, ...], path: str | Path, **kwargs: Any) -> Path:
+    """torch.onnx.export with the legacy TorchScript exporter (timm's ViTs trace cleanly, no onnxscript needed), with
+    nn.MultiheadAttention's fused fast path off: open_clip's blocks take it in eval and it has no ONNX form."""
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with warnings.catch_warnings():  # the tracer warns about the input checks it bakes in; exports are verified
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module.eval(), args, str(path), dynamo=False, opset_version=OPSET, **kwargs)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return Path(path)
+
+
 def export_onnx(policy: VisuomotorPolicy, path: str | Path, example: Batch) -> Path:
-    """Trace the step (legacy TorchScript exporter: timm's ViTs trace cleanly, no onnxscript needed) with a dynamic batch."""
-    path = Path(path)
+    """Trace the step with a dynamic batch."""
     feeds = step_feeds(policy.cfg, example)
     names = input_names(policy.cfg)
     args = tuple(torch.from_numpy(feeds[n]) for n in names)
     outputs = output_names(policy.cfg)
-    with warnings.catch_warnings():  # the tracer warns about the input checks it bakes in; the export is verified below
-        warnings.simplefilter("ignore")
-        torch.onnx.export(PolicyStep(policy).eval(), args, str(path), dynamo=False, opset_version=OPSET, input_names=names,
-                          output_names=outputs, dynamic_axes={n: {0: "batch"} for n in names + outputs})
-    return path
+    return onnx_export(PolicyStep(policy), args, path, input_names=names, output_names=outputs,
+                       dynamic_axes={n: {0: "batch"} for n in names + outputs})
 
 
 def quantize_encoder(src: Path, dst: Path, cfg: PolicyConfig) -> Path:
