@@ -26,24 +26,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inference import untrained  # noqa: E402  (the CPU benchmark's policy and frames)
+from inference import interleaved, timeit, untrained  # noqa: E402  (the CPU benchmark's policy, frames and timing)
 
 from vit_policy.deploy import CudaGraphPolicy  # noqa: E402
 from vit_policy.observation import ActionChunk, Observation  # noqa: E402
 
 
 def cuda_timeit(fn: Callable[[], Any], repeats: int, warmup: int = 10) -> list[float]:
-    """Wall time (ms) of each call, the device synchronised around it."""
-    for _ in range(warmup):
-        fn()
+    """Wall time (ms) of each call, the device synchronised after it."""
     torch.cuda.synchronize()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
+    return timeit(lambda: (fn(), torch.cuda.synchronize()), repeats, warmup)
 
 
 class GraphEncoder:
@@ -109,11 +101,9 @@ def bench(name: str, cameras: int, size: int | None, repeats: int, compile_torch
             rel[label] = max(rel[label], float(np.linalg.norm(c.target_positions - ref.target_positions)
                                                / max(np.linalg.norm(ref.target_positions - ref.origin_position), 1e-12)))
     torch.cuda.reset_peak_memory_stats()
-    times: dict[str, list[float]] = {}
-    for _ in range(3):  # interleaved rounds: drift hits every row alike
-        for label, (step, encode) in fns.items():
-            times.setdefault(label, []).extend(cuda_timeit(lambda: step(obs), repeats // 3))
-            times.setdefault(label + " enc", []).extend(cuda_timeit(encode, repeats // 3))
+    timed = {key: fn for label, (step, encode) in fns.items()
+             for key, fn in ((label, lambda step=step: step(obs)), (label + " enc", encode))}
+    times, _ = interleaved(timed, repeats, timer=cuda_timeit)
     peak_mb = torch.cuda.max_memory_allocated() / 2**20
     rows = []
     for label in fns:

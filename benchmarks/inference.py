@@ -18,7 +18,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -41,6 +41,20 @@ def timeit(fn, repeats: int, warmup: int = 3) -> list[float]:
         fn()
         out.append((time.perf_counter() - t0) * 1e3)
     return out
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, rounds: int = 3,
+                timer: Callable[..., list[float]] = timeit) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Each function timed in turn, ``rounds`` times over, ``repeats`` calls split over the rounds, so drift on a
+    shared machine hits every one alike: (all times, each round's median) per name."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    medians: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for key, fn in fns.items():
+            t = timer(fn, max(1, repeats // rounds))
+            times[key] += t
+            medians[key].append(statistics.median(t))
+    return times, medians
 
 
 def flops(fn) -> float:
@@ -88,11 +102,8 @@ def bench(name: str, cameras: int, repeats: int) -> dict:
 
     enc_flops = flops(lambda: enc.forward_features(x))
     step_flops = flops(lambda: policy.forward(policy.observation_batch([obs])))
-    # interleave the two measurements so drift on a shared machine hits both alike
-    enc_ms, step_ms = [], []
-    for _ in range(3):
-        enc_ms += timeit(encoder_only, repeats // 3)
-        step_ms += timeit(step, repeats // 3)
+    times, _ = interleaved({"enc": encoder_only, "step": step}, repeats)
+    enc_ms, step_ms = times["enc"], times["step"]
     enc_p50 = float(np.percentile(enc_ms, 50))
     step_p50 = float(np.percentile(step_ms, 50))
     return {
@@ -191,19 +202,8 @@ def bench_backends(name: str, cameras: int, repeats: int, size: int | None, comp
     # the ratio the arithmetic alone sets: what is left above it is overhead (dispatch, conversion, small kernels)
     floor = flops(lambda: policy.forward(policy.observation_batch([obs]))) / flops(lambda: enc.forward_features(x))
     act = act_step(cameras, h)
-    times: dict[str, list[float]] = {}
-    rounds: dict[str, list[float]] = {}  # per-round medians: ratios are taken within a round, then their median
-    per = max(1, repeats // n_rounds)
-    for _ in range(n_rounds):  # interleaved rounds: drift on a shared machine hits every row alike
-        for label, (step, encoder) in fns.items():
-            for key, fn in ((label, step), (label + " enc", encoder)):
-                t = timeit(fn, per)
-                times.setdefault(key, []).extend(t)
-                rounds.setdefault(key, []).append(statistics.median(t))
-        if act is not None:
-            t = timeit(act, per)
-            times.setdefault("act", []).extend(t)
-            rounds.setdefault("act", []).append(statistics.median(t))
+    timed = {key: fn for label, (step, encoder) in fns.items() for key, fn in ((label, step), (label + " enc", encoder))}
+    times, rounds = interleaved(timed | ({"act": act} if act is not None else {}), repeats, n_rounds)
 
     def paired(a: str, b: str) -> list[float]:
         return [x / y for x, y in zip(rounds[a], rounds[b])]

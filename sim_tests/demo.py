@@ -64,7 +64,7 @@ class TaskPlan:
             raise ConfigError(f"pretrain_hindsight: {self.pretrain_hindsight}; choose points from {list(HINDSIGHT_POINTS)}")
         if self.pretrain_shift_px < 0:
             raise ConfigError(f"pretrain_shift_px: {self.pretrain_shift_px} must be >= 0 (0: no image shift)")
-        if (self.pretrain_hindsight or self.pretrain_resets) and self.pretrain_steps < 1:
+        if self.pretrains and self.pretrain_steps < 1:
             raise ConfigError("pretrain_steps: set the encoder pretraining steps (>= 1)")
         from sim_tests.experts import make_expert
 
@@ -85,6 +85,11 @@ class TaskPlan:
 
         return record_demonstrations(cfg, out, self.demos, seed=seed, progress=progress, action_noise_m=self.action_noise_m,
                                      hold_steps=self.hold_steps, expert_options=self.expert)
+
+    @property
+    def pretrains(self) -> bool:
+        """Whether the recipe pretrains its encoder first (on simulator labels or in hindsight)."""
+        return bool(self.pretrain_resets or self.pretrain_hindsight)
 
     @property
     def simulator_labels(self) -> bool:
@@ -339,6 +344,6 @@ def check_plan(plan: DemoPlan) -> None:
     for tp in plan.tasks:
         sim, _ = tp.sim_configs()
         # a pretraining recipe trains on the encoder file it is about to write (points_loss needs one)
-        weights = ["encoder.weights=unused/pretrain/encoder.safetensors"] if tp.pretrain_resets or tp.pretrain_hindsight else []
+        weights = ["encoder.weights=unused/pretrained_encoder.safetensors"] if tp.pretrains else []
         train_config_for(sim, ["not-read"], "unused", tp.max_steps, plan.batch_size,
                          policy_overrides=[*tp.policy_overrides, *weights, *plan.policy_overrides], overrides=tp.train_overrides)
