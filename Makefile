@@ -9,14 +9,22 @@ export PYOPENGL_PLATFORM ?= egl
 
 .PHONY: setup sysdeps demo test test-fast bench clean
 
-# The venv is about 6 GB (torch's standard build brings its CUDA libraries): check the disk first, so a
-# full disk is named here rather than as an OSError halfway through pip.
+# Disk checks before the long steps, so a full disk is named up front rather than as an OSError halfway
+# through pip or a test: $(call need_disk,GB,path,what,variable that moves it).
+define need_disk
+@mkdir -p $(2); free=$$(df -Pk $(2) | awk 'NR==2 {print int($$4 / 1048576)}'); \
+  if [ "$$free" -lt $(1) ]; then \
+    echo "error: $$free GB free on the disk holding $(abspath $(2)); $(3) needs about $(1) GB there." >&2; \
+    echo "       Free space (old clones' .venv, outputs/, /tmp/pytest-of-$$(id -un)) or set $(4)=<a folder on a larger disk>." >&2; \
+    exit 1; fi
+endef
+# The venv is about 6 GB (torch's standard build brings its CUDA libraries). The test suites write up to
+# about 1.5 GB at once (bags, caches, checkpoints under pytest's basetemp), removed when they pass (pytest.ini).
 NEED_GB ?= 7
+TEST_NEED_GB ?= 3
+TEST_TMP ?= $(or $(TMPDIR),/tmp)
 $(STAMP): setup.py constraints.txt
-	@mkdir -p $(VENV); free=$$(df -Pk $(VENV) | awk 'NR==2 {print int($$4 / 1048576)}'); \
-	  if [ ! -x $(PY) ] && [ "$$free" -lt $(NEED_GB) ]; then \
-	    echo "error: $$free GB free on the disk holding $(abspath $(VENV)); the install needs about $(NEED_GB) GB." >&2; \
-	    echo "       Free space there (old clones' .venv, outputs/), or set VENV=<path on a larger disk>." >&2; exit 1; fi
+	$(if $(wildcard $(PY)),,$(call need_disk,$(NEED_GB),$(VENV),the install,VENV))
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --no-cache-dir --upgrade pip
 	$(PY) -m pip install -q --no-cache-dir -c constraints.txt -e '.[dev,dds,sim,ros,lerobot,deploy]'
@@ -41,6 +49,7 @@ demo: setup
 TEST_WORKERS ?= 2
 SIM_DIST := --dist loadfile --no-loadscope-reorder
 test: setup
+	$(call need_disk,$(TEST_NEED_GB),$(TEST_TMP),make test,TMPDIR)
 	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --durations=15 --timeout=1200 tests
 	$(PY) -m pytest -q -raP -n $(TEST_WORKERS) $(SIM_DIST) --durations=15 --timeout=1800 sim_tests  # P: the closed-loop tests print their success counts
 

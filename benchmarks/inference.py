@@ -153,6 +153,12 @@ def bench_backends(name: str, cameras: int, repeats: int, size: int | None, comp
     rounds' ratios, so a machine whose speed changes between rounds skews neither."""
     import tempfile
 
+    with tempfile.TemporaryDirectory(prefix="bench_onnx_") as d:  # a vit_small export pair is ~1 GB: never left behind
+        return _bench_backends(Path(d), name, cameras, repeats, size, compile_torch, n_rounds)
+
+
+def _bench_backends(tmp: Path, name: str, cameras: int, repeats: int, size: int | None, compile_torch: bool,
+                    n_rounds: int) -> list[dict]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from vit_policy.config import save_config
@@ -161,7 +167,6 @@ def bench_backends(name: str, cameras: int, repeats: int, size: int | None, comp
     cfg, policy, obs, x = untrained(name, cameras, size)
     h, w = policy.image_size
     enc = policy.encoder_for(cfg.cameras[0])
-    tmp = Path(tempfile.mkdtemp(prefix="bench_onnx_"))
     save_config(cfg, tmp / "config.yaml")
     export_onnx(policy, tmp / ONNX_FILE, policy.observation_batch([obs]))
     quantize_encoder(tmp / ONNX_FILE, tmp / ONNX_INT8_FILE, cfg)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -179,7 +180,7 @@ class FedNode:
         from vit_policy.model.configuration import EncoderConfig, PolicyConfig
         from vit_policy.model.policy import VisuomotorPolicy, identity_stats
 
-        tmp = Path(tempfile.mkdtemp(prefix="ros_path_"))
+        self.tmp = tmp = Path(tempfile.mkdtemp(prefix="ros_path_"))
         torch.manual_seed(0)
         cfg = PolicyConfig(cameras=cameras, encoder=EncoderConfig(name="vit_tiny_patch16_224", img_size=img_size),
                            d_model=128, n_heads=4, n_encoder_layers=1, n_decoder_layers=1, chunk_size=10,
@@ -270,6 +271,7 @@ class FedNode:
         self.proc.terminate()
         self.proc.wait(timeout=20)
         self.t.shutdown()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def bench_soak(rows: list[tuple[str, str, str, str]], seconds: float, img_size: int) -> None:

@@ -6,7 +6,7 @@ code needs neither pin, so it is installed with ``--no-deps`` into a directory o
 runtime packages its ``LeRobotDataset`` imports, and run by the project venv's python with that
 directory on PYTHONPATH (never imported into the test process). Video decoding: lerobot uses
 torchcodec (torchvision's VideoReader is gone from torchvision 0.24+); torchcodec needs FFmpeg's
-shared libraries, taken from the PyAV wheel (``av.libs``) under their plain sonames.
+shared libraries, taken from the running venv's PyAV wheel (``av.libs``) under their plain sonames.
 
     python tests/lerobot_env.py            # build (or reuse) ~/.cache/vit_policy/lerobot-0.4.4, print its env
     python tests/lerobot_env.py --check DATASET_DIR OUT.npz [K]   # what lerobot reads from a dataset (+ K-frame action chunks)
@@ -43,38 +43,47 @@ class Unavailable(RuntimeError):
     """lerobot cannot be installed here (no package index, a package missing from it)."""
 
 
-def _ffmpeg_links(target: Path) -> Path:
-    """A directory of FFmpeg sonames (libavutil.so.60 ...) pointing at the PyAV wheel's bundled copies."""
+def _av_libs() -> Path:
     import av
 
-    libs = Path(av.__file__).resolve().parent.parent / "av.libs"
-    out = target / "ffmpeg"
-    out.mkdir(exist_ok=True)
+    return Path(av.__file__).resolve().parent.parent / "av.libs"
+
+
+def _ffmpeg_links(target: Path) -> Path:
+    """A directory of FFmpeg sonames (libavutil.so.60 ...) pointing at this venv's PyAV copies (``av.libs``).
+
+    One directory per venv, made on every use: the lerobot directory is shared by every clone on the machine, and
+    links into a venv that has since been deleted must not be what a later venv finds."""
+    import hashlib
+
+    libs = _av_libs()
+    out = target / "ffmpeg" / hashlib.sha1(str(libs).encode()).hexdigest()[:12]
+    out.mkdir(parents=True, exist_ok=True)
     for f in libs.glob("lib*.so*"):
         m = re.match(r"(lib(?:av|sw|postproc)\w*)-[0-9a-f]{8}(\.so\.\d+)", f.name)
-        if m and not (out / (m.group(1) + m.group(2))).exists():
-            (out / (m.group(1) + m.group(2))).symlink_to(f)
+        link = out / (m.group(1) + m.group(2)) if m else None
+        if link is not None and link.resolve() != f.resolve():
+            tmp = link.with_name(f".{link.name}.{os.getpid()}")  # atomic: test workers may make the same link at once
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(f)
+            os.replace(tmp, link)
     return out
 
 
 def environment(target: Path = DEFAULT_DIR) -> dict[str, str]:
     """os.environ for a subprocess that imports lerobot from ``target`` (offline: no hub)."""
-    import av
-
-    libs = Path(av.__file__).resolve().parent.parent / "av.libs"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(target), str(Path(__file__).resolve().parent.parent)])
-    env["LD_LIBRARY_PATH"] = os.pathsep.join([str(target / "ffmpeg"), str(libs), env.get("LD_LIBRARY_PATH", "")])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([str(_ffmpeg_links(target)), str(_av_libs()), env.get("LD_LIBRARY_PATH", "")])
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(target / "hf_home"), TOKENIZERS_PARALLELISM="false")
     return env
 
 
 def build(target: Path = DEFAULT_DIR) -> dict[str, str]:
     """Install lerobot into ``target`` unless a working copy is there; returns :func:`environment`. Raises Unavailable."""
-    env = environment(target)
     done = target / ".complete"
     if done.is_file() and done.read_text().split() == PACKAGES:  # built from this very list
-        return env
+        return environment(target)
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--disable-pip-version-check", "--target", str(partial), *PACKAGES]
@@ -83,14 +92,13 @@ def build(target: Path = DEFAULT_DIR) -> dict[str, str]:
         shutil.rmtree(partial, ignore_errors=True)
         tail = " ".join(res.stderr.strip().splitlines()[-2:])
         raise Unavailable(f"pip could not install {LEROBOT} and its dataset dependencies into {partial}: {tail}")
-    _ffmpeg_links(partial)
     check = subprocess.run([sys.executable, "-c", IMPORT_CHECK], env=environment(partial), capture_output=True, text=True, timeout=300)
     if check.returncode:
         raise Unavailable(f"{LEROBOT} installed in {partial} but does not import: {check.stderr.strip().splitlines()[-1:]}")
     (partial / ".complete").write_text(" ".join(PACKAGES) + "\n")
     shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)  # the FFmpeg links point into the venv: still valid after the rename
-    return env
+    partial.rename(target)
+    return environment(target)
 
 
 def reexec_with_act() -> None:

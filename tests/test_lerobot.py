@@ -16,6 +16,7 @@ arrival jitter, two cameras at 10 and 15 Hz, a 2 s pause that splits the bag int
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import shutil
@@ -147,6 +148,23 @@ def lerobot_env() -> dict[str, str]:
         return lerobot_env.build()
     except lerobot_env.Unavailable as exc:
         pytest.skip(f"lerobot 0.4.4 cannot be installed beside torch here: {exc}")
+
+
+def test_lerobot_env_links_ffmpeg_of_this_venv(tmp_path: Path) -> None:
+    """The lerobot directory outlives the venv that built it (it is shared by every clone): links left pointing
+    into a deleted venv are replaced by links to this venv's PyAV libraries, which torchcodec then loads."""
+    import lerobot_env
+
+    libs = lerobot_env._av_libs()
+    first = lerobot_env.environment(tmp_path)["LD_LIBRARY_PATH"].split(":")[0]
+    links = sorted(Path(first).iterdir())
+    assert {p.name.split(".so")[0] for p in links} >= {"libavutil", "libavcodec", "libavformat"}
+    for p in links:  # a venv since deleted: every link dangles
+        p.unlink()
+        p.symlink_to(tmp_path / "deleted_venv" / p.name)
+    links = sorted(Path(lerobot_env.environment(tmp_path)["LD_LIBRARY_PATH"].split(":")[0]).iterdir())
+    assert links and all(p.resolve().is_file() and p.resolve().parent == libs.resolve() for p in links)
+    ctypes.CDLL(str(next(p for p in links if p.name.startswith("libavutil.so"))))  # loads by soname, as torchcodec does
 
 
 @pytest.mark.parametrize("kind", ["png", "video"])
