@@ -6,6 +6,7 @@ built by ``vit_policy.messages``; nothing here is mocked.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -248,6 +249,22 @@ def test_cache_reuses_and_rebuilds_on_change(tmp_path: Path, monkeypatch: pytest
     # another extraction setting is another entry
     load_or_extract(bag, data, K + 1, (16, 16), tmp_path / "cache")
     assert len(calls) == 3 and len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_cache_that_cannot_be_written_loses_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A cache_dir that cannot be written (here a path below a file; in CI once a full disk) warns, naming the
+    folder and the fix, and the run goes on with the extracted episodes."""
+    bag = tmp_path / "bag"
+    write_synthetic_bag(bag, duration_s=1.0, image_size=(32, 32), seed=0)
+    (tmp_path / "not_a_dir").write_text("")
+    data = data_config()
+    with caplog.at_level(logging.WARNING, logger=cache_mod.__name__):
+        got = load_or_extract(bag, data, K, (16, 16), tmp_path / "not_a_dir" / "cache")
+    want = extract_episodes(bag, data, K, (16, 16))
+    assert len(got) == len(want)
+    np.testing.assert_array_equal(got[0].images["front"], want[0].images["front"])
+    np.testing.assert_array_equal(got[0].action, want[0].action)
+    assert "not_a_dir/cache" in caplog.text and "cache_dir" in caplog.text
 
 
 # --------------------------------------------------------------------------------------------------

@@ -69,7 +69,8 @@ class TrainConfig:
         "explicit validation bags (as bags); empty: val_fraction of the episodes is held out")})
     val_fraction: float = field(default=0.2, metadata={"help": "share of the episodes held out for validation without val_bags, in [0, 1)"})
     cache_dir: str = field(default="outputs/cache", metadata={"help": (
-        "directory of the extracted episode cache (reused while bag, data config, chunk_size and image size are unchanged)")})
+        "directory of the extracted episode cache (reused while bag, data config, chunk_size and image size are unchanged); "
+        "where it cannot be written (full disk), a warning names it and training goes on from memory")})
     out_dir: str = field(default="outputs/train", metadata={"help": "run directory: last/ and best/ checkpoints, tb/ TensorBoard scalars"})
     epochs: int = field(default=10, metadata={"help": "passes over the training episodes (>= 1); sets the schedule's length unless max_steps"})
     max_steps: int | None = field(default=None, metadata={"help": (

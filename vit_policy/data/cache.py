@@ -119,5 +119,10 @@ def load_or_extract(
         return read_episodes(entry)
     log.info("extracting %s -> %s", bag, entry)
     episodes = extract_episodes(bag, data, chunk_size, image_size)
-    write_episodes(entry, episodes, {"version": CACHE_VERSION, "bag": str(bag.resolve()), "sources": source_record(bag)})
+    try:
+        write_episodes(entry, episodes, {"version": CACHE_VERSION, "bag": str(bag.resolve()), "sources": source_record(bag)})
+    except OSError as exc:  # a full disk or unwritable cache_dir costs speed, not the run: the episodes are in memory
+        log.warning("could not cache %s in %s (%s); going on without a cache. Free space there or set cache_dir "
+                    "to a writable folder on a larger disk.", bag, entry, exc)
+        return episodes
     return read_episodes(entry)
