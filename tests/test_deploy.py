@@ -182,6 +182,26 @@ def test_backend_errors_name_the_setting_and_the_fix(exported: dict, bag: Synthe
     assert main(["export", "--checkpoint", str(tmp_path / "missing"), "--bags", str(bag.path)]) == 2
 
 
+def test_an_export_never_outlives_the_weights_it_was_made_from(bag: SyntheticBag, tmp_path: Path) -> None:
+    """Retraining into a checkpoint that was exported in place (train's best/, resume=auto) removes the old graphs:
+    onnxruntime then refuses with the fix instead of running the previous weights. An fp32-only re-export removes an
+    earlier int8 graph, so runtime.onnx_file: policy.int8.onnx cannot load it either."""
+    ckpt = save_checkpoint(tmp_path / "ckpt", bag)
+    assert main(["export", "--checkpoint", str(ckpt), "--bags", str(bag.path), "--int8", "--frames", "4"]) == 0
+    assert {ONNX_FILE, ONNX_INT8_FILE, "export.json"} <= {p.name for p in ckpt.iterdir()}
+    assert main(["export", "--checkpoint", str(ckpt), "--bags", str(bag.path), "--frames", "4"]) == 0
+    assert (ckpt / ONNX_FILE).is_file() and not (ckpt / ONNX_INT8_FILE).exists()
+    with pytest.raises(FileNotFoundError, match="policy.int8.onnx.*vit-policy export"):
+        load_policy(ckpt, RuntimeConfig(backend="onnxruntime", onnx_file=ONNX_INT8_FILE))
+    policy = load_policy(ckpt, RuntimeConfig(backend="torch"))
+    with torch.no_grad():
+        next(policy.parameters()).add_(0.1)  # a training step's worth of new weights
+    policy.save_pretrained(ckpt)
+    assert not {ONNX_FILE, ONNX_INT8_FILE, "export.json"} & {p.name for p in ckpt.iterdir()}
+    with pytest.raises(FileNotFoundError, match="policy.onnx.*vit-policy export"):
+        load_policy(ckpt, RuntimeConfig(backend="onnxruntime"))
+
+
 def test_history_policy_exports_its_history_input(bag: SyntheticBag, tmp_path: Path) -> None:
     ckpt = save_checkpoint(tmp_path / "ckpt", bag, history=2)
     assert main(["export", "--checkpoint", str(ckpt), "--bags", str(bag.path), "--frames", "6"]) == 0

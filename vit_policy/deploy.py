@@ -35,14 +35,14 @@ from vit_policy.config import ConfigError
 from vit_policy.model.configuration import PolicyConfig
 from vit_policy.runtime import RuntimeConfig
 from vit_policy.geometry import geodesic_deg, rot6d_to_rotvec
-from vit_policy.model.checkpoint import CONFIG_FILE, METADATA_FILE, STATS_FILE, load_checkpoint, read_policy_config, read_spec
+from vit_policy.model.checkpoint import (CONFIG_FILE, EXPORT_REPORT, METADATA_FILE, ONNX_FILE, ONNX_INT8_FILE, STATS_FILE,
+                                         load_checkpoint, read_policy_config, read_spec)
 from vit_policy.model.policy import Batch, Policy, VisuomotorPolicy, chunks_from_actions, observation_batch
 from vit_policy.observation import ActionChunk, Observation, example_observation
 from vit_policy.ood import OOD_FILE, OODMonitor, capture
 
 log = logging.getLogger(__name__)
 
-ONNX_FILE, ONNX_INT8_FILE, EXPORT_REPORT = "policy.onnx", "policy.int8.onnx", "export.json"
 OPSET = 17
 FP32_TOLERANCE = 1e-4  # normalised units: the exported graph computes what torch computes
 INT8_TOLERANCE_MM, INT8_TOLERANCE_DEG = 1.0, 0.5  # int8 against torch on held-out frames
@@ -466,6 +466,8 @@ def export_policy(checkpoint: str | Path, out: str | Path | None, bags: list[str
             raise ConfigError(f"--int8: the int8 graph is {q['translation_mm_max']:.2f} mm / {q['rotation_deg_max']:.2f} deg from torch "
                               f"on {len(ref)} frames of {[str(b) for b in bags]} (tolerance {INT8_TOLERANCE_MM:g} mm / "
                               f"{INT8_TOLERANCE_DEG:g} deg), so it was not written; deploy {dst / ONNX_FILE} (fp32)")
+    elif (dst / ONNX_INT8_FILE).is_file():  # an int8 graph of an earlier export must not stay beside this one
+        (dst / ONNX_INT8_FILE).unlink()
     (dst / EXPORT_REPORT).write_text(json.dumps(report, indent=2))
     return report
 

@@ -36,6 +36,8 @@ from vit_policy.ood import OOD_FILE, OODMonitor
 log = logging.getLogger(__name__)
 
 CONFIG_FILE, WEIGHTS_FILE, STATS_FILE, METADATA_FILE = "config.yaml", "model.safetensors", "stats.safetensors", "metadata.json"
+# what `vit-policy export` derives from the weights (vit_policy.deploy): stale once new weights are saved
+ONNX_FILE, ONNX_INT8_FILE, EXPORT_REPORT = "policy.onnx", "policy.int8.onnx", "export.json"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -134,6 +136,10 @@ def save_checkpoint(policy: VisuomotorPolicy, directory: str | Path, metadata: d
     save_config(policy.cfg, directory / CONFIG_FILE)
     state = {k: v.detach().contiguous().cpu() for k, v in policy.state_dict().items()}
     save_file(_dedupe_shared(state), str(directory / WEIGHTS_FILE))
+    for name in (ONNX_FILE, ONNX_INT8_FILE, EXPORT_REPORT):  # an export of the old weights must not run as this checkpoint
+        if (directory / name).is_file():
+            (directory / name).unlink()
+            log.info("%s: removed %s, exported from the weights this save replaces; export again (vit-policy export)", directory, name)
     tensors: dict[str, torch.Tensor] = {}
     for key, st in (policy.stats or {}).items():
         tensors.update(st.to_tensors(key))
