@@ -86,12 +86,18 @@ def cmd_sim_pretrain(args: argparse.Namespace) -> int:
     result = pretrain_for_task(cfg, Path(args.out), args.resets, args.steps, policy_overrides=args.policy,
                                frames_per_reset=args.frames_per_reset, expert_fraction=args.expert_fraction)
     print(result.table())
-    print(f"train on it with the policy override encoder.weights={result.path}")
+    from sim_tests.record import policy_config_for
+
+    enc = policy_config_for(cfg, overrides=args.policy).encoder  # what the file holds: training must build the same encoder
+    print(f"train on it (a train config whose cameras are {list(cfg.cameras)}): policy.encoder.weights={result.path} "
+          f"policy.encoder.family={enc.family} policy.encoder.name={enc.name} policy.encoder.img_size={enc.img_size} "
+          f"policy.encoder.token_mode=patches policy.encoder.freeze=all policy.points.count={len(result.target_names)} "
+          f"'policy.cameras={list(cfg.cameras)}'")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The end-to-end demo: every stage of every task of the plan (``--quick``: the minutes-long one)."""
+    """The end-to-end demo: every stage of every task of the plan (``--quick``: the smoke run)."""
     from sim_tests.demo import DemoPlan, check_plan, quick_plan, run_demo
 
     set_threads(args.threads)
@@ -158,7 +164,7 @@ def add_sim_pretrain(sub: argparse._SubParsersAction) -> None:
 def add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="end to end in MuJoCo: expert demonstrations -> training -> replay -> closed loop -> report")
     p.add_argument("--out", default="outputs/demo", metavar="DIR")
-    p.add_argument("--quick", action="store_true", help="a minutes-long smoke run of every stage (nothing learns)")
+    p.add_argument("--quick", action="store_true", help="a smoke run of every stage on FetchReach, under a minute on 2 cores (nothing learns)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("policy_overrides", nargs="*", metavar="KEY=VALUE",
                    help="configs/sim/policy.yaml overrides for every task, e.g. encoder.name=vit_tiny_patch16_224 (needs a GPU or hours)")

@@ -131,7 +131,7 @@ class DemoPlan:
 
 
 def quick_plan() -> DemoPlan:
-    """A minutes-long version for the test suite: every stage runs, nothing is expected to learn."""
+    """The smoke run (`demo --quick`, the test suite): every stage runs on FetchReach, nothing is expected to learn."""
     return DemoPlan(tasks=[TaskPlan("FetchReach-v4", "fetch_reach.yaml", demos=3, held_out=1, max_steps=4, eval_episodes=1,
                                     demo_steps=10, sim_overrides=["image_size=64", "episode_steps=15"], gifs=1, action_noise_m=0.02,
                                     pretrain_hindsight=["ee", "end"], pretrain_steps=2, policy_overrides=["points.count=2", "encoder.freeze=all"])],

@@ -58,7 +58,7 @@ def test_sim_pretrain_command_writes_the_weights_and_rejects_bad_counts(tmp_path
     cmd = [sys.executable, "-m", "vit_policy.cli", "sim-pretrain", "--task", "FetchReach-v4", "--out", str(out), "image_size=48"]
     res = subprocess.run([*cmd, "--resets", "3", "--steps", "2"], cwd=root, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert out.is_file() and "goal" in res.stdout and f"encoder.weights={out}" in res.stdout
+    assert out.is_file() and "goal" in res.stdout and f"policy.encoder.weights={out} policy.encoder.family=" in res.stdout
     res = subprocess.run([*cmd, "--resets", "0"], cwd=root, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "resets 0" in res.stderr
 

@@ -180,3 +180,14 @@ def test_instruction_encoder_caches_per_instruction():
     b = enc(["push the block"])
     torch.testing.assert_close(b[0], a[1])
     assert len(enc._cache) == 2
+
+
+def test_pretrained_without_the_hub_names_the_setting_and_the_local_file_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No hub here (the hub client in offline mode, so the test does not wait for its retries): one ConfigError naming
+    encoder.pretrained and encoder.weights, not the hub client's own message alone."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ConfigError, match=r"encoder.pretrained: the pretrained weights of timm 'vit_tiny_patch16_224' could not be "
+                                          r"fetched .*set encoder.weights: <local .safetensors / .bin file>"):
+        ImageEncoder(EncoderConfig(name="vit_tiny_patch16_224", img_size=32, pretrained=True))

@@ -94,6 +94,20 @@ def test_debug_is_global_before_or_after_the_subcommand() -> None:
     assert "--debug" in parser.format_help() and "traceback" in parser.format_help()
 
 
+def test_overrides_may_follow_options(capsys: pytest.CaptureFixture) -> None:
+    """`train --config X a=1 --threads 1 b=2`: argparse alone stops the overrides at --threads and rejects b=2."""
+    from vit_policy.cli import parse
+
+    args = parse(["train", "--config", "x.yaml", "bags=[a]", "--threads", "1", "max_steps=4"])
+    assert args.overrides == ["bags=[a]", "max_steps=4"] and args.threads == 1
+    with pytest.raises(SystemExit):
+        parse(["train", "--config", "x.yaml", "a=1", "--threads", "1", "stray"])  # not KEY=VALUE: still refused
+    assert "unrecognized arguments: stray" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse(["inspect", "bag", "--data-config", "d.yaml", "a=1"])  # a command without overrides takes none
+    assert "unrecognized arguments: a=1" in capsys.readouterr().err
+
+
 def test_refused_pickle_says_not_loaded_and_how_to_convert(tmp_path: Path) -> None:
     pt = tmp_path / "encoder weights.pt"  # a training checkpoint that pickled its argparse arguments, a space in the name
     state = {"patch_embed.proj.weight": torch.randn(4, 3, 2, 2), "norm.bias": torch.zeros(4)}

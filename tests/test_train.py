@@ -132,12 +132,38 @@ def test_cli_train_and_config_errors(small_bags: Path, tmp_path: Path, capsys: p
     path.write_text(yaml.safe_dump(to_dict(cfg)))
     assert main(["train", "--config", str(path), "batch_size=4"]) == 0
     assert "trained 2 steps" in capsys.readouterr().out
+    run = tmp_path / "out"  # the run's folder where its best/ or last/ belongs: named as such, with the folders to pass
+    bag = str(next(small_bags.iterdir()))
+    assert main(["replay", "--checkpoint", str(run), "--bags", bag, "--out", str(tmp_path / "replay")]) == 2
+    assert f"is a training run's folder, not a checkpoint: pass {run / 'best'} or {run / 'last'}" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="training run's folder, not a checkpoint"):
+        VisuomotorPolicy.from_pretrained(run)
     assert main(["train", "--config", str(path), "bach_size=4"]) == 2
     assert "did you mean 'batch_size'" in capsys.readouterr().err
     assert main(["train", "--config", str(path), "data.control_rate_hz=25"]) == 2
     assert "control_dt" in capsys.readouterr().err
     assert main(["train", "--config", str(path), f"bags=[{tmp_path / 'none*'}]"]) == 2
     assert "matches no bag" in capsys.readouterr().err
+
+
+def test_bag_globs_skip_files_that_are_not_bags(small_bags: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`dir/*` over recordings with a manifest beside them (sim-record's demos.yaml, a README) takes the bags and
+    names what it skipped; a pattern that only finds such files is still an error."""
+    from vit_policy.train import expand_bags
+
+    folder = tmp_path / "demos"
+    folder.mkdir()
+    bags = sorted(small_bags.iterdir())
+    for b in bags:
+        (folder / b.name).symlink_to(b, target_is_directory=True)
+    (folder / "demos.yaml").write_text("episodes: []\n")
+    (folder / "notes.txt").write_text("recorded on the left arm\n")
+    with caplog.at_level("WARNING"):
+        got = expand_bags([f"{folder}/*"])
+    assert [p.name for p in got] == [b.name for b in bags]
+    assert "demos.yaml" in caplog.text and "notes.txt" in caplog.text
+    with pytest.raises(FileNotFoundError, match="matches no bag"):
+        expand_bags([f"{folder}/*.yaml"])
 
 
 @pytest.mark.parametrize("name", ["real_two_cameras.yaml", "sim_fetch.yaml"])
@@ -195,7 +221,8 @@ def test_the_checkpoint_owns_its_observation_spec_and_settings_are_checked_again
         return PolicyRunner(policy, RuntimeConfig(synchronous=True), SafetyConfig(), inputs=inputs)
 
     runner(gripper_joints=list(GRIPPER_JOINTS), gripper_open=0.08)  # as recorded
-    runner()  # no gripper feedback configured: nothing to compare
+    with pytest.raises(ConfigError, match=r"gripper_joints: none set, so the gripper input would be a constant 1.0 .*set gripper_joints: \["):
+        runner()  # no gripper feedback for a checkpoint trained on one: a made-up input, refused at configure
     with pytest.raises(ConfigError, match=r"gripper_closed / gripper_open: \(closed, open\) \(0.0, 0.1\).*mapped \(0.0, 0.08\).*set them to 0 and 0.08"):
         runner(gripper_joints=list(GRIPPER_JOINTS), gripper_open=0.1)
     with pytest.raises(ConfigError, match=r"gripper_joints: \['left'\], but the checkpoint read the gripper from"):
@@ -246,11 +273,12 @@ def test_pretrain_command_learns_from_the_bags_alone_and_training_starts_from_it
     raw["encoder"].update(token_mode="patches", weights=str(enc), freeze="all")
     policy = build_policy({**raw, "points": {"count": 2, "frame": "ee"}})  # ee frame: needs the file's point statistics
     assert policy.point_head is not None and policy.point_mean.shape == (2, 3)
-    assert main(["pretrain", "--config", str(path), "--points", "grasp", "--steps", "1", "--out", str(tmp_path / "g.safetensors")]) == 0
+    assert main(["pretrain", "--config", str(path), "--points", "grasp", "--steps", "1", "--out", str(tmp_path / "g.safetensors"),
+                 "batch_size=4"]) == 0
+    assert f"train on it: vit-policy train --config {path} batch_size=4 policy.encoder.weights=" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_:
         main(["pretrain", "--config", str(path), "--points", "goal", "--out", str(tmp_path / "x.safetensors")])
     assert exit_.value.code == 2 and "invalid choice: 'goal'" in capsys.readouterr().err
-
 
 
 def test_points_loss_keeps_the_point_head_on_its_hindsight_labels(small_bags: Path, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 import time
 from importlib.metadata import entry_points
@@ -133,7 +134,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         res = pretrain_on_demonstrations(cfg, args.points, args.out, args.steps, args.batch_size, cfg.seed, lambda *_: bar.update(1),
                                          shift_px=args.shift_px)
     print(res.table())
-    print(f"train on it: vit-policy train --config {args.config} policy.encoder.weights={res.path} "
+    kept = " ".join(shlex.quote(o) for o in args.overrides)  # the bags and settings it was pretrained with
+    print(f"train on it: vit-policy train --config {args.config} {kept + ' ' if kept else ''}policy.encoder.weights={res.path} "
           f"policy.points.count={len(args.points)} policy.encoder.freeze=all policy.encoder.token_mode=patches")
     return 0
 
@@ -184,6 +186,7 @@ def add_replay(sub: argparse._SubParsersAction) -> None:
 def cmd_replay(args: argparse.Namespace) -> int:
     """Replay the checkpoints on the bags, print the metrics table, write metrics.json and report.html."""
     from vit_policy.config import ConfigError
+    from vit_policy.data.bags import drop_non_bags
     from vit_policy.replay import load_replay_config, replay_checkpoints
     from vit_policy.report import metric_columns, metrics_table_text
 
@@ -196,7 +199,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         overrides.append(f"runtime.inference_latency_s={args.latency_ms / 1e3}")
     set_threads(args.threads)
     cfg = load_replay_config(args.data_config, args.checkpoint, overrides)
-    results = replay_checkpoints(args.checkpoint, args.bags, args.out, cfg)  # checks every checkpoint and bag first
+    results = replay_checkpoints(args.checkpoint, drop_non_bags(args.bags), args.out, cfg)  # checks every checkpoint and bag first
     print(metrics_table_text(metric_columns(results)))
     print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'report.html'}")
     return 0
@@ -211,9 +214,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     """Print each bag's report (or one JSON document); exit 0 if every bag would extract, else 2."""
     import json
 
+    from vit_policy.data.bags import drop_non_bags
     from vit_policy.data.inspect import format_reports, inspect_bags, load_data_config
 
-    doc = inspect_bags(args.bags, load_data_config(args.data_config, args.set))
+    doc = inspect_bags(drop_non_bags(args.bags), load_data_config(args.data_config, args.set))
     print(json.dumps(doc, indent=2) if args.json else format_reports(doc))
     return 0 if doc["ok"] else 2
 
@@ -388,8 +392,23 @@ def is_user_error(exc: BaseException) -> bool:
     return any(d in Path(tb.tb_frame.f_code.co_filename).resolve().parents for d in PROJECT_DIRS)
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; KEY=VALUE overrides may come before or after options (``train --config X --threads 1 a=1``).
+
+    argparse stops a ``nargs="*"`` positional at the first option, and its intermixed parsing does not take
+    subcommands: the KEY=VALUE words left over are appended to the command's overrides here."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    field = next((f for f in ("overrides", "policy_overrides") if isinstance(getattr(args, f, None), list)), None)
+    if extra and (field is None or any(e.startswith("-") or "=" not in e for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        setattr(args, field, [*getattr(args, field), *extra])
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)

@@ -132,7 +132,7 @@ class InputSpec:
     def check(self, spec: Any) -> None:
         """These inputs feed a checkpoint with this ObservationSpec: its cameras mapped, its frame, its gripper range."""
         spec.check_inputs(self.cameras, self.base_frame,
-                          None if self.gripper_topic is None or self.gripper_kind != "joint_state" else self.gripper_joints,
+                          () if self.gripper_topic is None else self.gripper_joints if self.gripper_kind == "joint_state" else None,
                           (self.gripper_closed, self.gripper_open), dict(zip(("cameras", "base_frame", "gripper_joints", "gripper_range"), self.settings)))
 
     @property

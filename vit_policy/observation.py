@@ -205,7 +205,8 @@ class ObservationSpec:
                      gripper_range: tuple[float, float] | None, names: dict[str, str]) -> None:
         """Configured inputs feed this checkpoint as its demonstrations did: every camera mapped, poses in the
         recorded frame, the gripper opening scaled by the recorded range. ``names``: the settings' names for
-        the error (keys ``cameras``, ``base_frame``, ``gripper_joints``, ``gripper_range``). Unknowns pass."""
+        the error (keys ``cameras``, ``base_frame``, ``gripper_joints``, ``gripper_range``). ``gripper_joints``: () for no
+        gripper feedback, None for a gripper that is not read from joints. Unknowns pass."""
         missing = [c for c in self.cameras if c not in cameras]
         if missing:
             raise ConfigError(f"{names['cameras']}: the checkpoint needs camera(s) {missing}; the inputs map {sorted(cameras)}")
@@ -213,7 +214,11 @@ class ObservationSpec:
             raise ConfigError(f"{names['base_frame']}: {base_frame!r}, but the checkpoint's demonstrations were recorded in "
                               f"{self.base_frame!r}; set {names['base_frame']}: {self.base_frame} (poses and commands in that frame)")
         if gripper_joints is None or self.gripper_joints is None:
-            return  # no gripper feedback configured, or not recorded
+            return  # the gripper from another source (a Float64 topic), or not recorded
+        if self.gripper_joints and not gripper_joints:
+            raise ConfigError(f"{names['gripper_joints']}: none set, so the gripper input would be a constant 1.0 (open), but the "
+                              f"checkpoint was trained on the opening of {list(self.gripper_joints)}; set "
+                              f"{names['gripper_joints']}: {list(self.gripper_joints)}")
         if self.gripper_joints and gripper_joints and set(gripper_joints) != set(self.gripper_joints):
             raise ConfigError(f"{names['gripper_joints']}: {list(gripper_joints)}, but the checkpoint read the gripper from "
                               f"{list(self.gripper_joints)}; set {names['gripper_joints']}: {list(self.gripper_joints)}")

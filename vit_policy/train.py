@@ -186,6 +186,7 @@ def expand_bags(patterns: list[str], field_name: str = "bags") -> list[Path]:
 
     ``hf://datasets/<org>/<name>`` is a LeRobot dataset on the Hugging Face hub: its local snapshot (downloaded once).
     """
+    from vit_policy.data.bags import drop_non_bags
     from vit_policy.data.lerobot import HUB_PREFIX, from_hub
 
     out: list[Path] = []
@@ -194,9 +195,10 @@ def expand_bags(patterns: list[str], field_name: str = "bags") -> list[Path]:
             out.append(from_hub(pat))
             continue
         hits = sorted(glob.glob(os.path.expanduser(pat))) if glob.has_magic(pat) else [os.path.expanduser(pat)]
-        if not hits or not Path(hits[0]).exists():
+        bags = drop_non_bags(hits)
+        if not bags or not bags[0].exists():
             raise FileNotFoundError(f"{field_name}: {pat!r} matches no bag (give rosbag2 directories, .db3/.mcap files or a glob)")
-        out.extend(Path(h) for h in hits)
+        out.extend(bags)
     return out
 
 

@@ -63,6 +63,16 @@ class Episode:
 # --------------------------------------------------------------------------------------------------
 
 
+def drop_non_bags(paths: list[str | Path]) -> list[Path]:
+    """``paths`` without the files that cannot be a recording (a ``demos.yaml`` or notes beside the bags, caught by
+    ``dir/*``), with a warning naming them; directories and missing paths stay, for the checks that name them."""
+    keep = [Path(p) for p in paths if not Path(p).is_file() or Path(p).suffix in (".db3", ".mcap")]
+    skipped = [str(p) for p in paths if Path(p) not in keep]
+    if skipped:
+        log.warning("skipped %d file(s) that are not bags (a bag is a rosbag2 directory, .db3 or .mcap): %s", len(skipped), skipped)
+    return keep
+
+
 def _open(path: str | Path) -> Any:
     from rosbags.highlevel import AnyReader
     from rosbags.typesys import Stores, get_typestore

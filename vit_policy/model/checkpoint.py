@@ -185,6 +185,20 @@ def checkpoint_fix(directory: str | Path) -> str:
             "or export it again (save_checkpoint; vit-policy train writes last/ and best/)")
 
 
+def run_folder(directory: str | Path) -> str | None:
+    """The error for a training run's folder given where its best/ or last/ belongs (the usual wrong checkpoint), else None."""
+    directory = Path(directory)
+    inside = [d for d in ("best", "last") if (directory / d / CONFIG_FILE).is_file()]
+    if not inside or (directory / CONFIG_FILE).is_file():
+        return None
+    return f"checkpoint {str(directory)!r} is a training run's folder, not a checkpoint: pass {' or '.join(str(directory / d) for d in inside)}"
+
+
+def incomplete(directory: str | Path, missing: list[str]) -> str:
+    """The error for a checkpoint directory without the files ``missing``."""
+    return run_folder(directory) or f"checkpoint {str(directory)!r} is incomplete: {', '.join(missing)} missing"
+
+
 def read_policy_config(directory: str | Path, fix: str) -> PolicyConfig:
     """The config.yaml of a checkpoint or export directory (its errors name the file and ``fix``)."""
     path = Path(directory) / CONFIG_FILE
@@ -257,9 +271,9 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"checkpoint directory {str(directory)!r} does not exist")
-    for name in (CONFIG_FILE, WEIGHTS_FILE, STATS_FILE):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"checkpoint {str(directory)!r} is incomplete: {name} is missing")
+    missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE, STATS_FILE) if not (directory / name).is_file()]
+    if missing:
+        raise FileNotFoundError(incomplete(directory, missing))
     fix = checkpoint_fix(directory)
     cfg = read_policy_config(directory, fix)
     cfg.encoder.pretrained, cfg.encoder.weights = False, None

@@ -59,7 +59,7 @@ class CheckpointResult:
 def check_checkpoints(paths: list[str | Path], model_file: str | None = None) -> None:
     """Every checkpoint directory exists and holds its three files (``model_file``: the backend's instead of
     model.safetensors); one error lists every problem."""
-    from vit_policy.model.checkpoint import CONFIG_FILE, STATS_FILE, WEIGHTS_FILE
+    from vit_policy.model.checkpoint import CONFIG_FILE, STATS_FILE, WEIGHTS_FILE, incomplete
 
     problems = []
     for p in map(Path, paths):
@@ -68,8 +68,7 @@ def check_checkpoints(paths: list[str | Path], model_file: str | None = None) ->
             continue
         missing = [n for n in (CONFIG_FILE, model_file or WEIGHTS_FILE, STATS_FILE) if not (p / n).is_file()]
         if missing:
-            problems.append(f"checkpoint {str(p)!r} is incomplete: {', '.join(missing)} missing "
-                            "(a checkpoint is the directory written by save_checkpoint / vit-policy train"
+            problems.append(incomplete(p, missing) + " (a checkpoint is the directory written by save_checkpoint / vit-policy train"
                             + (", and vit-policy export for runtime.backend: onnxruntime)" if model_file else ")"))
     if problems:
         raise FileNotFoundError("; ".join(problems))
@@ -211,6 +210,7 @@ def load_replay_config(path: str | Path | None, checkpoints: list[str | Path], o
     ``metadata.json``, or the ``train_config.yaml`` that ``vit-policy train`` writes beside it).
     """
     from vit_policy.config import apply_overrides, from_dict, read_yaml
+    from vit_policy.model.checkpoint import run_folder
 
     raw: dict[str, Any] = {}
     if path is not None:
@@ -221,6 +221,8 @@ def load_replay_config(path: str | Path | None, checkpoints: list[str | Path], o
             raw = {"data": doc}
     else:
         for ckpt in map(Path, checkpoints):
+            if (wrong := run_folder(ckpt)) is not None:  # named as such, not as a missing data config
+                raise FileNotFoundError(wrong)
             meta = ckpt / "metadata.json"
             data = json.loads(meta.read_text()).get("data") if meta.is_file() else None
             train_cfg = ckpt.parent / "train_config.yaml"  # vit-policy train writes it next to last/ and best/
