@@ -369,3 +369,15 @@ def test_split_is_by_episode(episodes: list) -> None:
     train, val = split_episodes(episodes, 0.34, seed=0)
     assert len(train) == 2 and len(val) == 1 and {id(e) for e in train}.isdisjoint(id(e) for e in val)
     assert split_episodes(episodes, 0.34, seed=0)[1][0] is val[0]
+
+
+def test_read_only_frames_resize_without_a_warning() -> None:
+    """Frames from parquet or a memory map are read-only; torch warns on wrapping them (once per training run)."""
+    import warnings
+
+    frame = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    frame.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = resize_uint8(frame, (24, 32))
+    assert out.shape == (24, 32, 3) and out.dtype == np.uint8

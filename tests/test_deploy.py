@@ -166,7 +166,7 @@ def test_backend_errors_name_the_setting_and_the_fix(exported: dict, bag: Synthe
               "--set", "runtime.backend=tensorflow", "--debug"])
     rc = main(["replay", "--checkpoint", str(exported["ckpt"]), "--bags", str(bag.path), "--out", str(tmp_path / "r"),
                "--set", "runtime.backend=onnxruntime"])  # a torch checkpoint that was never exported
-    assert rc == 2 and "policy.onnx missing" in capsys.readouterr().err
+    assert rc == 2 and "policy.onnx is missing" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="vit-policy export --checkpoint"):
         load_policy(exported["ckpt"], RuntimeConfig(backend="onnxruntime"))
     with pytest.raises(ConfigError, match=r"runtime.providers: \['CUDAExecutionProvider'\] not available.*onnxruntime-gpu"):

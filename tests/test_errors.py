@@ -210,3 +210,11 @@ def test_replay_set_data_overrides_reach_the_runtime(tmp_path: Path) -> None:
     assert cfg.data.max_age_s == 0.8 and cfg.runtime.max_age_s == 0.8
     cfg = load_replay_config(data, [], ["data.sync_tolerance_s=0.1", "runtime.sync_tolerance_s=0.05"])
     assert cfg.data.sync_tolerance_s == 0.1 and cfg.runtime.sync_tolerance_s == 0.05  # explicit runtime wins
+
+
+def test_a_misspelled_override_is_blamed_on_the_override_not_the_file(capsys: pytest.CaptureFixture) -> None:
+    from vit_policy.cli import main
+
+    assert main(["train", "--config", str(ROOT / "configs/train/sim_fetch.yaml"), "policy.encoder.nmae=x"]) == 2
+    err = capsys.readouterr().err
+    assert "override 'policy.encoder.nmae=x': unknown config key 'policy.encoder.nmae'; did you mean 'name'?" in err

@@ -278,7 +278,7 @@ def test_checkpoint_missing_a_file_is_a_clear_error(cli_run: dict, bags: dict[st
                "--data-config", str(cli_run["data_yaml"])])
     assert rc == 2
     err = capsys.readouterr().err
-    assert "stats.safetensors missing" in err and str(broken) in err
+    assert "stats.safetensors is missing" in err and str(broken) in err
     assert not (tmp_path / "o").exists()  # failed before replaying anything
 
 

@@ -188,7 +188,19 @@ def load_config(cls: type[T], path: str | Path, overrides: list[str] | None = No
     try:
         return from_dict(cls, data)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{_culprit(cls, path, overrides, exc)}: {exc}") from None
+
+
+def _culprit(cls: type, path: str | Path, overrides: list[str] | None, exc: ConfigError) -> str:
+    """What a load error is blamed on: the override it names when the file alone loads, else the file."""
+    if overrides:
+        try:
+            from_dict(cls, read_yaml(path))
+        except ConfigError:
+            return str(path)
+        named = [o for o in overrides if f"'{o.split('=', 1)[0].strip()}'" in str(exc) or o.split("=", 1)[0].strip() + ":" in str(exc)]
+        return f"override {named[0]!r}" if len(named) == 1 else f"{path} with the overrides {overrides}"
+    return str(path)
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

@@ -55,7 +55,9 @@ def resize_uint8(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     if image.shape[:2] == hw:
         return image
     # uint8 in, uint8 out: torch's CPU kernel for uint8 bilinear+antialias is ~5x faster than going through float
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).unsqueeze(0)
+    arr = np.ascontiguousarray(image)
+    arr = arr if arr.flags.writeable else arr.copy()  # read-only frames (decoded parquet, memory maps): torch warns on them
+    x = torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0)
     x = F.interpolate(x, size=hw, mode="bilinear", antialias=True, align_corners=False)
     return x[0].permute(1, 2, 0).contiguous().numpy()
 
