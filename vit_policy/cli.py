@@ -150,7 +150,8 @@ def add_pretrain(sub: argparse._SubParsersAction) -> None:
                    help="ee: the observed EE; end: where the demonstration ended (a reach / place goal); grasp: where the gripper "
                         "first closed (the object); object: the grasp point until the gripper closes, then the EE that carries it; "
                         "low: where the EE first came down to its lowest (a push's start); contact: the low point until the EE "
-                        "gets there, then the EE while it pushes")
+                        "gets there, then the EE while it pushes; pushed: the contact point moved toward end by the last pushing "
+                        "pose's gap to end (the pushed object's centre)")
     p.add_argument("--steps", type=int, default=2000, help="optimiser steps (default 2000)")
     p.add_argument("--shift-px", type=int, default=0, metavar="PX",
                    help="shift each training image by up to PX pixels (random crop), against learning scenes by heart (default 0)")
