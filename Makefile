@@ -19,7 +19,7 @@ define need_disk
     exit 1; fi
 endef
 # The venv is about 6 GB (torch's standard build brings its CUDA libraries). The test suites write up to
-# about 1.5 GB at once (bags, caches, checkpoints under pytest's basetemp), removed when they pass (pytest.ini).
+# about 1 GB at once (bags, caches, checkpoints under pytest's basetemp), removed when they pass (pytest.ini).
 NEED_GB ?= 7
 TEST_NEED_GB ?= 3
 TEST_TMP ?= $(or $(TMPDIR),/tmp)

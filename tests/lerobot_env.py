@@ -49,14 +49,13 @@ def _av_libs() -> Path:
     return Path(av.__file__).resolve().parent.parent / "av.libs"
 
 
-def _ffmpeg_links(target: Path) -> Path:
+def _ffmpeg_links(target: Path, libs: Path) -> Path:
     """A directory of FFmpeg sonames (libavutil.so.60 ...) pointing at this venv's PyAV copies (``av.libs``).
 
     One directory per venv, made on every use: the lerobot directory is shared by every clone on the machine, and
     links into a venv that has since been deleted must not be what a later venv finds."""
     import hashlib
 
-    libs = _av_libs()
     out = target / "ffmpeg" / hashlib.sha1(str(libs).encode()).hexdigest()[:12]
     out.mkdir(parents=True, exist_ok=True)
     for f in libs.glob("lib*.so*"):
@@ -72,9 +71,10 @@ def _ffmpeg_links(target: Path) -> Path:
 
 def environment(target: Path = DEFAULT_DIR) -> dict[str, str]:
     """os.environ for a subprocess that imports lerobot from ``target`` (offline: no hub)."""
+    libs = _av_libs()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(target), str(Path(__file__).resolve().parent.parent)])
-    env["LD_LIBRARY_PATH"] = os.pathsep.join([str(_ffmpeg_links(target)), str(_av_libs()), env.get("LD_LIBRARY_PATH", "")])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([str(_ffmpeg_links(target, libs)), str(libs), env.get("LD_LIBRARY_PATH", "")])
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(target / "hf_home"), TOKENIZERS_PARALLELISM="false")
     return env
 

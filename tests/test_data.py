@@ -372,12 +372,14 @@ def test_split_is_by_episode(episodes: list) -> None:
 
 
 def test_read_only_frames_resize_without_a_warning() -> None:
-    """Frames from parquet or a memory map are read-only; torch warns on wrapping them (once per training run)."""
-    import warnings
+    """Frames from a ROS message's bytes, parquet or a memory map are read-only; torch warns on wrapping them (once per
+    process), although the resize only reads them: no warning, and no copy on the node's image path. In a process of
+    its own with UserWarnings as errors (pytest's per-test filters would override the module's own)."""
+    import subprocess
+    import sys
 
-    frame = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
-    frame.flags.writeable = False
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        out = resize_uint8(frame, (24, 32))
-    assert out.shape == (24, 32, 3) and out.dtype == np.uint8
+    code = ("import numpy as np; from vit_policy.images import resize_uint8; "
+            "f = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8); f.flags.writeable = False; "
+            "out = resize_uint8(f, (24, 32)); assert out.shape == (24, 32, 3) and out.dtype == np.uint8")
+    res = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]

@@ -198,7 +198,7 @@ def _culprit(cls: type, path: str | Path, overrides: list[str] | None, exc: Conf
             from_dict(cls, read_yaml(path))
         except ConfigError:
             return str(path)
-        named = [o for o in overrides if f"'{o.split('=', 1)[0].strip()}'" in str(exc) or o.split("=", 1)[0].strip() + ":" in str(exc)]
+        named = [o for o in overrides if o.split("=", 1)[0].strip() in str(exc)]
         return f"override {named[0]!r}" if len(named) == 1 else f"{path} with the overrides {overrides}"
     return str(path)
 

@@ -466,8 +466,8 @@ def export_policy(checkpoint: str | Path, out: str | Path | None, bags: list[str
             raise ConfigError(f"--int8: the int8 graph is {q['translation_mm_max']:.2f} mm / {q['rotation_deg_max']:.2f} deg from torch "
                               f"on {len(ref)} frames of {[str(b) for b in bags]} (tolerance {INT8_TOLERANCE_MM:g} mm / "
                               f"{INT8_TOLERANCE_DEG:g} deg), so it was not written; deploy {dst / ONNX_FILE} (fp32)")
-    elif (dst / ONNX_INT8_FILE).is_file():  # an int8 graph of an earlier export must not stay beside this one
-        (dst / ONNX_INT8_FILE).unlink()
+    else:  # an int8 graph of an earlier export must not stay beside this one
+        (dst / ONNX_INT8_FILE).unlink(missing_ok=True)
     (dst / EXPORT_REPORT).write_text(json.dumps(report, indent=2))
     return report
 

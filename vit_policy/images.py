@@ -7,12 +7,17 @@ training, replay, the node and the simulator alike.
 
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+# resize_uint8 wraps read-only frames (a ROS message's bytes, parquet, memory maps) without copying them, and only
+# reads them: torch's warning about writes through such a tensor does not apply
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning, module=__name__)
 
 
 def to_model_input(
@@ -55,9 +60,7 @@ def resize_uint8(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     if image.shape[:2] == hw:
         return image
     # uint8 in, uint8 out: torch's CPU kernel for uint8 bilinear+antialias is ~5x faster than going through float
-    arr = np.ascontiguousarray(image)
-    arr = arr if arr.flags.writeable else arr.copy()  # read-only frames (decoded parquet, memory maps): torch warns on them
-    x = torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0)
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).unsqueeze(0)
     x = F.interpolate(x, size=hw, mode="bilinear", antialias=True, align_corners=False)
     return x[0].permute(1, 2, 0).contiguous().numpy()
 

@@ -66,8 +66,13 @@ class Episode:
 def drop_non_bags(paths: list[str | Path]) -> list[Path]:
     """``paths`` without the files that cannot be a recording (a ``demos.yaml`` or notes beside the bags, caught by
     ``dir/*``), with a warning naming them; directories and missing paths stay, for the checks that name them."""
-    keep = [Path(p) for p in paths if not Path(p).is_file() or Path(p).suffix in (".db3", ".mcap")]
-    skipped = [str(p) for p in paths if Path(p) not in keep]
+    keep: list[Path] = []
+    skipped: list[str] = []
+    for p in map(Path, paths):
+        if p.is_file() and p.suffix not in (".db3", ".mcap"):
+            skipped.append(str(p))
+        else:
+            keep.append(p)
     if skipped:
         log.warning("skipped %d file(s) that are not bags (a bag is a rosbag2 directory, .db3 or .mcap): %s", len(skipped), skipped)
     return keep

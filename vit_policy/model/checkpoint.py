@@ -196,7 +196,8 @@ def run_folder(directory: str | Path) -> str | None:
 
 def incomplete(directory: str | Path, missing: list[str]) -> str:
     """The error for a checkpoint directory without the files ``missing``."""
-    return run_folder(directory) or f"checkpoint {str(directory)!r} is incomplete: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing"
+    verb = "is" if len(missing) == 1 else "are"
+    return run_folder(directory) or f"checkpoint {str(directory)!r} is incomplete: {', '.join(missing)} {verb} missing"
 
 
 def read_policy_config(directory: str | Path, fix: str) -> PolicyConfig:

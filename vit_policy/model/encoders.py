@@ -28,22 +28,20 @@ log = logging.getLogger(__name__)
 POINT_HEAD = "point_head."  # key prefix of a pretraining file's point head (beside the backbone's own keys)
 
 
-
-def from_hub(create: Callable[[], Any], pretrained: bool, what: str, setting: str, off: str = "false") -> Any:
+def create_pretrained(create: Callable[[], Any], pretrained: bool, what: str, setting: str, off: str = "false") -> Any:
     """``create()``; with ``pretrained`` a failure (offline: no hub) is one error naming the setting and the local-file fix
     instead of the hub client's own message."""
+    if not pretrained:
+        return create()
     try:
         return create()
-    except ConfigError:
-        raise
     except Exception as exc:
-        if not pretrained:
-            raise
         cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         weights = setting.replace("pretrained", "weights")
         raise ConfigError(f"{setting}: the pretrained weights of {what} could not be fetched from the Hugging Face hub ({cause}); "
                           f"offline, download them elsewhere and set {weights}: <local .safetensors / .bin file> with "
                           f"{setting}: {off}, or set {setting}: {off} to start from random weights") from exc
+
 
 class WeightsError(RuntimeError):
     """A weights file is missing, unreadable or does not match the model; names the path and keys."""
@@ -235,7 +233,7 @@ class ImageEncoder(nn.Module):
             kwargs["img_size"] = cfg.img_size
         if cfg.patch_size is not None:
             kwargs["patch_size"] = cfg.patch_size  # pretrained / local weights: timm resamples the patch embedding
-        self.backbone = from_hub(lambda: timm.create_model(cfg.name, pretrained=cfg.pretrained, **kwargs), cfg.pretrained,
+        self.backbone = create_pretrained(lambda: timm.create_model(cfg.name, pretrained=cfg.pretrained, **kwargs), cfg.pretrained,
                                  f"timm {cfg.name!r}", "encoder.pretrained")
         if not hasattr(self.backbone, "patch_embed") or not hasattr(self.backbone, "blocks"):
             raise ConfigError(f"encoder.name: {cfg.name!r} is not a ViT-family model (no patch_embed/blocks)")
@@ -256,7 +254,7 @@ class ImageEncoder(nn.Module):
         if cfg.img_size is not None:
             kwargs["force_image_size"] = cfg.img_size
         pretrained = "openai" if cfg.pretrained else None
-        clip = from_hub(lambda: open_clip.create_model(cfg.name, pretrained=pretrained, **kwargs), bool(pretrained),
+        clip = create_pretrained(lambda: open_clip.create_model(cfg.name, pretrained=pretrained, **kwargs), bool(pretrained),
                         f"open_clip {cfg.name!r} (openai)", "encoder.pretrained")
         visual = clip.visual
         if not hasattr(visual, "conv1"):
@@ -329,7 +327,7 @@ class InstructionEncoder(nn.Module):
         super().__init__()
         import open_clip
 
-        clip = from_hub(lambda: open_clip.create_model(cfg.model, pretrained=cfg.pretrained), bool(cfg.pretrained),
+        clip = create_pretrained(lambda: open_clip.create_model(cfg.model, pretrained=cfg.pretrained), bool(cfg.pretrained),
                         f"open_clip {cfg.model!r} ({cfg.pretrained})", "language.pretrained", "null")
         clip.visual = nn.Identity()  # only the text tower is kept
         self.clip = clip.requires_grad_(False)
